@@ -1,0 +1,1 @@
+"""airflow-gitops dag_repo."""
