@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import PlatformError
+
 DEFAULT_SPEC_FILE = "platform.yaml"
 DEFAULT_STATE_DIR = ".airflow-gitops"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -37,7 +39,7 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 Port = Annotated[int, Field(ge=1024, le=65535)]
 
 
-class SpecError(Exception):
+class SpecError(PlatformError):
     """``platform.yaml`` is invalid. ``problems`` holds one ``(key path, message)`` per problem."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
@@ -45,7 +47,7 @@ class SpecError(Exception):
         self.problems = problems
         lines = [f"{source} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
         lines += [f"  - {path}: {msg}" for path, msg in problems]
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(lines), "correct the keys named above; nothing was started")
 
 
 class _Model(BaseModel):

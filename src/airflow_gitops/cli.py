@@ -1,0 +1,207 @@
+"""Thin Typer verbs. Each verb loads the spec and calls one function of a target or of checks.
+
+Errors a user can fix (:class:`PlatformError`, including an invalid ``platform.yaml``) are printed
+as one message with the fix, exit code 1, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .errors import PlatformError
+from .spec import PlatformSpec, load_spec
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Apache Airflow for MLOps, the GitOps way: DAGs from Git, everything else from platform.yaml.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SpecOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--file", "-f", help="platform.yaml to use (default: ./platform.yaml, else built-in defaults)"
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+class Target(str, Enum):
+    local = "local"
+    kubernetes = "kubernetes"
+
+
+TargetOption = Annotated[Target, typer.Option("--target", "-t", help="Where the platform runs.")]
+
+
+def _friendly(fn):
+    """Turn PlatformError into one readable message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PlatformError as err:
+            err_console.print(f"[bold red]error:[/] {err.render()}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _spec(path: Path | None) -> PlatformSpec:
+    return load_spec(path)
+
+
+@app.command()
+@_friendly
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to write platform.yaml into.")] = Path("."),
+    deploy_key: Annotated[
+        bool,
+        typer.Option("--deploy-key", help="Also generate an ed25519 deploy key and print its public half."),
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing platform.yaml.")] = False,
+) -> None:
+    """Write a commented platform.yaml (and optionally a deploy key)."""
+    from .init import init_project
+
+    init_project(directory, deploy_key=deploy_key, force=force, console=console)
+
+
+@app.command()
+@_friendly
+def up(file: SpecOption = None) -> None:
+    """Start the whole platform on this machine and wait until every component is healthy."""
+    from .local.platform import LocalPlatform
+
+    LocalPlatform(_spec(file)).up(console)
+
+
+@app.command()
+@_friendly
+def down(file: SpecOption = None) -> None:
+    """Stop every local component. All data (database, DAG repo, MLflow, keys) is kept."""
+    from .local.platform import LocalPlatform
+
+    LocalPlatform(_spec(file)).down(console)
+
+
+@app.command()
+@_friendly
+def status(file: SpecOption = None, as_json: JsonOption = False) -> None:
+    """Component health, URLs, login, the DAG repository and the commit Airflow has parsed."""
+    from .local.platform import LocalPlatform
+
+    report = LocalPlatform(_spec(file)).status()
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        from .local.report import print_status
+
+        print_status(report, console)
+    if not report["running"]:
+        raise typer.Exit(3)
+
+
+@app.command()
+@_friendly
+def logs(
+    component: Annotated[str | None, typer.Argument(help="Component name; all when omitted.")] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n")] = 40,
+    file: SpecOption = None,
+) -> None:
+    """Show the last lines of a component's log (and where the log file is)."""
+    from .local.platform import LocalPlatform
+
+    LocalPlatform(_spec(file)).logs(component, lines, console)
+
+
+@app.command()
+@_friendly
+def render(
+    target: TargetOption = Target.kubernetes,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("rendered"),
+    chart: Annotated[
+        str | None, typer.Option(help="Chart folder or REPO_URL@VERSION to render the full chart against.")
+    ] = None,
+    file: SpecOption = None,
+) -> None:
+    """Write Helm values, Secret manifests and the image files for the Kubernetes target."""
+    if target is not Target.kubernetes:
+        raise PlatformError("render only applies to --target kubernetes", "use `airflow-gitops up` locally")
+    from .kubernetes.render import render_command
+
+    render_command(_spec(file), out, chart=chart, console=console)
+
+
+@app.command()
+@_friendly
+def deploy(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the rendered files.")] = Path(
+        "rendered"
+    ),
+    chart: Annotated[str | None, typer.Option(help="Chart folder or REPO_URL@VERSION.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change; apply nothing.")
+    ] = False,
+    file: SpecOption = None,
+) -> None:
+    """Apply the Secrets and `helm upgrade --install` the official chart with the rendered values."""
+    from .kubernetes.deploy import deploy_command
+
+    deploy_command(_spec(file), out, chart=chart, dry_run=dry_run, console=console)
+
+
+@app.command()
+@_friendly
+def doctor(target: TargetOption = Target.local, as_json: JsonOption = False, file: SpecOption = None) -> None:
+    """Preflight checks before starting or deploying: each with what it saw and the fix."""
+    from .checks.doctor import doctor_command
+
+    code = doctor_command(_spec(file), target.value, as_json=as_json, console=console)
+    raise typer.Exit(code)
+
+
+@app.command()
+@_friendly
+def verify(
+    target: TargetOption = Target.local,
+    probe: Annotated[bool, typer.Option(help="Push a marker commit and measure push-to-live.")] = False,
+    as_json: JsonOption = False,
+    file: SpecOption = None,
+) -> None:
+    """Prove the running platform works: UI, DAG sync, PostgreSQL, AWS and MLflow from inside a task."""
+    from .checks.verify import verify_command
+
+    code = verify_command(_spec(file), target.value, probe=probe, as_json=as_json, console=console)
+    raise typer.Exit(code)
+
+
+@app.command("rotate-fernet-key")
+@_friendly
+def rotate_fernet_key(target: TargetOption = Target.local, file: SpecOption = None) -> None:
+    """Rotate the Fernet key without losing any encrypted Connection or Variable."""
+    from .checks.rotate import rotate_command
+
+    rotate_command(_spec(file), target.value, console=console)
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app(prog_name="airflow-gitops")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Where the local target keeps things, and the environment every Airflow process gets.
+
+One state directory holds everything (default ``.airflow-gitops/``)::
+
+    secrets/          0600 key material (Fernet, JWT, API secret, passwords)      survives down/up
+    postgres/         PostgreSQL data directory                                    survives down/up
+    dags.git/         the bare DAG repository (when dags.repo is unset)            survives down/up
+    airflow/          AIRFLOW_HOME: logs, bundle clones                            survives down/up
+    mlflow/           MLflow SQLite store (mlflow.db) and artifacts/               survives down/up
+    aws/              credentials + config (the seed's /home/airflow/.aws)         survives down/up
+    supervisor/       supervisord.conf (0600: holds the environment), socket, pid
+    logs/             one log file per component
+The S3 endpoint (moto) keeps objects in memory: they are gone after ``down``. MLflow artifacts do not
+go there; they are on disk under ``mlflow/artifacts``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..spec import PlatformSpec
+
+HOST = "127.0.0.1"
+GIT_CONN_ID = "airflow_gitops_dags"
+BUNDLE_NAME = "dags"
+
+
+@dataclass(frozen=True)
+class Layout:
+    spec: PlatformSpec
+
+    @property
+    def root(self) -> Path:
+        return self.spec.state_dir
+
+    @property
+    def secrets(self) -> Path:
+        return self.spec.secrets_dir
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.root / "airflow"
+
+    @property
+    def bundles(self) -> Path:
+        return self.airflow_home / "bundles"
+
+    @property
+    def task_logs(self) -> Path:
+        return self.airflow_home / "logs"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def aws(self) -> Path:
+        return self.root / "aws"
+
+    @property
+    def aws_credentials(self) -> Path:
+        return (
+            self.spec.path(self.spec.aws.credentials_file)
+            if self.spec.aws.credentials_file
+            else (self.aws / "credentials")
+        )
+
+    @property
+    def aws_config(self) -> Path:
+        return self.spec.path(self.spec.aws.config_file) if self.spec.aws.config_file else self.aws / "config"
+
+    @property
+    def supervisor(self) -> Path:
+        return self.root / "supervisor"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def ports(self):
+        return self.spec.local.ports
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.ports.api}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return self.spec.mlflow.tracking_uri or f"http://{HOST}:{self.ports.mlflow}"
+
+    @property
+    def s3_url(self) -> str | None:
+        """The S3/STS endpoint DAG code talks to; None means real AWS."""
+        if self.spec.aws.endpoint_url:
+            return self.spec.aws.endpoint_url
+        if self.spec.aws.credentials_file:
+            return None
+        return f"http://{HOST}:{self.ports.s3}"
+
+    @property
+    def runs_local_s3(self) -> bool:
+        return self.spec.aws.endpoint_url is None and self.spec.aws.credentials_file is None
+
+    @property
+    def runs_local_mlflow(self) -> bool:
+        return self.spec.mlflow.tracking_uri is None
+
+    @property
+    def runs_local_postgres(self) -> bool:
+        return self.spec.database.url is None
+
+
+def postgres_user() -> pwd.struct_passwd | None:
+    """The OS user PostgreSQL runs as: None when we are not root (run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    return None
+
+
+def dag_runtime_env(layout: Layout) -> dict[str, str]:
+    """What DAG code sees on every platform (the contract the DAG repository template relies on).
+
+    The Kubernetes target sets the same variables on every pod; there the AWS files sit at boto3's
+    default location (``/home/airflow/.aws``) instead of the two ``AWS_*_FILE`` variables.
+    """
+    spec = layout.spec
+    env = {
+        "MLFLOW_TRACKING_URI": layout.mlflow_url,
+        "MLFLOW_EXPERIMENT_NAME": spec.mlflow.experiment,
+        "MLOPS_REGISTERED_MODEL": spec.mlflow.registered_model,
+        "MLOPS_DATA_BUCKET": spec.aws.bucket,
+        "AWS_SHARED_CREDENTIALS_FILE": str(layout.aws_credentials),
+        "AWS_CONFIG_FILE": str(layout.aws_config),
+        "AWS_PROFILE": spec.aws.profile,
+        "AWS_DEFAULT_REGION": spec.aws.region,
+    }
+    return env
