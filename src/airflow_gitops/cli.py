@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +36,7 @@ SpecOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-class Target(str, Enum):
+class Target(StrEnum):
     local = "local"
     kubernetes = "kubernetes"
 
