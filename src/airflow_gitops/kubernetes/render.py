@@ -1,0 +1,187 @@
+"""``airflow-gitops render --target kubernetes``: values, Secrets, manifests and image files.
+
+Output folder (default ``rendered/``)::
+
+    values.yaml         Helm values for the official chart (Secret names only, no key material)
+    secrets.yaml        the Secrets, 0600, git-ignored: applied by `airflow-gitops deploy`
+    manifests.yaml      the namespace and the logs PVC (ReadWriteMany)
+    image/Dockerfile    apache/airflow:<version>-python<X.Y> + requirements.txt pinned from uv.lock
+    NOTES.md            what you still create yourself (PostgreSQL, RWX storage, ingress controller, ...)
+    chart.yaml          with --chart: the whole chart rendered with these values
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import PlatformError
+from ..secrets import write_private
+from ..spec import PlatformSpec
+from . import image, manifests
+from .values import build_values
+
+OFFICIAL_REPO = "https://airflow.apache.org"
+CHART_NAME = "airflow"
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def dump_all(docs: list[Any]) -> str:
+    return "".join("---\n" + dump(d) for d in docs)
+
+
+@dataclass
+class Rendered:
+    out: Path
+    values: dict[str, Any]
+    secrets: manifests.SecretBundle
+    manifests: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+    chart_version: str | None = None
+
+
+def load_chart(ref: str):
+    """A chart folder, or ``REPO_URL@VERSION`` (pulled into a temporary folder)."""
+    import helm_python as helm
+
+    path = Path(ref).expanduser()
+    try:
+        if path.is_dir():
+            return helm.Chart.load(path)
+        if "@" in ref and "://" in ref:
+            repo, _, version = ref.rpartition("@")
+            tmp = tempfile.mkdtemp(prefix="airflow-chart-")
+            helm.pull(CHART_NAME, repo_url=repo, version=version, destination=tmp, untar=True, untar_dir=tmp)
+            return helm.Chart.load(Path(tmp) / CHART_NAME)
+    except helm.HelmError as err:
+        raise PlatformError(f"cannot load the chart {ref!r}: {err}", "check the folder or REPO_URL@VERSION") from None
+    raise PlatformError(
+        f"--chart {ref!r} is neither a chart folder nor REPO_URL@VERSION",
+        f"use e.g. --chart {OFFICIAL_REPO}@1.21.0 or --chart ./airflow (a folder with Chart.yaml)",
+    )
+
+
+def render_chart(chart, values: dict[str, Any], spec: PlatformSpec) -> dict[str, str]:
+    import helm_python as helm
+
+    try:
+        chart.validate_schema(values)
+        return chart.render(values, name=spec.kubernetes.release, namespace=spec.kubernetes.namespace, is_install=True)
+    except helm.HelmError as err:
+        raise PlatformError(
+            f"the chart {chart.version} rejects the rendered values: {err}",
+            f"render against chart {spec.kubernetes.chart_version} (kubernetes.chart_version)",
+        ) from None
+
+
+NOTES = """# Before `airflow-gitops deploy`
+
+airflow-gitops creates the namespace `{ns}`, the logs PVC `{claim}` and the Secrets. You provide:
+
+1. **A PostgreSQL** reachable from the cluster at the URL in `database.url` (the chart's own is off).
+2. **ReadWriteMany storage** for the logs PVC (NFS, EFS, Azure Files, CephFS...){sc}.
+3. **An ingress controller** serving host `{host}` (and DNS or /etc/hosts pointing at it).
+4. **The image**: `docker build -t {image} image/ && docker push {image}`.
+5. **The deploy key** (SSH repos): add the public half printed by `render` to the DAG repository as a
+   read-only deploy key.
+6. **MLflow** at `{mlflow}`.
+
+`secrets.yaml` holds key material: it is written 0600 and git-ignored. Keep the state directory
+(`{state}`): it holds the Fernet key, and a new key makes stored Connections unreadable.
+"""
+
+
+def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Rendered:
+    """Write every file; return what was written. Raises :class:`PlatformError` before writing on bad input."""
+    chart_ref = chart or spec.kubernetes.chart
+    chart_obj = load_chart(chart_ref) if chart_ref else None
+    warnings: list[str] = []
+    secret_bundle = manifests.build_secrets(spec)
+    warnings += secret_bundle.warnings
+    values = build_values(
+        spec,
+        known_hosts=secret_bundle.known_hosts,
+        chart_defaults=chart_obj.values if chart_obj is not None else None,
+        warnings=warnings,
+    )
+    docs = manifests.namespace_and_pvc(spec)
+    dockerfile, reqs = image.dockerfile(spec), image.requirements_txt(spec)
+    rendered_chart = render_chart(chart_obj, values, spec) if chart_obj is not None else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".gitignore").write_text("# key material: never commit\nsecrets.yaml\n")
+    (out / "values.yaml").write_text(
+        f"# Helm values for the official Apache Airflow chart {spec.kubernetes.chart_version}, "
+        "generated by airflow-gitops from platform.yaml.\n" + dump(values)
+    )
+    write_private(out / "secrets.yaml", dump_all(secret_bundle.secrets))
+    (out / "manifests.yaml").write_text(dump_all(docs))
+    (out / "image").mkdir(exist_ok=True)
+    (out / "image" / "Dockerfile").write_text(dockerfile)
+    (out / "image" / "requirements.txt").write_text(reqs)
+    (out / "NOTES.md").write_text(
+        NOTES.format(
+            ns=spec.kubernetes.namespace,
+            claim=spec.logs.existing_claim,
+            sc=f" (storage class `{spec.logs.storage_class}`)" if spec.logs.storage_class else "",
+            host=spec.ingress.host,
+            image=f"{spec.image.repository}:{spec.image.tag}",
+            mlflow=values["env"][0]["value"],
+            state=spec.state_dir,
+        )
+    )
+    chart_version = None
+    if rendered_chart is not None:
+        chart_version = chart_obj.version
+        body = "".join(
+            f"---\n# Source: {name}\n{text.strip()}\n"
+            for name, text in sorted(rendered_chart.items())
+            if name.endswith((".yaml", ".yml")) and text.strip()
+        )
+        # The chart can embed generated secrets of its own (e.g. a Redis password): keep it private.
+        write_private(out / "chart.yaml", body)
+    return Rendered(out, values, secret_bundle, docs, warnings, chart_version)
+
+
+def render_command(spec: PlatformSpec, out: Path, *, chart: str | None, console) -> Rendered:
+    r = render(spec, out, chart=chart)
+    console.print(f"Rendered the Kubernetes target into {out}/:", highlight=False)
+    for name, what in [
+        ("values.yaml", f"values for the official chart {spec.kubernetes.chart_version}"),
+        ("secrets.yaml", f"{len(r.secrets.secrets)} Secrets (0600, git-ignored; never printed)"),
+        ("manifests.yaml", "namespace and logs PVC (ReadWriteMany)"),
+        ("image/", f"Dockerfile + requirements.txt (Airflow {image.airflow_version()}, pinned from uv.lock)"),
+        ("NOTES.md", "what you still create yourself"),
+    ]:
+        console.print(f"  {name:<15} {what}", highlight=False)
+    if r.chart_version:
+        console.print(f"  {'chart.yaml':<15} the whole chart {r.chart_version} rendered with these values")
+    for w in r.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if r.secrets.deploy_public_key:
+        console.print("Deploy key (public half; add it read-only on the Git host's deploy-key page):", highlight=False)
+        console.print(f"  {r.secrets.deploy_public_key}", highlight=False, soft_wrap=True)
+    return r
+
+
+def rendered_files(out: Path) -> list[Path]:
+    return [p for p in (out / n for n in ("values.yaml", "secrets.yaml", "manifests.yaml")) if p.exists()]
