@@ -1,0 +1,287 @@
+"""The Kubernetes target's `render`: values.yaml against the official chart's schema, Secrets against the
+Kubernetes schemas (kubernetes-validate --strict, warnings fail too), no key material anywhere it may
+be seen, the image pinned from uv.lock, and a hypothesis property over generated specs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from airflow_gitops.cli import app
+from airflow_gitops.errors import PlatformError
+from airflow_gitops.kubernetes.manifests import metadata_connection
+from airflow_gitops.kubernetes.render import render
+from airflow_gitops.spec import parse_spec
+
+REPO = Path(__file__).resolve().parents[1]
+KNOWN_HOSTS = "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+DB_URL = "postgresql://airflow:p%40ss:w/rd@db.example.com:5432/airflow"
+
+
+def shared_dir() -> Path:
+    env = os.environ.get("AIRFLOW_GITOPS_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+def chart_schema() -> dict:
+    path = shared_dir() / "reference" / "airflow-helm-chart-1.21.0" / "values.schema.json"
+    if not path.is_file():
+        reason = f"{path} not found: set AIRFLOW_GITOPS_SHARED to the shared/ folder"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    return json.loads(path.read_text())
+
+
+def platform(tmp: Path, *, delivery: str = "git-sync", **over) -> dict:
+    (tmp / "known_hosts").write_text(KNOWN_HOSTS)
+    data = {
+        "dags": {
+            "repo": "git@github.com:org/airflow-dags.git",
+            "ssh_key_file": "deploy_key",
+            "known_hosts_file": "known_hosts",
+            "branch": "release",
+            "sub_path": "pipelines/dags",
+            "delivery": delivery,
+        },
+        "database": {"url": DB_URL},
+        "mlflow": {"tracking_uri": "http://mlflow.mlflow.svc:5000"},
+        "aws": {"region": "ap-northeast-2", "bucket": "mlops-data", "endpoint_url": "https://s3.example.com"},
+        "ingress": {"host": "airflow.example.com"},
+    }
+    for k, v in over.items():
+        data.setdefault(k, {}).update(v)
+    return data
+
+
+def spec_in(tmp: Path, **kw):
+    return parse_spec(platform(tmp, **kw), base_dir=tmp)
+
+
+def validate_k8s(*files: Path) -> None:
+    exe = Path(sys.executable).parent / "kubernetes-validate"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "kubernetes_validate"]
+    proc = subprocess.run([*cmd, "--strict", *map(str, files)], capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "WARN" not in out and "ERROR" not in out, out
+
+
+@pytest.mark.parametrize("delivery", ["git-sync", "bundle"])
+def test_kubernetes_values_validate_against_chart_schema(tmp_path, delivery):
+    schema = chart_schema()
+    r = render(spec_in(tmp_path, delivery=delivery), tmp_path / "out")
+    values = yaml.safe_load((tmp_path / "out" / "values.yaml").read_text())
+    jsonschema.validate(values, schema)
+    assert values["executor"] == "KubernetesExecutor"
+    assert values["postgresql"] == {"enabled": False}
+    assert values["data"] == {"metadataSecretName": "airflow-metadata"}
+    assert values["fernetKeySecretName"] and values["jwtSecretName"] and values["apiSecretKeySecretName"]
+    assert values["config"]["core"] == {"load_examples": "False", "dags_are_paused_at_creation": "False"}
+    assert values["logs"]["persistence"] == {"enabled": True, "existingClaim": "airflow-logs"}
+    assert values["ingress"]["apiServer"]["hosts"][0]["name"] == "airflow.example.com"
+    assert values["volumeMounts"][0] == {"name": "aws-credentials", "mountPath": "/home/airflow/.aws", "readOnly": True}
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert env == {
+        "MLFLOW_TRACKING_URI": "http://mlflow.mlflow.svc:5000",
+        "MLFLOW_EXPERIMENT_NAME": "airflow-gitops",
+        "MLOPS_REGISTERED_MODEL": "mlops-classifier",
+        "MLOPS_DATA_BUCKET": "mlops-data",
+        "AWS_PROFILE": "default",
+        "AWS_DEFAULT_REGION": "ap-northeast-2",
+        "AWS_ENDPOINT_URL": "https://s3.example.com",
+    }
+    if delivery == "git-sync":
+        gs = values["dags"]["gitSync"]
+        assert gs["ref"] == gs["branch"] == "release" and gs["rev"] == "HEAD"
+        assert gs["subPath"] == "pipelines/dags" and gs["period"] == "10s" and gs["depth"] == 1
+        assert gs["sshKeySecret"] == "airflow-git-ssh" and gs["knownHosts"] == KNOWN_HOSTS
+    else:
+        assert values["dags"]["gitSync"] == {"enabled": False}
+        (bundle,) = values["dagProcessor"]["dagBundleConfigList"]
+        assert bundle["classpath"] == "airflow.providers.git.bundles.git.GitDagBundle"
+        assert bundle["kwargs"]["tracking_ref"] == "release" and bundle["kwargs"]["subdir"] == "pipelines/dags"
+        assert values["secret"][0]["envName"] == "AIRFLOW_CONN_AIRFLOW_GITOPS_DAGS"
+    assert r.warnings == [w for w in r.warnings if "aws.credentials_file" in w]
+
+
+@pytest.mark.parametrize("delivery", ["git-sync", "bundle"])
+def test_kubernetes_manifests_pass_kubernetes_validate_strict(tmp_path, delivery):
+    render(spec_in(tmp_path, delivery=delivery), tmp_path / "out")
+    out = tmp_path / "out"
+    validate_k8s(out / "secrets.yaml", out / "manifests.yaml")
+    assert (out / "secrets.yaml").stat().st_mode & 0o777 == 0o600
+    assert "secrets.yaml" in (out / ".gitignore").read_text()
+    secrets = {d["metadata"]["name"]: d for d in yaml.safe_load_all((out / "secrets.yaml").read_text())}
+    assert set(secrets["airflow-fernet-key"]["stringData"]) == {"fernet-key"}
+    assert secrets["airflow-metadata"]["stringData"]["connection"] == DB_URL.replace("ss:w/rd", "ss%3Aw%2Frd")
+    assert set(secrets["airflow-git-ssh"]["stringData"]) >= {"gitSshKey", "known_hosts"}
+    assert "OPENSSH PRIVATE KEY" in secrets["airflow-git-ssh"]["stringData"]["gitSshKey"]
+    assert set(secrets["aws-credentials"]["stringData"]) == {"credentials", "config"}
+    assert set(secrets["airflow-api-secret-key"]["stringData"]) == {"api-secret-key"}
+    assert set(secrets["airflow-jwt-secret"]["stringData"]) == {"jwt-secret"}
+    pvc = [d for d in yaml.safe_load_all((out / "manifests.yaml").read_text()) if d["kind"] != "Namespace"][0]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    if delivery == "bundle":
+        conn = json.loads(secrets["airflow-git-ssh"]["stringData"]["connection"])
+        assert conn["host"] == "git@github.com:org/airflow-dags.git"
+        assert conn["extra"]["strict_host_key_checking"] == "yes"
+        assert conn["extra"]["known_hosts_file"].endswith("/known_hosts")
+
+
+def test_kubernetes_key_material_is_reused_not_regenerated(tmp_path):
+    spec = spec_in(tmp_path)
+    first = render(spec, tmp_path / "a").secrets.values()
+    second = render(spec, tmp_path / "b").secrets.values()
+    assert first == second
+    assert (tmp_path / ".airflow-gitops" / "secrets" / "fernet.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_kubernetes_no_key_material_in_values_or_cli_output(tmp_path, monkeypatch):
+    data = platform(tmp_path, delivery="bundle")
+    (tmp_path / "creds").write_text(
+        "[default]\naws_access_key_id = AKIAEXAMPLEKEY123456\naws_secret_access_key = s3cr3tS3cr3tS3cr3tS3cr3tS3cr3t\n"
+    )
+    data["aws"]["credentials_file"] = "creds"
+    (tmp_path / "platform.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["render", "--target", "kubernetes", "--out", "rendered"])
+    assert result.exit_code == 0, result.output
+    spec = parse_spec(data, base_dir=tmp_path)
+    from airflow_gitops.kubernetes.manifests import build_secrets
+
+    bundle = build_secrets(spec)
+    secret_values = [v for v in bundle.values() if v.strip()]
+    pieces = set()
+    for val in secret_values:
+        pieces.add(val.strip())
+        pieces.update(line.strip() for line in val.splitlines() if len(line.strip()) > 15 and "PRIVATE KEY" not in line)
+    pieces |= {"AKIAEXAMPLEKEY123456", "s3cr3tS3cr3tS3cr3tS3cr3tS3cr3t", "p%40ss%3Aw%2Frd", "p@ss:w/rd"}
+    values_text = (tmp_path / "rendered" / "values.yaml").read_text()
+    seen = result.output + values_text + (tmp_path / "rendered" / "NOTES.md").read_text()
+    leaks = [p for p in pieces if p in seen]
+    assert not leaks, f"key material leaked: {[p[:6] + '...' for p in leaks]}"
+    assert "ssh-ed25519 " in result.output  # the public half is printed
+    assert "Deploy key" in result.output
+
+
+def test_kubernetes_image_pins_from_uv_lock(tmp_path):
+    render(spec_in(tmp_path), tmp_path / "out")
+    lock = {p["name"]: p["version"] for p in tomllib.loads((REPO / "uv.lock").read_text())["package"]}
+    dockerfile = (tmp_path / "out" / "image" / "Dockerfile").read_text()
+    assert f"FROM apache/airflow:{lock['apache-airflow']}-python3.12\n" in dockerfile
+    reqs = (tmp_path / "out" / "image" / "requirements.txt").read_text().split()
+    assert reqs == [f"{n}=={lock[n]}" for n in ["mlflow", "pandas", "pyarrow", "scikit-learn", "boto3"]]
+
+
+def test_kubernetes_render_errors_are_clear(tmp_path):
+    with pytest.raises(PlatformError, match="database.url is not set"):
+        render(parse_spec({"dags": {"repo": "https://github.com/o/r.git"}}, base_dir=tmp_path), tmp_path / "o")
+    with pytest.raises(PlatformError, match="dags.repo is not set"):
+        render(parse_spec({"database": {"url": DB_URL}}, base_dir=tmp_path), tmp_path / "o")
+    with pytest.raises(PlatformError, match="not in uv.lock"):
+        render(spec_in(tmp_path, image={"extra_requirements": ["no-such-package-xyz"]}), tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # nothing written on a bad spec
+
+
+def test_kubernetes_metadata_connection_encodes_password_once():
+    assert metadata_connection("postgres://u:a@b:c/d@h:5432/db") == "postgresql://u:a%40b%3Ac%2Fd@h:5432/db"
+    assert metadata_connection("postgresql://u:a%40b@h/db") == "postgresql://u:a%40b@h/db"
+    assert metadata_connection("postgresql://h/db") == "postgresql://h/db"
+
+
+names = st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    delivery=st.sampled_from(["git-sync", "bundle"]),
+    executor=st.sampled_from(["KubernetesExecutor", "LocalExecutor", "CeleryExecutor"]),
+    ssh=st.booleans(),
+    branch=names,
+    sub_path=st.sampled_from(["dags", ".", "a/b", ""]),
+    interval=st.integers(1, 3600),
+    depth=st.integers(0, 50),
+    host=st.builds(lambda a, b: f"{a}.{b}", names, names),
+    tls=st.booleans(),
+    persistence=st.booleans(),
+    mlflow=st.one_of(st.none(), st.just("http://mlflow:5000")),
+    endpoint=st.one_of(st.none(), st.just("http://minio:9000")),
+    config=st.dictionaries(names, st.one_of(st.booleans(), st.integers(), names), max_size=3),
+    password=st.text(alphabet="abc:/%?#&=+ $!", min_size=1, max_size=12),
+)
+def test_kubernetes_property_render_never_crashes_and_validates(
+    delivery,
+    executor,
+    ssh,
+    branch,
+    sub_path,
+    interval,
+    depth,
+    host,
+    tls,
+    persistence,
+    mlflow,
+    endpoint,
+    config,
+    password,
+):
+    schema = chart_schema()
+    from urllib.parse import quote
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        (tmp / "known_hosts").write_text(KNOWN_HOSTS)
+        dags = {"branch": branch, "sub_path": sub_path, "sync_interval": interval, "depth": depth, "delivery": delivery}
+        if ssh:
+            dags |= {
+                "repo": "ssh://git@git.example.com:2222/o/r.git",
+                "ssh_key_file": "k",
+                "known_hosts_file": "known_hosts",
+            }
+        else:
+            dags |= {"repo": "https://git.example.com/o/r.git"}
+        data = {
+            "dags": dags,
+            "airflow": {"executor": executor, "config": {"core": {"parallelism": 8}, "x_sec": config}},
+            "database": {"url": f"postgresql://u:{quote(password, safe='')}@db:5432/airflow"},
+            "ingress": {"host": host, **({"tls_secret": "tls"} if tls else {})},
+            "logs": {"persistence": persistence},
+            "mlflow": {"tracking_uri": mlflow},
+            "aws": {"endpoint_url": endpoint},
+        }
+        spec = parse_spec(data, base_dir=tmp)
+        r = render(spec, tmp / "out")
+        values = yaml.safe_load((tmp / "out" / "values.yaml").read_text())
+        jsonschema.validate(values, schema)
+        assert values["executor"] == executor
+        conn = r.secrets.secrets[1]["stringData"]["connection"]
+        assert conn == f"postgresql://u:{quote(password, safe='')}@db:5432/airflow"
+        if ssh and delivery == "git-sync":
+            assert values["dags"]["gitSync"]["knownHosts"] == KNOWN_HOSTS
+        shutil.rmtree(tmp / "out")
+
+
+def test_kubernetes_property_manifests_validate_for_variants(tmp_path):
+    """kubernetes-validate is a subprocess: run it once over several variants instead of per example."""
+    files = []
+    for i, over in enumerate(
+        [{}, {"logs": {"storage_class": "efs", "size": "50Gi"}}, {"kubernetes": {"namespace": "ml-airflow"}}]
+    ):
+        d = tmp_path / str(i)
+        d.mkdir()
+        render(spec_in(d, delivery="bundle" if i % 2 else "git-sync", **over), d / "out")
+        files += [d / "out" / "secrets.yaml", d / "out" / "manifests.yaml"]
+    validate_k8s(*files)
