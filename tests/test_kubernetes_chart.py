@@ -1,0 +1,164 @@
+"""The whole official chart rendered (helm-python-sdk, offline) with our values.
+
+Needs a chart folder: set AIRFLOW_CHART_DIR (e.g. an unpacked `helm pull apache-airflow/airflow`);
+skipped with the reason printed otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from airflow_gitops.kubernetes.render import render
+from airflow_gitops.spec import parse_spec
+
+KNOWN_HOSTS = "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+# (workload name, main container) of every pod that runs DAG code or talks to AWS.
+PODS = [
+    ("airflow-scheduler", "scheduler"),
+    ("airflow-dag-processor", "dag-processor"),
+    ("airflow-triggerer", "triggerer"),
+    ("airflow-api-server", "api-server"),
+    ("pod_template_file", "base"),
+]
+GIT_SYNC_PODS = ["airflow-dag-processor", "airflow-triggerer", "pod_template_file"]
+
+
+@pytest.fixture(scope="module")
+def chart_dir() -> Path:
+    env = os.environ.get("AIRFLOW_CHART_DIR")
+    if not env or not (Path(env) / "Chart.yaml").is_file():
+        reason = "AIRFLOW_CHART_DIR is not set to a folder with the official chart's Chart.yaml"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    print(f"rendering against {env}: chart {yaml.safe_load((Path(env) / 'Chart.yaml').read_text())['version']}")
+    return Path(env)
+
+
+def rendered(tmp: Path, chart: Path, delivery: str):
+    (tmp / "known_hosts").write_text(KNOWN_HOSTS)
+    data = {
+        "dags": {
+            "repo": "git@github.com:org/airflow-dags.git",
+            "ssh_key_file": "deploy_key",
+            "known_hosts_file": "known_hosts",
+            "branch": "release",
+            "sub_path": "pipelines/dags",
+            "delivery": delivery,
+        },
+        "database": {"url": "postgresql://airflow:pw@db.example.com:5432/airflow"},
+        "mlflow": {"tracking_uri": "http://mlflow.mlflow.svc:5000"},
+        "ingress": {"host": "airflow.example.com"},
+    }
+    spec = parse_spec(data, base_dir=tmp)
+    r = render(spec, tmp / "out", chart=str(chart))
+    docs = [d for d in yaml.safe_load_all((tmp / "out" / "chart.yaml").read_text()) if d]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "airflow-config")
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+    }
+    pods["pod_template_file"] = yaml.safe_load(cm["data"]["pod_template_file.yaml"])["spec"]
+    return r, docs, cm, pods
+
+
+def containers(pod: dict) -> list[dict]:
+    return (pod.get("containers") or []) + (pod.get("initContainers") or [])
+
+
+def env_of(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env") or []}
+
+
+def main(pod: dict, name: str) -> dict:
+    return next(c for c in pod["containers"] if c["name"] == name)
+
+
+def check_common(docs, cm, pods, r):
+    cfg = cm["data"]["airflow.cfg"]
+    assert "executor = KubernetesExecutor" in cfg
+    for workload, container in PODS:
+        pod = pods[workload]
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        assert vols["aws-credentials"]["secret"]["secretName"] == "aws-credentials", workload
+        mounts = {m["mountPath"]: m for m in main(pod, container).get("volumeMounts", [])}
+        assert mounts["/home/airflow/.aws"].get("readOnly") is True, workload
+        env = env_of(main(pod, container))
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow.svc:5000", workload
+        assert env["AWS_DEFAULT_REGION"] == "us-east-1", workload
+        assert env["AIRFLOW__CORE__FERNET_KEY"]["secretKeyRef"]["name"] == "airflow-fernet-key", workload
+        for var, secret in [
+            ("AIRFLOW__API__SECRET_KEY", "airflow-api-secret-key"),
+            ("AIRFLOW__API_AUTH__JWT_SECRET", "airflow-jwt-secret"),
+        ]:
+            if var in env:
+                assert env[var]["secretKeyRef"]["name"] == secret, (workload, var)
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]["secretKeyRef"]["name"] == "airflow-metadata"
+    sched = env_of(main(pods["airflow-scheduler"], "scheduler"))
+    assert sched["AIRFLOW__API_AUTH__JWT_SECRET"]["secretKeyRef"]["name"] == "airflow-jwt-secret"
+    api = env_of(main(pods["airflow-api-server"], "api-server"))
+    assert api["AIRFLOW__API__SECRET_KEY"]["secretKeyRef"]["name"] == "airflow-api-secret-key"
+    generated = [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"]
+    assert not [n for n in generated if n.endswith(("fernet-key", "api-secret-key", "jwt-secret", "metadata"))], (
+        generated
+    )
+    ingress = next(d for d in docs if d["kind"] == "Ingress")
+    assert [rule["host"] for rule in ingress["spec"]["rules"]] == ["airflow.example.com"]
+    chart_text = "\n".join(yaml.safe_dump(d) for d in docs)
+    for value in r.secrets.values():
+        for line in value.splitlines():
+            if len(line.strip()) > 15 and "PRIVATE KEY" not in line:
+                assert line.strip() not in chart_text
+
+
+def test_kubernetes_chart_git_sync(tmp_path, chart_dir):
+    r, docs, cm, pods = rendered(tmp_path, chart_dir, "git-sync")
+    check_common(docs, cm, pods, r)
+    assert "dags_folder = /opt/airflow/dags/repo/pipelines/dags" in cm["data"]["airflow.cfg"]
+    assert cm["data"]["known_hosts"].strip() == KNOWN_HOSTS.strip()
+    for workload in GIT_SYNC_PODS:
+        syncs = [c for c in containers(pods[workload]) if c["name"].startswith("git-sync")]
+        assert syncs, f"no git-sync container in {workload}"
+        for c in syncs:
+            env = env_of(c)
+            assert env["GITSYNC_SSH_KNOWN_HOSTS"] == "true" and env["GIT_KNOWN_HOSTS"] == "true", workload
+            assert env["GITSYNC_REF"] == "release" and env["GIT_SYNC_BRANCH"] == "release", workload
+            assert env["GIT_SYNC_REV"] == "HEAD" and env["GITSYNC_REPO"] == "git@github.com:org/airflow-dags.git"
+            mounts = {m["mountPath"] for m in c["volumeMounts"]}
+            assert {"/etc/git-secret/ssh", "/etc/git-secret/known_hosts"} <= mounts
+        vols = {v["name"]: v for v in pods[workload]["volumes"]}
+        assert vols["git-sync-ssh-key"]["secret"]["secretName"] == "airflow-git-ssh"
+
+
+def test_kubernetes_chart_bundle(tmp_path, chart_dir):
+    r, docs, cm, pods = rendered(tmp_path, chart_dir, "bundle")
+    check_common(docs, cm, pods, r)
+    cfg = cm["data"]["airflow.cfg"]
+    line = next(ln for ln in cfg.splitlines() if ln.startswith("dag_bundle_config_list"))
+    (bundle,) = json.loads(line.split("=", 1)[1])
+    assert bundle["classpath"] == "airflow.providers.git.bundles.git.GitDagBundle"
+    assert bundle["kwargs"] == {
+        "git_conn_id": "airflow_gitops_dags",
+        "tracking_ref": "release",
+        "refresh_interval": 10,
+        "subdir": "pipelines/dags",
+    }
+    for workload, container in PODS:
+        pod = pods[workload]
+        assert not [c for c in containers(pod) if c["name"].startswith("git-sync")], workload
+        env = env_of(main(pod, container))
+        ref = env["AIRFLOW_CONN_AIRFLOW_GITOPS_DAGS"]["secretKeyRef"]
+        assert ref == {"name": "airflow-git-ssh", "key": "connection"}, workload
+        mounts = {m["mountPath"]: m for m in main(pod, container)["volumeMounts"]}
+        assert mounts["/opt/airflow/git-ssh"]["readOnly"] is True, workload
+    conn = json.loads(
+        next(s for s in r.secrets.secrets if s["metadata"]["name"] == "airflow-git-ssh")["stringData"]["connection"]
+    )
+    assert conn["extra"] == {
+        "key_file": "/opt/airflow/git-ssh/gitSshKey",
+        "known_hosts_file": "/opt/airflow/git-ssh/known_hosts",
+        "strict_host_key_checking": "yes",
+    }
