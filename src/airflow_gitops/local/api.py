@@ -1,0 +1,103 @@
+"""A small client for Airflow 3's REST API (``/api/v2``), authenticated with a JWT from ``/auth/token``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from ..errors import PlatformError
+
+TERMINAL = {"success", "failed"}
+
+
+class AirflowClient:
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 10):
+        self.base_url = base_url.rstrip("/")
+        self._auth = (username, password)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._token: str | None = None
+
+    # --- plumbing --------------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        if self._token is None:
+            r = self._http.post("/auth/token", json={"username": self._auth[0], "password": self._auth[1]})
+            if r.status_code >= 400:
+                raise PlatformError(
+                    f"Airflow refused the login ({r.status_code})",
+                    "the admin password is in STATE_DIR/secrets/admin_password; restart with `airflow-gitops up`",
+                )
+            self._token = r.json()["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def request(self, method: str, path: str, **kw) -> Any:
+        r = self._http.request(method, path, headers=self._headers(), **kw)
+        if r.status_code == 401:  # token expired: log in again once
+            self._token = None
+            r = self._http.request(method, path, headers=self._headers(), **kw)
+        if r.status_code >= 400:
+            raise PlatformError(f"Airflow API {method} {path} answered {r.status_code}: {r.text[:300]}")
+        return r.json() if r.content else None
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- endpoints -------------------------------------------------------------------------------
+    def health(self) -> dict:
+        r = self._http.get("/api/v2/monitor/health")
+        r.raise_for_status()
+        return r.json()
+
+    def version(self) -> dict:
+        return self.request("GET", "/api/v2/version")
+
+    def list_dags(self) -> list[dict]:
+        return self.request("GET", "/api/v2/dags", params={"limit": 1000})["dags"]
+
+    def dag_ids(self) -> set[str]:
+        return {d["dag_id"] for d in self.list_dags()}
+
+    def import_errors(self) -> list[dict]:
+        return self.request("GET", "/api/v2/importErrors", params={"limit": 1000})["import_errors"]
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        body = {"logical_date": None, "conf": conf or {}}
+        return self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict:
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+
+    def dag_runs(self, dag_id: str) -> list[dict]:
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.dag_run(dag_id, run_id)
+            if run["state"] in TERMINAL:
+                return run
+            if time.monotonic() > deadline:
+                raise PlatformError(
+                    f"DAG run {dag_id}/{run_id} is still {run['state']} after {timeout:.0f} s",
+                    f"look at the scheduler: `airflow-gitops logs scheduler`; the run is in the UI at {self.base_url}",
+                )
+            time.sleep(1)
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        return self.request("GET", path, params={"deserialize": True})["value"]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+        data = self.request("GET", path, params={"full_content": True})
+        content = data.get("content", "")
+        if isinstance(content, list):
+            return "\n".join(c.get("event", str(c)) if isinstance(c, dict) else str(c) for c in content)
+        return str(content)
+
+    def dag_versions(self, dag_id: str) -> list[dict]:
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagVersions", params={"limit": 100})["dag_versions"]

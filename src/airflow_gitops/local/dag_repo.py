@@ -1,0 +1,69 @@
+"""The local DAG repository: a bare Git repository in the state directory, seeded from the template.
+
+Users push to it exactly as they would push to GitHub (``git push <state>/dags.git main``); Airflow's
+GitDagBundle pulls from it. Seeding happens once: an existing repository is never touched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import PlatformError
+from .layout import Layout
+
+AUTHOR = ["-c", "user.name=airflow-gitops", "-c", "user.email=airflow-gitops@localhost"]
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    if shutil.which("git") is None:
+        raise PlatformError("git was not found", "install it: `sudo apt-get install -y git`")
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PlatformError(f"git {' '.join(args[:2])} failed: {result.stderr.strip()}", "see the message above")
+    return result.stdout.strip()
+
+
+def seed_local_repo(layout: Layout) -> bool:
+    """Create and seed the bare repository when it does not exist yet. Returns True if it seeded."""
+    from ..dag_repo import template_dir
+
+    repo = layout.spec.local_repo
+    if (repo / "HEAD").exists():
+        return False
+    branch = layout.spec.dags.branch
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    git("init", "--quiet", "--bare", f"--initial-branch={branch}", str(repo))
+    with tempfile.TemporaryDirectory(prefix="airflow-gitops-seed-") as tmp:
+        work = Path(tmp) / "work"
+        shutil.copytree(template_dir(), work, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        sub = layout.spec.dags.sub_path
+        if sub not in ("", ".", "dags") and (work / "dags").is_dir():
+            (work / sub).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(work / "dags", work / sub)
+        git("init", "--quiet", f"--initial-branch={branch}", cwd=work)
+        git("add", "-A", cwd=work)
+        git(*AUTHOR, "commit", "--quiet", "-m", "Seed the DAG repository from the airflow-gitops template", cwd=work)
+        git("push", "--quiet", str(repo), f"HEAD:refs/heads/{branch}", cwd=work)
+    return True
+
+
+def branch_head(layout: Layout) -> str | None:
+    """The commit at the tip of the configured branch, read from the remote (ls-remote)."""
+    from .airflow_env import git_connection
+
+    env_cmd = []
+    conn = git_connection(layout)
+    if conn["extra"]:
+        ssh = (
+            f"ssh -i {conn['extra']['key_file']} -o IdentitiesOnly=yes -o BatchMode=yes "
+            f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={conn['extra']['known_hosts_file']}"
+        )
+        env_cmd = ["-c", f"core.sshCommand={ssh}"]
+    try:
+        out = git(*env_cmd, "ls-remote", layout.spec.dag_repo_url, f"refs/heads/{layout.spec.dags.branch}")
+    except PlatformError:
+        return None
+    return out.split()[0] if out else None

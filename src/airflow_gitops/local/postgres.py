@@ -1,0 +1,192 @@
+"""The local metadata database: a real PostgreSQL cluster in the state directory.
+
+PostgreSQL refuses to run as root. When we are root the cluster belongs to the ``postgres`` OS user
+(Debian's server package creates it) and supervisor starts the server as that user. If that user
+cannot reach the state directory (e.g. it is under ``/root``), the data directory moves to
+``/var/lib/airflow-gitops/<hash>/`` and ``status`` says so.
+
+Only TCP on 127.0.0.1 is used (no Unix socket: its path length limit bites in deep state dirs), with
+scram-sha-256 passwords from ``secrets/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from .. import secrets
+from ..errors import PlatformError
+from .layout import HOST, Layout, postgres_user
+
+DB_NAME = "airflow"
+DB_USER = "airflow"
+
+
+def binary(name: str) -> str:
+    """Find a PostgreSQL server binary (PATH, then Debian's versioned folder)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    lib = Path("/usr/lib/postgresql")
+    if lib.is_dir():
+        for version in sorted(lib.iterdir(), reverse=True):
+            candidate = version / "bin" / name
+            if candidate.exists():
+                return str(candidate)
+    raise PlatformError(
+        f"PostgreSQL's `{name}` was not found (needed for the local metadata database)",
+        "install the server: `sudo apt-get install -y postgresql` (Debian/Ubuntu), "
+        "or set database.url in platform.yaml to an existing PostgreSQL",
+    )
+
+
+def _as_user_prefix() -> list[str]:
+    user = postgres_user()
+    return ["runuser", "-u", user.pw_name, "--"] if user else []
+
+
+def _user_can_traverse(path: Path) -> bool:
+    user = postgres_user()
+    if user is None:
+        return True
+    probe = subprocess.run([*_as_user_prefix(), "test", "-x", str(path)], capture_output=True)
+    return probe.returncode == 0
+
+
+class LocalPostgres:
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.port = layout.ports.postgres
+
+    @property
+    def data_dir(self) -> Path:
+        inside = self.layout.root / "postgres"
+        if inside.exists() or postgres_user() is None:
+            return inside
+        marker = self.layout.root / "postgres.location"
+        if marker.exists():
+            return Path(marker.read_text().strip())
+        return inside
+
+    def _choose_data_dir(self) -> Path:
+        """Pick the data dir on first init (inside the state dir unless the server user can't reach it)."""
+        inside = self.layout.root / "postgres"
+        if _user_can_traverse(self.layout.root):
+            return inside
+        digest = hashlib.sha256(str(self.layout.root).encode()).hexdigest()[:12]
+        outside = Path("/var/lib/airflow-gitops") / digest / "postgres"
+        (self.layout.root / "postgres.location").write_text(str(outside) + "\n")
+        return outside
+
+    @property
+    def initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def initdb(self, log) -> None:
+        if self.initialized:
+            return
+        data_dir = self._choose_data_dir()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        su_password = secrets.pg_superuser_password(self.layout.spec)
+        user = postgres_user()
+        pwfile = data_dir.parent / ".pwfile"
+        pwfile.write_text(su_password + "\n")
+        os.chmod(pwfile, 0o600)
+        if user:
+            os.chown(data_dir, user.pw_uid, user.pw_gid)
+            os.chown(pwfile, user.pw_uid, user.pw_gid)
+            os.chmod(data_dir, 0o700)
+        cmd = [
+            *_as_user_prefix(),
+            binary("initdb"),
+            "-D",
+            str(data_dir),
+            "-U",
+            "postgres",
+            "--pwfile",
+            str(pwfile),
+            "--auth-local=scram-sha-256",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        log.write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            shutil.rmtree(data_dir, ignore_errors=True)
+            raise PlatformError(
+                "initdb failed while creating the local PostgreSQL cluster",
+                "read the log; a common cause is a state directory the 'postgres' user cannot write",
+                log=str(log),
+            )
+
+    def command(self) -> list[str]:
+        return [
+            binary("postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-c",
+            f"listen_addresses={HOST}",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "max_connections=100",
+            "-c",
+            "shared_buffers=32MB",
+        ]
+
+    @property
+    def run_as(self) -> str | None:
+        user = postgres_user()
+        return user.pw_name if user else None
+
+    def _connect(self, user: str, password: str, dbname: str):
+        import psycopg2
+
+        return psycopg2.connect(
+            host=HOST, port=self.port, user=user, password=password, dbname=dbname, connect_timeout=3
+        )
+
+    def ready(self) -> bool:
+        try:
+            self._connect("postgres", secrets.pg_superuser_password(self.layout.spec), "postgres").close()
+            return True
+        except Exception:
+            return False
+
+    def ensure_database(self) -> None:
+        """Create the ``airflow`` role and database (idempotent); keep the role's password in sync."""
+        password = secrets.db_password(self.layout.spec)
+        conn = self._connect("postgres", secrets.pg_superuser_password(self.layout.spec), "postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_USER,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(f"{verb} ROLE {DB_USER} WITH LOGIN PASSWORD %s", (password,))
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))
+            if not cur.fetchone():
+                cur.execute(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
+        conn.close()
+
+    def url(self) -> str:
+        password = secrets.db_password(self.layout.spec)
+        return f"postgresql+psycopg2://{DB_USER}:{password}@{HOST}:{self.port}/{DB_NAME}"
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

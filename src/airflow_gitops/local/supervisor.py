@@ -1,0 +1,195 @@
+"""Local processes under ``supervisord``: restarted when they crash, stopped as a process group.
+
+We write ``supervisord.conf`` (0600: the programs' environment carries the platform's secrets, and
+an environment is only readable by its owner) and talk to the daemon over its Unix socket with
+XML-RPC, supervisor's own client API. Programs have ``autostart=false``: the platform starts them in
+dependency order (database, then migrations, then Airflow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from ..errors import PlatformError
+from ..secrets import write_private
+
+
+@dataclass
+class Program:
+    name: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    directory: Path | None = None
+    stopwaitsecs: int = 20
+
+
+def _quote_env(value: str) -> str:
+    # supervisor's environment syntax: KEY="value" with % escaped as %% and " as \"
+    return '"' + value.replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Supervisor:
+    def __init__(self, conf_dir: Path, log_dir: Path):
+        self.conf_dir = conf_dir
+        self.log_dir = log_dir
+
+    @property
+    def conf(self) -> Path:
+        return self.conf_dir / "supervisord.conf"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.conf_dir / "supervisord.pid"
+
+    @property
+    def socket(self) -> Path:
+        sock = self.conf_dir / "supervisor.sock"
+        if len(str(sock)) < 100:
+            return sock
+        # AF_UNIX paths are limited to ~107 bytes: fall back to a short, per-state-dir path.
+        digest = hashlib.sha256(str(self.conf_dir).encode()).hexdigest()[:12]
+        return Path("/tmp") / f"airflow-gitops-{digest}.sock"
+
+    def log_of(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def write_conf(self, programs: list[Program]) -> None:
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "[unix_http_server]",
+            f"file={self.socket}",
+            "chmod=0700",
+            "",
+            "[supervisord]",
+            f"logfile={self.log_dir / 'supervisord.log'}",
+            "logfile_maxbytes=5MB",
+            "logfile_backups=1",
+            f"pidfile={self.pidfile}",
+            f"directory={self.conf_dir}",
+            "nodaemon=false",
+            "minfds=1024",
+            "",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "",
+            "[supervisorctl]",
+            f"serverurl=unix://{self.socket}",
+            "",
+        ]
+        for p in programs:
+            env = ",".join(f"{k}={_quote_env(v)}" for k, v in sorted(p.env.items()))
+            lines += [
+                f"[program:{p.name}]",
+                f"command={shlex.join(p.command)}",
+                "autostart=false",
+                "autorestart=true",
+                "startsecs=2",
+                "startretries=3",
+                f"stopwaitsecs={p.stopwaitsecs}",
+                "stopasgroup=true",
+                "killasgroup=true",
+                "redirect_stderr=true",
+                f"stdout_logfile={self.log_of(p.name)}",
+                "stdout_logfile_maxbytes=10MB",
+                "stdout_logfile_backups=2",
+            ]
+            if p.user:
+                lines.append(f"user={p.user}")
+            if p.directory:
+                lines.append(f"directory={p.directory}")
+            if env:
+                lines.append(f"environment={env}")
+            lines.append("")
+        write_private(self.conf, "\n".join(lines))
+
+    # --- daemon -------------------------------------------------------------------------------
+    def rpc(self):
+        transport = SupervisorTransport(None, None, f"unix://{self.socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+    def running(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return self.rpc().getState()["statename"] == "RUNNING"
+        except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+            return False
+
+    def start_daemon(self) -> None:
+        exe = Path(sys.executable).with_name("supervisord")
+        cmd = [str(exe) if exe.exists() else "supervisord", "-c", str(self.conf)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise PlatformError(
+                f"supervisord did not start: {result.stderr.strip() or result.stdout.strip()}",
+                "see the log; another supervisord may hold the socket",
+                log=str(self.log_dir / "supervisord.log"),
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.running():
+                return
+            time.sleep(0.1)
+        raise PlatformError(
+            "supervisord started but does not answer on its socket",
+            "see the log",
+            log=str(self.log_dir / "supervisord.log"),
+        )
+
+    def start(self, name: str) -> None:
+        try:
+            self.rpc().startProcess(name, True)
+        except xmlrpc.client.Fault as fault:
+            if "ALREADY_STARTED" in fault.faultString:
+                return
+            raise PlatformError(
+                f"{name} failed to start ({fault.faultString})",
+                f"read its log: `airflow-gitops logs {name}`",
+                log=str(self.log_of(name)),
+            ) from None
+
+    def stop(self, name: str) -> None:
+        try:
+            self.rpc().stopProcess(name, True)
+        except xmlrpc.client.Fault as fault:
+            if "NOT_RUNNING" not in fault.faultString:
+                raise
+
+    def states(self) -> dict[str, dict]:
+        if not self.running():
+            return {}
+        return {i["name"]: i for i in self.rpc().getAllProcessInfo()}
+
+    def shutdown(self, timeout: float = 60) -> None:
+        """Stop every program (in reverse start order), then the daemon; wait until it is gone."""
+        if not self.running():
+            return
+        rpc = self.rpc()
+        try:
+            rpc.stopAllProcesses(True)
+        except xmlrpc.client.Fault:
+            pass
+        pid = int(self.pidfile.read_text()) if self.pidfile.exists() else None
+        try:
+            rpc.shutdown()
+        except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+            pass
+        deadline = time.monotonic() + timeout
+        while pid and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
