@@ -7,6 +7,7 @@ printed: only names and key names.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,7 +34,9 @@ def connect(spec: PlatformSpec):
     from kubernetes.config.config_exception import ConfigException
 
     try:
-        api = config.new_client_from_config(context=spec.kubernetes.context)
+        # Read KUBECONFIG now: the client library only reads it once, at import.
+        kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        api = config.new_client_from_config(config_file=kubeconfig, context=spec.kubernetes.context)
     except (ConfigException, FileNotFoundError, OSError) as err:
         try:
             config.load_incluster_config()
@@ -44,7 +47,7 @@ def connect(spec: PlatformSpec):
         client.VersionApi(api).get_code(_request_timeout=10)
     except Exception as err:  # urllib3 / ApiException / SSL errors: all mean "cannot talk to it"
         host = api.configuration.host
-        reason = getattr(err, "reason", None) or type(err).__name__
+        reason = getattr(err, "reason", None) or f"{type(err).__name__}: {str(err)[:200]}"
         raise PlatformError(
             f"the Kubernetes API server at {host} is unreachable ({reason}); nothing was applied",
             _fix_kubeconfig(spec),

@@ -1,0 +1,212 @@
+"""`airflow-gitops deploy`: a clear error and nothing applied without a cluster, and idempotent Secret
+application against a mocked Kubernetes API (a small in-process HTTP server speaking the few
+endpoints the kubernetes client uses; no real API server exists here). helm itself is stubbed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from airflow_gitops.cli import app
+from airflow_gitops.kubernetes import deploy as deploy_mod
+from airflow_gitops.kubernetes.manifests import build_secrets
+from airflow_gitops.spec import parse_spec
+
+KNOWN_HOSTS = "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+
+
+def write_platform(tmp: Path) -> dict:
+    (tmp / "known_hosts").write_text(KNOWN_HOSTS)
+    data = {
+        "dags": {
+            "repo": "git@github.com:org/dags.git",
+            "ssh_key_file": "deploy_key",
+            "known_hosts_file": "known_hosts",
+        },
+        "database": {"url": "postgresql://airflow:hunter2hunter2hunter2@db:5432/airflow"},
+        "mlflow": {"tracking_uri": "http://mlflow:5000"},
+    }
+    (tmp / "platform.yaml").write_text(yaml.safe_dump(data))
+    return data
+
+
+VERSION = {
+    "major": "1",
+    "minor": "30",
+    "gitVersion": "v1.30.0",
+    "gitCommit": "0" * 40,
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.22",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+
+
+class FakeK8s(BaseHTTPRequestHandler):
+    store: dict[str, dict] = {}
+    writes: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code: int, body: dict):
+        raw = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _not_found(self):
+        self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+
+    def do_GET(self):
+        if self.path.startswith("/version"):
+            return self._send(200, VERSION)
+        obj = self.store.get(self.path.split("?")[0])
+        return self._send(200, obj) if obj else self._not_found()
+
+    def _body(self) -> dict:
+        doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if "stringData" in doc:  # what the real API server does
+            doc["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in doc.pop("stringData").items()}
+        return doc
+
+    def do_POST(self):
+        doc = self._body()
+        path = self.path.split("?")[0] + "/" + doc["metadata"]["name"]
+        self.writes.append(f"create {path}")
+        self.store[path] = doc
+        self._send(201, doc)
+
+    def do_PUT(self):
+        doc = self._body()
+        path = self.path.split("?")[0]
+        self.writes.append(f"replace {path}")
+        self.store[path] = doc
+        self._send(200, doc)
+
+
+@pytest.fixture
+def fake_api(tmp_path, monkeypatch):
+    FakeK8s.store, FakeK8s.writes = {}, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeK8s)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    yield FakeK8s
+    server.shutdown()
+
+
+@pytest.fixture
+def helm_calls(monkeypatch):
+    calls = []
+
+    def fake(spec, r, chart, *, dry_run, console):
+        calls.append({"dry_run": dry_run, "values": r.values})
+        return "would apply 0 chart resources" if dry_run else "applied 0 chart resources"
+
+    monkeypatch.setattr(deploy_mod, "helm_upgrade", fake)
+    return calls
+
+
+def _secret_lines(tmp: Path) -> list[str]:
+    spec = parse_spec(yaml.safe_load((tmp / "platform.yaml").read_text()), base_dir=tmp)
+    out = []
+    for v in build_secrets(spec).values():
+        out += [ln.strip() for ln in v.splitlines() if len(ln.strip()) > 15 and "PRIVATE KEY" not in ln]
+    return out
+
+
+@pytest.mark.parametrize("kubeconfig", ["missing", "unreachable"])
+def test_kubernetes_deploy_without_cluster_is_clear_and_applies_nothing(tmp_path, monkeypatch, helm_calls, kubeconfig):
+    write_platform(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    if kubeconfig == "missing":
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    else:
+        (tmp_path / "kc").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "c",
+                }
+            )
+        )
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kc"))
+    applied = []
+    from kubernetes import client
+
+    for name in ("create_namespace", "create_namespaced_secret", "replace_namespaced_secret"):
+        monkeypatch.setattr(client.CoreV1Api, name, lambda *a, _n=name, **k: applied.append(_n))
+    result = CliRunner().invoke(app, ["deploy", "--out", "rendered"])
+    assert result.exit_code == 1
+    assert ("no usable kubeconfig" if kubeconfig == "missing" else "unreachable") in result.output
+    assert "nothing was applied" in result.output and "Fix:" in result.output
+    assert "Traceback" not in result.output
+    assert applied == [] and helm_calls == []
+
+
+def test_kubernetes_deploy_mock_k8s_api_is_idempotent_and_never_prints_secrets(
+    tmp_path, monkeypatch, fake_api, helm_calls
+):
+    write_platform(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    dry = runner.invoke(app, ["deploy", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert fake_api.writes == []  # dry run: nothing written
+    assert "would create" in dry.output
+
+    first = runner.invoke(app, ["deploy"])
+    assert first.exit_code == 0, first.output
+    created = sorted(w for w in fake_api.writes if w.startswith("create"))
+    assert len([w for w in created if "/secrets/" in w]) == 6
+    assert any(w.endswith("/namespaces/airflow") for w in created)
+    assert any("/persistentvolumeclaims/airflow-logs" in w for w in created)
+    assert helm_calls[-1]["dry_run"] is False
+
+    fake_api.writes.clear()
+    second = runner.invoke(app, ["deploy"])
+    assert second.exit_code == 0, second.output
+    assert fake_api.writes == []  # same keys reused: nothing to change
+    assert second.output.count(": unchanged") == 6
+
+    # A Secret changed behind our back is replaced, not duplicated.
+    path = next(p for p in fake_api.store if p.endswith("/secrets/airflow-jwt-secret"))
+    fake_api.store[path]["data"] = {"jwt-secret": base64.b64encode(b"tampered").decode()}
+    third = runner.invoke(app, ["deploy"])
+    assert fake_api.writes == [f"replace {path}"], third.output
+
+    output = dry.output + first.output + second.output + third.output
+    leaks = [s for s in _secret_lines(tmp_path) if s in output]
+    assert not leaks
+    assert not re.search(r"hunter2hunter2", output)
