@@ -184,7 +184,8 @@ def test_kubernetes_deploy_mock_k8s_api_is_idempotent_and_never_prints_secrets(
     dry = runner.invoke(app, ["deploy", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert fake_api.writes == []  # dry run: nothing written
-    assert "would create" in dry.output
+    assert dry.output.count("would create") == 8  # namespace, PVC, 6 Secrets
+    assert "helm: would install" in dry.output
 
     first = runner.invoke(app, ["deploy"])
     assert first.exit_code == 0, first.output

@@ -177,6 +177,7 @@ def _summary(manifest: str, dry_run: bool) -> str:
 def deploy_command(spec: PlatformSpec, out: Path, *, chart: str | None, dry_run: bool, console) -> None:
     r = render(spec, out, chart=chart)  # local and pure: fails before touching the cluster
     api = connect(spec)  # reachability before any write
+    new_namespace = False
     for doc in r.manifests + r.secrets.secrets:
         state = _apply(api, doc, dry_run=dry_run)
         keys = ", ".join(sorted(doc.get("stringData", {}))) if doc["kind"] == "Secret" else ""
@@ -184,9 +185,11 @@ def deploy_command(spec: PlatformSpec, out: Path, *, chart: str | None, dry_run:
             f"  {doc['kind']}/{doc['metadata']['name']}: {state}" + (f" (keys: {keys})" if keys else ""),
             highlight=False,
         )
-        if dry_run and doc["kind"] == "Namespace" and state == "would create":
-            console.print("  (the namespace does not exist yet: helm's server-side dry run is skipped)")
-            return
+        if doc["kind"] == "Namespace" and state == "would create":
+            new_namespace = True
+    if dry_run and new_namespace:
+        console.print("helm: would install the release (server-side dry run needs the namespace; skipped)")
+        return
     console.print(helm_upgrade(spec, r, chart, dry_run=dry_run, console=console), highlight=False)
     if r.secrets.deploy_public_key:
         console.print(f"Deploy key (public half): {r.secrets.deploy_public_key}", highlight=False, soft_wrap=True)
