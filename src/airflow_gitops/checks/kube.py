@@ -1,0 +1,169 @@
+"""Kubernetes target: namespace, the Secrets the chart reads (with their keys), the logs PVC (RWX).
+
+Runs only with a kubeconfig (``KUBECONFIG`` or ``~/.kube/config``); otherwise every row is ``skip``
+"not checked: no kubeconfig". Secret values are never read into the output: only key names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import PlatformError
+from ..spec import PlatformSpec
+from .result import CheckResult, fail, ok, skip
+
+# The key names the official chart (and `airflow-gitops render`) use in each Secret.
+FERNET_KEY = "fernet-key"
+METADATA_KEY = "connection"
+GIT_SSH_KEY = "gitSshKey"
+KNOWN_HOSTS = "known_hosts"
+API_SECRET_KEY = "api-secret-key"
+JWT_SECRET = "jwt-secret"
+AWS_CREDENTIALS = "credentials"
+
+
+def expected_secrets(spec: PlatformSpec) -> dict[str, list[str]]:
+    names = spec.secrets
+    out = {
+        names.fernet_key_secret: [FERNET_KEY],
+        names.metadata_secret: [METADATA_KEY],
+        names.api_secret_key_secret: [API_SECRET_KEY],
+        names.jwt_secret_secret: [JWT_SECRET],
+        names.aws_secret: [AWS_CREDENTIALS],
+    }
+    if spec.dags.is_ssh:
+        out[names.git_ssh_secret] = [GIT_SSH_KEY, KNOWN_HOSTS]
+    return out
+
+
+def kubeconfig_path() -> Path:
+    return Path(os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config"))
+
+
+def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
+    if not kubeconfig_path().exists():
+        return [
+            skip(
+                "kube.cluster",
+                f"not checked: no kubeconfig ({kubeconfig_path()})",
+                "set KUBECONFIG to check the namespace, Secrets and logs PVC before `deploy`",
+            )
+        ]
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from ..kubernetes.deploy import connect
+
+    try:
+        api = connect(spec)
+    except PlatformError as err:
+        return [fail("kube.cluster", str(err).replace("; nothing was applied", ""), err.fix)]
+    core = client.CoreV1Api(api)
+    ns = spec.kubernetes.namespace
+    rows = [ok("kube.cluster", f"API server {api.configuration.host} answers")]
+    try:
+        core.read_namespace(ns, _request_timeout=10)
+    except ApiException as err:
+        if err.status == 404:
+            rows.append(
+                fail(
+                    "kube.namespace",
+                    f"namespace {ns!r} does not exist",
+                    f"`airflow-gitops deploy` creates it (or kubectl create namespace {ns})",
+                )
+            )
+            return rows
+        rows.append(
+            fail(
+                "kube.namespace",
+                f"cannot read namespace {ns!r}: HTTP {err.status} {err.reason}",
+                "use a kubeconfig user allowed to read namespaces, secrets and PVCs",
+            )
+        )
+        return rows
+    rows.append(ok("kube.namespace", f"namespace {ns} exists"))
+    for name, keys in expected_secrets(spec).items():
+        row = f"kube.secret.{name}"
+        try:
+            secret = core.read_namespaced_secret(name, ns, _request_timeout=10)
+        except ApiException as err:
+            if err.status == 404:
+                rows.append(
+                    fail(
+                        row,
+                        f"Secret {ns}/{name} does not exist",
+                        "`airflow-gitops deploy` creates it from STATE_DIR/secrets (or render + kubectl apply)",
+                    )
+                )
+            else:
+                rows.append(
+                    fail(
+                        row,
+                        f"cannot read Secret {ns}/{name}: HTTP {err.status}",
+                        "grant this user `get` on secrets in the namespace",
+                    )
+                )
+            continue
+        present = set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
+        empty = [k for k, v in (secret.data or {}).items() if not v]
+        missing = [k for k in keys if k not in present]
+        if missing:
+            rows.append(
+                fail(
+                    row,
+                    f"Secret {ns}/{name} lacks key {', '.join(missing)} (has: "
+                    f"{', '.join(sorted(present)) or 'nothing'})",
+                    f"recreate it with those keys: `airflow-gitops deploy` (the chart reads '{missing[0]}')",
+                )
+            )
+        elif empty:
+            rows.append(
+                fail(
+                    row,
+                    f"Secret {ns}/{name} has empty key {', '.join(empty)}",
+                    "`airflow-gitops deploy` rewrites it with the values from STATE_DIR/secrets",
+                )
+            )
+        else:
+            rows.append(ok(row, f"Secret {ns}/{name} has {', '.join(keys)}"))
+    if spec.logs.persistence:
+        claim = spec.logs.existing_claim
+        row = "kube.logs_pvc"
+        try:
+            pvc = core.read_namespaced_persistent_volume_claim(claim, ns, _request_timeout=10)
+        except ApiException as err:
+            rows.append(
+                fail(
+                    row,
+                    f"PVC {ns}/{claim} does not exist"
+                    if err.status == 404
+                    else f"cannot read PVC {ns}/{claim}: HTTP {err.status}",
+                    "`airflow-gitops deploy` creates it (ReadWriteMany, logs.size/logs.storage_class)",
+                )
+            )
+            return rows
+        modes = list(pvc.spec.access_modes or [])
+        phase = pvc.status.phase if pvc.status else "?"
+        if "ReadWriteMany" not in modes:
+            rows.append(
+                fail(
+                    row,
+                    f"PVC {ns}/{claim} is {', '.join(modes) or 'no access mode'}: task pods on other "
+                    "nodes cannot write logs the API server reads",
+                    "recreate it ReadWriteMany on an RWX storage class (NFS, EFS, Azure Files) via logs.storage_class",
+                )
+            )
+        elif phase != "Bound":
+            rows.append(
+                fail(
+                    row,
+                    f"PVC {ns}/{claim} is {phase}, not Bound",
+                    "check `kubectl -n {ns} describe pvc {claim}`: no RWX storage class may exist",
+                )
+            )
+        else:
+            rows.append(ok(row, f"PVC {ns}/{claim} is ReadWriteMany and Bound"))
+    else:
+        rows.append(skip("kube.logs_pvc", "logs.persistence is off"))
+    return rows
