@@ -1,0 +1,266 @@
+"""Run the template's DAGs against real services, without the full platform (tests and bench use this).
+
+* :class:`Services` starts a real ``moto_server`` (S3 + STS) and a real ``mlflow server`` (SQLite store,
+  artifacts on disk) on 127.0.0.1, and writes an AWS credentials file + config file (with ``endpoint_url``)
+  the way the local platform does.
+* :class:`Sandbox` is an AIRFLOW_HOME with a migrated SQLite metadata database whose dags folder is a
+  copy of the template's ``dags/``; :meth:`Sandbox.run_dag` runs one Dag run with ``dag.test()`` in a
+  fresh Python process (Airflow reads its configuration at import time) and returns the task states,
+  durations and XCom return values.
+
+The DAG code sees exactly the variables of :func:`airflow_gitops.local.layout.dag_runtime_env`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import template_dir
+
+BIN = Path(sys.executable).parent
+RESULT_MARKER = "@@DAG_RESULT@@ "
+EXPERIMENT = "airflow-gitops"
+REGISTERED_MODEL = "mlops-classifier"
+BUCKET = "mlops-data"
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@dataclass
+class Services:
+    """Real moto (S3/STS) and MLflow servers on free 127.0.0.1 ports, plus AWS files pointing at moto."""
+
+    root: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    s3_url: str = ""
+    mlflow_url: str = ""
+
+    @property
+    def aws_credentials(self) -> Path:
+        return self.root / "aws" / "credentials"
+
+    @property
+    def aws_config(self) -> Path:
+        return self.root / "aws" / "config"
+
+    def start(self) -> Services:
+        self.root.mkdir(parents=True, exist_ok=True)
+        s3_port, mlflow_port = free_port(), free_port()
+        self.s3_url = f"http://127.0.0.1:{s3_port}"
+        self.mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+        moto_log = self.root / "moto.log"
+        moto = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+            stdout=moto_log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(moto)
+        mlflow_dir = self.root / "mlflow"
+        (mlflow_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+        mlflow_log = self.root / "mlflow.log"
+        mlflow = subprocess.Popen(
+            [
+                str(BIN / "mlflow"), "server",
+                "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                "--artifacts-destination", str(mlflow_dir / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+            ],
+            stdout=mlflow_log.open("w"),
+            stderr=subprocess.STDOUT,
+            cwd=mlflow_dir,
+            # no background job runner (7 huey consumer processes): the DAGs do not use MLflow jobs
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            start_new_session=True,  # uvicorn workers are children: stop() ends the whole group
+        )  # fmt: skip
+        self.procs.append(mlflow)
+        try:
+            _wait_http(f"{self.s3_url}/moto-api/", moto, moto_log)
+            _wait_http(f"{self.mlflow_url}/health", mlflow, mlflow_log, timeout=120)
+        except Exception:
+            self.stop()
+            raise
+        self.write_aws_files()
+        return self
+
+    def write_aws_files(self) -> None:
+        self.aws_credentials.parent.mkdir(parents=True, exist_ok=True)
+        self.aws_credentials.write_text("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+        self.aws_config.write_text(f"[default]\nregion = {REGION}\nendpoint_url = {self.s3_url}\n")
+        self.aws_credentials.chmod(0o600)
+
+    def runtime_env(self) -> dict[str, str]:
+        """The same keys as ``airflow_gitops.local.layout.dag_runtime_env``."""
+        return {
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_EXPERIMENT_NAME": EXPERIMENT,
+            "MLOPS_REGISTERED_MODEL": REGISTERED_MODEL,
+            "MLOPS_DATA_BUCKET": BUCKET,
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.aws_credentials),
+            "AWS_CONFIG_FILE": str(self.aws_config),
+            "AWS_PROFILE": "default",
+            "AWS_DEFAULT_REGION": REGION,
+        }
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)  # its own session: only this server and its children
+            except ProcessLookupError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> Services:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@dataclass
+class DagResult:
+    dag_id: str
+    state: str
+    tasks: dict[str, dict[str, Any]]  # task_id -> {state, duration, xcom: {key: value}}
+    wall_seconds: float
+    maxrss_kb: int
+    output: str
+
+    def xcom(self, task_id: str, key: str = "return_value") -> Any:
+        return self.tasks[task_id]["xcom"].get(key)
+
+
+@dataclass
+class Sandbox:
+    """An AIRFLOW_HOME (SQLite metadata DB) whose dags folder is a copy of the template's ``dags/``."""
+
+    root: Path
+    runtime_env: dict[str, str]
+
+    @property
+    def home(self) -> Path:
+        return self.root / "airflow"
+
+    @property
+    def repo(self) -> Path:
+        return self.root / "repo"
+
+    @property
+    def dags(self) -> Path:
+        return self.repo / "dags"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_", "MLFLOW_", "MLOPS_"))}
+        env.update(self.runtime_env)
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "NO_PROXY": "127.0.0.1,localhost",
+                "no_proxy": "127.0.0.1,localhost",
+            }
+        )
+        return env
+
+    def setup(self) -> Sandbox:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.repo.exists():
+            shutil.copytree(template_dir(), self.repo, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+        proc = subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"], env=self.env(), capture_output=True, text=True, timeout=300
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        return self
+
+    def run_dag(self, dag_id: str, conf: dict[str, Any] | None = None, timeout: float = 300) -> DagResult:
+        proc = subprocess.run(
+            [sys.executable, "-m", "airflow_gitops.dag_repo.harness", dag_id, json.dumps(conf or {})],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        output = proc.stdout + proc.stderr
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
+        if not lines:
+            raise RuntimeError(f"dag.test() of {dag_id} produced no result (exit {proc.returncode}):\n{output[-6000:]}")
+        data = json.loads(lines[-1][len(RESULT_MARKER) :])
+        return DagResult(output=output, **data)
+
+
+def _run_in_this_process(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
+    import resource
+
+    started = time.monotonic()
+    from airflow.dag_processing.dagbag import BundleDagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dags = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    bag = BundleDagBag(dag_folder=dags, bundle_path=dags, bundle_name="dags-folder")
+    if bag.import_errors:
+        raise RuntimeError(f"import errors: {bag.import_errors}")
+    dr = bag.dags[dag_id].test(run_conf=conf)
+    wall = time.monotonic() - started
+    tasks: dict[str, dict[str, Any]] = {}
+    with create_session() as session:
+        for ti in dr.get_task_instances(session=session):
+            duration = (ti.end_date - ti.start_date).total_seconds() if ti.end_date and ti.start_date else None
+            tasks[ti.task_id] = {"state": str(ti.state), "duration": duration, "xcom": {}}
+        rows = session.scalars(select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == dr.run_id))
+        for row in rows:
+            if row.task_id in tasks:
+                tasks[row.task_id]["xcom"][row.key] = XComModel.deserialize_value(row)
+    return {
+        "dag_id": dag_id,
+        "state": str(dr.state),
+        "tasks": tasks,
+        "wall_seconds": wall,
+        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+if __name__ == "__main__":
+    result = _run_in_this_process(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
+    print(RESULT_MARKER + json.dumps(result, default=str), flush=True)
