@@ -1,0 +1,259 @@
+"""``airflow-gitops verify``: the seed's verification table, proven on the running platform.
+
+| seed row            | rows here                                                              |
+|---------------------|------------------------------------------------------------------------|
+| Airflow UI access   | verify.api + verify.component.* (``/api/v2/monitor/health`` + supervisor) |
+| DAG GitSync         | verify.dag_sync (parsed commit == branch head); ``--probe``: push-to-live |
+| PostgreSQL          | verify.postgres (the metadata database answers, with its version)      |
+| AWS auth (boto3)    | task.* from the ``platform_selfcheck`` DAG, run by Airflow itself        |
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from ..spec import PlatformSpec
+from .database import connect, explain_connect_error
+from .git import git_env
+from .result import CheckResult, emit, fail, ok, skip, warn
+
+SELFCHECK_DAG = "platform_selfcheck"
+SELFCHECK_TASK = "selfcheck"
+PROBE_FILE = ".airflow-gitops-probe"
+PROBE_BRANCH_ENV = "AIRFLOW_GITOPS_PROBE_BRANCH"
+
+
+def _components(status: dict) -> list[CheckResult]:
+    rows = []
+    for name, info in status["components"].items():
+        if info.get("healthy"):
+            rows.append(ok(f"verify.component.{name}", f"{info.get('state', '?')}, healthy (pid {info.get('pid')})"))
+        else:
+            rows.append(
+                fail(
+                    f"verify.component.{name}",
+                    f"{name} is {info.get('state', '?')}, not healthy",
+                    f"read its log: `airflow-gitops logs {name}` ({info.get('log')}); `airflow-gitops up` restarts it",
+                )
+            )
+    return rows
+
+
+def _api(platform, status: dict) -> CheckResult:
+    try:
+        client = platform.client()
+        health = client.health()
+    except Exception as err:  # noqa: BLE001
+        return fail(
+            "verify.api",
+            f"{status['api_url']} does not answer ({type(err).__name__})",
+            "`airflow-gitops logs api-server`; `airflow-gitops up` restarts it",
+        )
+    bad = [k for k, v in health.items() if isinstance(v, dict) and v.get("status") not in (None, "healthy")]
+    if bad:
+        return fail(
+            "verify.api",
+            f"{status['api_url']}/api/v2/monitor/health reports unhealthy: {', '.join(bad)}",
+            f"`airflow-gitops logs {bad[0].replace('_', '-')}`",
+        )
+    return ok(
+        "verify.api",
+        f"UI/API at {status['api_url']} answers; monitor/health: "
+        + ", ".join(f"{k} {v.get('status')}" for k, v in health.items() if isinstance(v, dict)),
+    )
+
+
+def _parsed(platform) -> str | None:
+    return platform.parsed_commit() if hasattr(platform, "parsed_commit") else platform.status()["parsed_commit"]
+
+
+def _dag_sync(platform, status: dict, spec: PlatformSpec) -> CheckResult:
+    head = status.get("branch_head")
+    if not head:
+        return fail(
+            "verify.dag_sync",
+            f"cannot read the head of {status['branch']} in {status['dag_repo']}",
+            "run `airflow-gitops doctor` (git rows)",
+        )
+    deadline = time.monotonic() + 3 * spec.dags.sync_interval + 30
+    parsed = status.get("parsed_commit")
+    while parsed != head and time.monotonic() < deadline:
+        time.sleep(1)
+        parsed = _parsed(platform)
+    if parsed == head:
+        return ok("verify.dag_sync", f"Airflow parsed {head[:12]}, the head of {status['branch']}")
+    return fail(
+        "verify.dag_sync",
+        f"Airflow parsed {(parsed or 'nothing')[:12]} but {status['branch']} is at {head[:12]} "
+        f"(waited {3 * spec.dags.sync_interval + 30} s)",
+        "`airflow-gitops logs dag-processor`; `airflow-gitops doctor` checks sub_path and DAG imports",
+    )
+
+
+def _probe(platform, spec: PlatformSpec) -> CheckResult:
+    branch = spec.dags.branch
+    if spec.dags.repo is not None and os.environ.get(PROBE_BRANCH_ENV) != branch:
+        return skip(
+            "verify.probe",
+            f"not probed: {spec.dags.repo} is a shared repository and {branch!r} is not named as a scratch branch",
+            f"point dags.branch at a scratch branch and set {PROBE_BRANCH_ENV}=<that branch> to allow a marker commit",
+        )
+    env = {
+        **git_env(spec),
+        "GIT_AUTHOR_NAME": "airflow-gitops verify",
+        "GIT_AUTHOR_EMAIL": "verify@localhost",
+        "GIT_COMMITTER_NAME": "airflow-gitops verify",
+        "GIT_COMMITTER_EMAIL": "verify@localhost",
+    }
+    with tempfile.TemporaryDirectory(prefix="airflow-gitops-probe-") as tmp:
+        work = Path(tmp) / "repo"
+
+        def git(*args: str) -> str:
+            proc = subprocess.run(
+                ["git", *args], cwd=work if work.exists() else tmp, env=env, capture_output=True, text=True, timeout=120
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr.strip()[-300:])
+            return proc.stdout.strip()
+
+        try:
+            git("clone", "-q", "--depth", "1", "--branch", branch, spec.dag_repo_url, str(work))
+            marker = work / (spec.dags.sub_path or ".") / PROBE_FILE
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"verify --probe at {time.time():.3f}\n")
+            git("add", "-f", str(marker.relative_to(work)))
+            git("commit", "-q", "-m", "airflow-gitops verify --probe marker")
+            sha = git("rev-parse", "HEAD")
+            git("push", "-q", "origin", f"HEAD:{branch}")
+        except RuntimeError as err:
+            return fail(
+                "verify.probe",
+                f"could not push the marker commit: {err}",
+                "the deploy key is read-only (good): probe with the local repository or a scratch branch "
+                "you may push to",
+            )
+    pushed = time.monotonic()
+    timeout = 10 * spec.dags.sync_interval + 60
+    while time.monotonic() - pushed < timeout:
+        if _parsed(platform) == sha:
+            seconds = time.monotonic() - pushed
+            return ok(
+                "verify.probe",
+                f"marker {sha[:12]} live {seconds:.1f} s after push (dags.sync_interval {spec.dags.sync_interval} s)",
+            )
+        time.sleep(0.5)
+    return fail(
+        "verify.probe",
+        f"marker {sha[:12]} not parsed {timeout} s after push",
+        "`airflow-gitops logs dag-processor`; check dags.sync_interval",
+    )
+
+
+def _postgres(platform) -> CheckResult:
+    url = platform.database_url()
+    try:
+        conn = connect(url)
+    except Exception as err:  # noqa: BLE001
+        saw, fix = explain_connect_error(err, url)
+        return fail("verify.postgres", saw, fix)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW server_version")
+            version = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM dag")
+            dags = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return ok("verify.postgres", f"the metadata database answers: PostgreSQL {version}, {dags} DAGs registered")
+
+
+def _selfcheck(platform) -> list[CheckResult]:
+    client = platform.client()
+    try:
+        if SELFCHECK_DAG not in client.dag_ids():
+            return [
+                fail(
+                    "task.selfcheck",
+                    f"DAG {SELFCHECK_DAG} is not in Airflow",
+                    "keep dags/platform_selfcheck.py from the template in your DAG repository",
+                )
+            ]
+        run_id = client.trigger(SELFCHECK_DAG)
+        run = client.wait_run(SELFCHECK_DAG, run_id, timeout=300)
+    except Exception as err:  # noqa: BLE001 - PlatformError from the client, HTTP errors
+        fix = getattr(err, "fix", "") or "`airflow-gitops logs scheduler`"
+        return [fail("task.selfcheck", f"could not run {SELFCHECK_DAG}: {str(err)[:300]}", fix)]
+    report = None
+    for key in ("return_value", "report"):
+        try:
+            report = client.xcom(SELFCHECK_DAG, run_id, SELFCHECK_TASK, key=key)
+            if report:
+                break
+        except Exception:  # noqa: BLE001 - no XCom under that key
+            continue
+    if not isinstance(report, dict) or "checks" not in report:
+        return [
+            fail(
+                "task.selfcheck",
+                f"run {run_id} ended {run.get('state')} without a report",
+                f"read the task log in the UI ({platform.layout.api_url}) or `airflow-gitops logs scheduler`",
+            )
+        ]
+    rows = []
+    for name, c in report["checks"].items():
+        if c.get("ok"):
+            rows.append(ok(f"task.{name}", str(c.get("detail", ""))[:300]))
+        else:
+            rows.append(
+                fail(
+                    f"task.{name}",
+                    str(c.get("detail", ""))[:300],
+                    "fix what the detail names (aws.* / mlflow.* in platform.yaml), then `verify` again",
+                )
+            )
+    return rows
+
+
+def run_verify_local(spec: PlatformSpec, *, probe: bool) -> list[CheckResult]:
+    from ..local.platform import LocalPlatform
+
+    platform = LocalPlatform(spec)
+    status = platform.status()
+    if not status["running"]:
+        return [fail("verify.running", "the local platform is not running", "`airflow-gitops up`")]
+    rows = [_api(platform, status), *_components(status)]
+    rows.append(_dag_sync(platform, status, spec))
+    if probe:
+        rows.append(_probe(platform, spec))
+    rows.append(_postgres(platform))
+    if rows[0].status == "ok" and all(r.status != "fail" for r in rows if r.name.startswith("verify.component")):
+        rows += _selfcheck(platform)
+    else:
+        rows.append(skip("task.selfcheck", "not run: fix the failing components first"))
+    return rows
+
+
+def run_verify_kubernetes(spec: PlatformSpec, *, probe: bool) -> list[CheckResult]:
+    from .kube import kube_checks
+
+    rows = kube_checks(spec)
+    rows.append(
+        warn(
+            "verify.kubernetes",
+            "the in-cluster rows (health, DAG sync, selfcheck) are not automated for Kubernetes yet",
+            f"kubectl -n {spec.kubernetes.namespace} port-forward svc/{spec.kubernetes.release}-api-server 8080, "
+            f"then trigger {SELFCHECK_DAG} in the UI",
+        )
+    )
+    return rows
+
+
+def verify_command(spec: PlatformSpec, target: str, *, probe: bool, as_json: bool, console: Console) -> int:
+    rows = run_verify_kubernetes(spec, probe=probe) if target == "kubernetes" else run_verify_local(spec, probe=probe)
+    return emit(rows, console, title=f"airflow-gitops verify ({target})", as_json=as_json, target=target)
