@@ -228,10 +228,44 @@ class Sandbox:
         return DagResult(output=output, **data)
 
 
+def _profile_tasks(memory: dict[str, dict[str, float]]) -> None:
+    """Record each task's RSS at start and its peak while it runs (dag.test() runs tasks one by one, in process)."""
+    import threading
+
+    import psutil
+    from airflow.sdk.definitions import dag as dag_module
+
+    original = dag_module._run_task
+    me = psutil.Process()
+
+    def profiled(*, ti, task, **kwargs):
+        start_rss = me.memory_info().rss
+        peak = [start_rss]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], me.memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            return original(ti=ti, task=task, **kwargs)
+        finally:
+            done.set()
+            sampler.join()
+            peak[0] = max(peak[0], me.memory_info().rss)
+            memory[ti.task_id] = {"rss_start_mb": start_rss / 2**20, "rss_peak_mb": peak[0] / 2**20}
+
+    dag_module._run_task = profiled
+
+
 def _run_in_this_process(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
     import resource
 
     started = time.monotonic()
+    memory: dict[str, dict[str, float]] = {}
+    _profile_tasks(memory)
     from airflow.dag_processing.dagbag import BundleDagBag
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -247,7 +281,7 @@ def _run_in_this_process(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
     with create_session() as session:
         for ti in dr.get_task_instances(session=session):
             duration = (ti.end_date - ti.start_date).total_seconds() if ti.end_date and ti.start_date else None
-            tasks[ti.task_id] = {"state": str(ti.state), "duration": duration, "xcom": {}}
+            tasks[ti.task_id] = {"state": str(ti.state), "duration": duration, "xcom": {}, **memory.get(ti.task_id, {})}
         rows = session.scalars(select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == dr.run_id))
         for row in rows:
             if row.task_id in tasks:

@@ -176,7 +176,9 @@ def ml_training_pipeline():
         params = get_current_context()["params"]
         s3 = mc.s3_client()
         _, x_test, _, y_test = _split(mc.get_parquet(s3, trained["bucket"], trained["key"]))
-        model = joblib.load(io.BytesIO(s3.get_object(Bucket=trained["bucket"], Key=trained["model_key"])["Body"].read()))
+        model = joblib.load(
+            io.BytesIO(s3.get_object(Bucket=trained["bucket"], Key=trained["model_key"])["Body"].read())
+        )
         predicted = model.predict(x_test)
         scores = {
             "accuracy": skm.accuracy_score(y_test, predicted),
@@ -211,7 +213,9 @@ def ml_training_pipeline():
         cfg = mc.settings()
         commit, source = mc.bundle_version(ctx)
         s3 = mc.s3_client()
-        model = joblib.load(io.BytesIO(s3.get_object(Bucket=evaluated["bucket"], Key=evaluated["model_key"])["Body"].read()))
+        model = joblib.load(
+            io.BytesIO(s3.get_object(Bucket=evaluated["bucket"], Key=evaluated["model_key"])["Body"].read())
+        )
         sample = mc.get_parquet(s3, evaluated["bucket"], evaluated["key"]).drop(columns=["target"]).head(5)
 
         # requirements are declared above; never let MLflow scan the working directory for a uv project
@@ -296,10 +300,14 @@ def ml_training_pipeline():
         elif champion_value is None:
             promote, reason = True, f"champion v{champion.version} has no {metric} metric"
         elif _better(new_value, champion_value, metric):
-            promote, reason = True, f"{metric} {new_value:.4f} beats champion v{champion.version} ({champion_value:.4f})"
+            promote, reason = (
+                True,
+                f"{metric} {new_value:.4f} beats champion v{champion.version} ({champion_value:.4f})",
+            )
         else:
-            promote, reason = False, (
-                f"{metric} {new_value:.4f} does not beat champion v{champion.version} ({champion_value:.4f})"
+            promote, reason = (
+                False,
+                (f"{metric} {new_value:.4f} does not beat champion v{champion.version} ({champion_value:.4f})"),
             )
         if promote:
             client.set_registered_model_alias(cfg.registered_model, CHAMPION_ALIAS, version)

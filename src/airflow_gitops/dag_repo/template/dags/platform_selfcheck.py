@@ -42,7 +42,9 @@ def _check_aws() -> str:
     if creds is None:
         raise RuntimeError("boto3 found no AWS credentials" + _aws_hint())
     ident = session.client("sts").get_caller_identity()
-    return f"account={ident['Account']} arn={ident['Arn']} (credentials from {creds.method}, region {session.region_name})"
+    return (
+        f"account={ident['Account']} arn={ident['Arn']} (credentials from {creds.method}, region {session.region_name})"
+    )
 
 
 def _check_s3(run_id: str) -> str:

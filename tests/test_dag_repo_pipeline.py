@@ -1,0 +1,196 @@
+"""The template's DAGs against real services: a real ``moto_server`` (S3 + STS) and a real ``mlflow server``.
+
+Each Dag run is a ``dag.test()`` in a fresh process with an SQLite metadata database and exactly the
+environment of ``airflow_gitops.local.layout.dag_runtime_env`` (see ``airflow_gitops.dag_repo.harness``).
+Under ``dag.test()`` a task has no DAG bundle, so the commit tag is ``unversioned``; the commit lookup
+itself is tested against a real ``GitDagBundle`` on a local Git repository.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from airflow_gitops.dag_repo import template_dir
+from airflow_gitops.dag_repo.harness import BUCKET, REGISTERED_MODEL, Sandbox, Services
+from airflow_gitops.local.layout import dag_runtime_env
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    with Services(tmp_path_factory.mktemp("services")) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def sandbox(services, tmp_path_factory):
+    return Sandbox(tmp_path_factory.mktemp("sandbox"), services.runtime_env()).setup()
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(services):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=services.mlflow_url)
+
+
+def _dump(result) -> str:
+    return json.dumps({k: v["state"] for k, v in result.tasks.items()}) + "\n" + result.output[-6000:]
+
+
+def test_harness_env_has_the_platform_contract_keys(services):
+    """The harness gives DAG code the same variables as the platform (layout.dag_runtime_env)."""
+    from airflow_gitops.local.layout import Layout
+    from airflow_gitops.spec import PlatformSpec
+
+    try:
+        layout = Layout(PlatformSpec())
+    except Exception as exc:  # the spec may require fields; the keys are what matters
+        pytest.skip(f"cannot build a default PlatformSpec to read dag_runtime_env's keys: {exc}")
+    platform, ours = dag_runtime_env(layout), services.runtime_env()
+    assert set(ours) == set(platform)
+    same = (
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLOPS_REGISTERED_MODEL",
+        "MLOPS_DATA_BUCKET",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+    )
+    assert {k: ours[k] for k in same} == {k: platform[k] for k in same}
+
+
+def test_selfcheck_passes(sandbox):
+    result = sandbox.run_dag("platform_selfcheck")
+    assert result.state == "success", _dump(result)
+    report = result.xcom("selfcheck")
+    assert report["ok"] is True
+    assert set(report["checks"]) == {"aws_identity", "s3_write_read", "mlflow", "metadata_db", "bundle_version"}
+    assert all(c["ok"] for c in report["checks"].values()), report
+    assert "arn=arn:aws:sts::" in report["checks"]["aws_identity"]["detail"]
+    assert f"s3://{BUCKET}/_selfcheck/" in report["checks"]["s3_write_read"]["detail"]
+    assert report["bundle_version"] is None  # dag.test(): no bundle
+    assert report["checks"]["bundle_version"]["detail"] == "none (unavailable)"
+    assert "platform self-check: PASSED" in result.output
+
+
+def test_selfcheck_fails_naming_aws_when_the_credentials_file_is_missing(sandbox, services):
+    hidden = services.aws_credentials.with_suffix(".hidden")
+    services.aws_credentials.rename(hidden)
+    try:
+        result = sandbox.run_dag("platform_selfcheck")
+    finally:
+        hidden.rename(services.aws_credentials)
+    assert result.state == "failed", _dump(result)
+    assert result.tasks["selfcheck"]["state"] == "failed"
+    report = result.xcom("selfcheck", "report")
+    assert report is not None and report["ok"] is False
+    assert report["checks"]["aws_identity"]["ok"] is False
+    assert (
+        f"AWS_SHARED_CREDENTIALS_FILE={services.aws_credentials} does not exist"
+        in (report["checks"]["aws_identity"]["detail"])
+    )
+    assert report["checks"]["mlflow"]["ok"] is True and report["checks"]["metadata_db"]["ok"] is True
+    assert "platform self-check failed: aws_identity (" in result.output
+    assert "platform self-check: FAILED" in result.output
+
+
+def _run_pipeline(sandbox, conf):
+    result = sandbox.run_dag("ml_training_pipeline", conf)
+    assert result.state == "success", _dump(result)
+    assert all(t["state"] == "success" for t in result.tasks.values()), _dump(result)
+    return result
+
+
+def test_pipeline_registers_tags_and_promotes_only_better_models(sandbox, services, mlflow_client):
+    import boto3
+
+    # 1. first model: becomes champion (accuracy ~0.958 on breast_cancer)
+    first = _run_pipeline(sandbox, {"model": "random_forest"})
+    reg1 = first.xcom("register")
+    assert reg1["promoted"] is True and reg1["reason"] == "no champion yet"
+    v1 = mlflow_client.get_model_version(REGISTERED_MODEL, reg1["version"])
+    run_id_1 = first.xcom("log_to_mlflow")["mlflow_run_id"]
+    assert v1.run_id == run_id_1
+    assert v1.tags["git.commit"] == "unversioned"  # dag.test(): no bundle, tagged explicitly
+    assert v1.tags["airflow.bundle_version_source"] == "unavailable"
+    assert v1.tags["mlflow.run_id"] == run_id_1
+    assert v1.tags["airflow.run_id"].startswith("manual__")
+    run1 = mlflow_client.get_run(run_id_1)
+    assert run1.data.tags["git.commit"] == "unversioned"
+    assert run1.data.params["model"] == "random_forest"
+    assert run1.data.metrics["accuracy"] == pytest.approx(first.xcom("evaluate")["metrics"]["accuracy"])
+    assert mlflow_client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version == v1.version
+    # the dataset really is in S3 (read back independently of the DAG)
+    s3 = boto3.client("s3", endpoint_url=services.s3_url, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    head = s3.head_object(Bucket=BUCKET, Key=first.xcom("ingest")["key"])
+    assert head["ContentLength"] > 1000
+
+    # 2. a worse model (a depth-1 tree, ~0.92): registered, champion does not move
+    second = _run_pipeline(sandbox, {"model": "decision_tree", "model_params": {"max_depth": 1}})
+    reg2 = second.xcom("register")
+    assert int(reg2["version"]) == int(reg1["version"]) + 1
+    assert reg2["promoted"] is False and "does not beat champion" in reg2["reason"], reg2
+    assert reg2["value"] < reg1["value"]
+    assert mlflow_client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version == v1.version
+    assert mlflow_client.get_model_version(REGISTERED_MODEL, reg2["version"]).tags["promotion"] == reg2["reason"]
+
+    # 3. a better model (scaled logistic regression, ~0.986): champion moves to it
+    third = _run_pipeline(sandbox, {"model": "logistic_regression"})
+    reg3 = third.xcom("register")
+    assert reg3["promoted"] is True and "beats champion v" + str(v1.version) in reg3["reason"], reg3
+    assert reg3["value"] > reg1["value"]
+    champion = mlflow_client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    assert champion.version == reg3["version"]
+    assert {"register", "log_to_mlflow", "evaluate", "train", "validate", "ingest"} == set(third.tasks)
+
+
+BUNDLE_PROBE = r"""
+import json, sys, types
+sys.path.insert(0, sys.argv[2])
+import mlops_common
+from airflow.providers.git.bundles.git import GitDagBundle
+
+def probe(version):
+    bundle = GitDagBundle(name="dags-probe-" + str(bool(version)), tracking_ref="main", subdir="dags",
+                          repo_url=sys.argv[1], version=version)
+    bundle.initialize()
+    return mlops_common.bundle_version({"ti": types.SimpleNamespace(bundle_instance=bundle)})
+
+print("@@" + json.dumps({"unpinned": probe(None), "pinned": probe(sys.argv[3]),
+                         "no_bundle": mlops_common.bundle_version({"ti": types.SimpleNamespace()})}))
+"""
+
+
+def test_bundle_version_is_the_commit_under_a_real_git_dag_bundle(sandbox, tmp_path):
+    """mlops_common.bundle_version() against Airflow's real GitDagBundle on a local repository."""
+    if shutil.which("git") is None:
+        pytest.skip("git binary not installed: GitDagBundle needs it")
+    work = tmp_path / "work"
+    shutil.copytree(template_dir(), work, ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
+    subprocess.run([*git, "init", "-q", str(work)], check=True)
+    subprocess.run([*git, "-C", str(work), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-qm", "first"], check=True)
+    first = subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (work / "dags" / "README.txt").write_text("second commit\n")
+    subprocess.run([*git, "-C", str(work), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-qm", "second"], check=True)
+    head = subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    bare = tmp_path / "dags.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+
+    proc = subprocess.run(
+        [sys.executable, "-c", BUNDLE_PROBE, str(bare), str(template_dir() / "dags"), first],
+        env=sandbox.env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = json.loads(lines[-1][2:])
+    assert found["unpinned"] == [head, "bundle_instance.get_current_version()"]
+    assert found["pinned"] == [first, "bundle_instance.version"]
+    assert found["no_bundle"] == [None, "unavailable"]
