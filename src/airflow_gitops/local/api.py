@@ -13,7 +13,7 @@ TERMINAL = {"success", "failed"}
 
 
 class AirflowClient:
-    def __init__(self, base_url: str, username: str, password: str, timeout: float = 10):
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30):
         self.base_url = base_url.rstrip("/")
         self._auth = (username, password)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
@@ -77,7 +77,10 @@ class AirflowClient:
     def wait_run(self, dag_id: str, run_id: str, timeout: float = 180) -> dict:
         deadline = time.monotonic() + timeout
         while True:
-            run = self.dag_run(dag_id, run_id)
+            try:
+                run = self.dag_run(dag_id, run_id)
+            except httpx.TransportError:  # a busy single-worker API server: ask again
+                run = {"state": "unknown"}
             if run["state"] in TERMINAL:
                 return run
             if time.monotonic() > deadline:

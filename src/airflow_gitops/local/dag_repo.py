@@ -52,18 +52,7 @@ def seed_local_repo(layout: Layout) -> bool:
 
 def branch_head(layout: Layout) -> str | None:
     """The commit at the tip of the configured branch, read from the remote (ls-remote)."""
-    from .airflow_env import git_connection
+    from ..checks.git import ls_remote
 
-    env_cmd = []
-    conn = git_connection(layout)
-    if conn["extra"]:
-        ssh = (
-            f"ssh -i {conn['extra']['key_file']} -o IdentitiesOnly=yes -o BatchMode=yes "
-            f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={conn['extra']['known_hosts_file']}"
-        )
-        env_cmd = ["-c", f"core.sshCommand={ssh}"]
-    try:
-        out = git(*env_cmd, "ls-remote", layout.spec.dag_repo_url, f"refs/heads/{layout.spec.dags.branch}")
-    except PlatformError:
-        return None
-    return out.split()[0] if out else None
+    remote, _ = ls_remote(layout.spec, layout.spec.dag_repo_url)
+    return remote.refs.get(f"refs/heads/{layout.spec.dags.branch}") if remote else None

@@ -108,7 +108,8 @@ class LocalPlatform:
                         str(lay.mlflow / "artifacts"),
                         "--serve-artifacts",
                     ],
-                    env={"MLFLOW_HOME": str(lay.mlflow)},
+                    # No background job runner: it forks ~8 huey workers (~250 MB each) that nothing here uses.
+                    env={"MLFLOW_HOME": str(lay.mlflow), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                     directory=lay.mlflow,
                 )
             )
@@ -162,8 +163,16 @@ class LocalPlatform:
                     f"the deploy key {key} is readable by other users (ssh refuses such keys)",
                     f"chmod 600 {key}",
                 )
-        elif dags.repo and dags.repo.startswith("/") and not Path(dags.repo).exists():
-            raise PlatformError(f"dags.repo {dags.repo} does not exist", "create the repository or fix dags.repo")
+        if dags.repo:
+            # Reach the repository now, with the same key and pinned host key Airflow will use, so a
+            # wrong host key or a missing deploy key fails here and not in a dag-processor log.
+            from ..checks.git import check_branch, ls_remote
+
+            remote, result = ls_remote(self.spec, dags.repo)
+            if remote is not None:
+                result = check_branch(self.spec, remote)
+            if result.status == "fail":
+                raise PlatformError(f"DAG repository: {result.saw}", result.fix)
 
     # --- verbs -----------------------------------------------------------------------------------
     def up(self, console: Console) -> None:

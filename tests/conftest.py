@@ -1,0 +1,123 @@
+"""Shared fixtures. ``local_platform``: one real local platform (PostgreSQL, moto, MLflow, Airflow 3)
+for the whole test session, on free ports and a temporary state directory, stopped at the end.
+
+Tests that change it (stop a component, ``down``/``up``) must leave it healthy again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from airflow_gitops.local.platform import LocalPlatform
+from airflow_gitops.spec import PlatformSpec, parse_spec
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_spec(base_dir: Path, extra: dict | None = None) -> PlatformSpec:
+    """A spec on free ports with a short sync interval, state in ``base_dir/.airflow-gitops``."""
+    data = {
+        "dags": {"sync_interval": 2},
+        "local": {
+            "ports": {"api": free_port(), "mlflow": free_port(), "s3": free_port(), "postgres": free_port()},
+            "parallelism": 4,
+        },
+    }
+    return parse_spec(_merge(data, extra or {}), base_dir=base_dir)
+
+
+def quiet_console() -> Console:
+    return Console(width=200, force_terminal=False, record=True)
+
+
+def cleanup_platform(platform: LocalPlatform) -> None:
+    """Stop everything and remove a PostgreSQL data dir that had to live outside the state dir."""
+    platform.down(quiet_console())
+    marker = platform.layout.root / "postgres.location"
+    if marker.exists():
+        shutil.rmtree(Path(marker.read_text().strip()).parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_platform(tmp_path_factory) -> LocalPlatform:
+    spec = make_spec(tmp_path_factory.mktemp("platform"))
+    platform = LocalPlatform(spec)
+    try:
+        platform.up(quiet_console())
+    except BaseException:
+        cleanup_platform(platform)
+        raise
+    yield platform
+    cleanup_platform(platform)
+
+
+class DagRepo:
+    """A working clone of a platform's DAG repository, to commit and push like a user."""
+
+    def __init__(self, url: str, work: Path, branch: str = "main", env: dict | None = None):
+        self.url, self.work, self.branch, self.env = url, work, branch, env
+        subprocess.run(["git", "clone", "-q", "--branch", branch, url, str(work)], check=True, env=env)
+
+    def git(self, *args: str) -> str:
+        cmd = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args]
+        return subprocess.run(cmd, cwd=self.work, check=True, capture_output=True, text=True, env=self.env).stdout
+
+    def push(self, files: dict[str, str | None], message: str) -> str:
+        """Write (or, for None, delete) files, commit, push; return the pushed commit's sha."""
+        self.git("pull", "-q", "--rebase", "origin", self.branch)
+        for rel, content in files.items():
+            path = self.work / rel
+            if content is None:
+                path.unlink()
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
+        self.git("push", "-q", "origin", f"HEAD:{self.branch}")
+        return self.git("rev-parse", "HEAD").strip()
+
+
+def tiny_dag(dag_id: str) -> str:
+    return f'''
+from datetime import datetime
+from airflow.sdk import dag, task
+
+@dag(dag_id="{dag_id}", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
+     tags=["test"], default_args={{"owner": "tests", "retries": 0}})
+def _d():
+    @task
+    def hello():
+        return "{dag_id}"
+    hello()
+
+_d()
+'''
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

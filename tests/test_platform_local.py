@@ -1,0 +1,124 @@
+"""The local platform, end to end, with real parts: PostgreSQL, git, Airflow 3, MLflow, moto."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+
+import psycopg2
+from conftest import DagRepo, quiet_console, tiny_dag, wait_for
+
+from airflow_gitops import secrets
+from airflow_gitops.dag_repo import DAG_IDS
+
+PREFIX = "t_" + uuid.uuid4().hex[:6]
+
+
+def test_example_dags_are_listed_and_parsed_commit_is_branch_head(local_platform):
+    client = local_platform.client()
+    assert set(DAG_IDS) <= wait_for(lambda: client.dag_ids() >= set(DAG_IDS) and client.dag_ids(), 60, "example DAGs")
+    report = local_platform.status()
+    assert report["healthy"], report["components"]
+    assert report["branch_head"] and report["parsed_commit"] == report["branch_head"]
+    # DAGs are unpaused at creation, as in the seed.
+    dags = {d["dag_id"]: d for d in client.list_dags()}
+    assert not dags["platform_selfcheck"]["is_paused"]
+
+
+def test_pushed_dag_appears_and_its_run_records_the_commit(local_platform, tmp_path):
+    repo = DagRepo(local_platform.spec.dag_repo_url, tmp_path / "work")
+    dag_id = f"{PREFIX}_pushed"
+    sha = repo.push({f"dags/{dag_id}.py": tiny_dag(dag_id)}, f"add {dag_id}")
+    client = local_platform.client()
+    wait_for(lambda: dag_id in client.dag_ids(), 90, f"{dag_id} to be listed")
+    run_id = client.trigger(dag_id)
+    run = client.wait_run(dag_id, run_id, timeout=180)
+    assert run["state"] == "success"
+    assert run["bundle_version"] == sha
+    assert client.xcom(dag_id, run_id, "hello") == dag_id
+
+
+def test_broken_dag_is_reported_and_other_dags_keep_running(local_platform, tmp_path):
+    repo = DagRepo(local_platform.spec.dag_repo_url, tmp_path / "work")
+    good = f"{PREFIX}_still_good"
+    broken_file = f"{PREFIX}_broken.py"
+    sha = repo.push(
+        {f"dags/{good}.py": tiny_dag(good), f"dags/{broken_file}": "from airflow.sdk import dag\ndef broken(:\n"},
+        "a good DAG and a broken one",
+    )
+    client = local_platform.client()
+    errors = wait_for(
+        lambda: [e for e in client.import_errors() if e["filename"].endswith(broken_file)], 90, "the import error"
+    )
+    assert "SyntaxError" in errors[0]["stack_trace"]
+    wait_for(lambda: good in client.dag_ids(), 90, f"{good} to be listed")
+    run_id = client.trigger(good)
+    run = client.wait_run(good, run_id, timeout=180)
+    assert run["state"] == "success" and run["bundle_version"] == sha
+    # Remove the broken file again so later tests see a clean repository.
+    repo.push({f"dags/{broken_file}": None}, "remove the broken DAG")
+    wait_for(lambda: not [e for e in client.import_errors() if e["filename"].endswith(broken_file)], 90, "error gone")
+
+
+def test_second_up_is_a_noop(local_platform):
+    pids = {n: c["pid"] for n, c in local_platform.status()["components"].items()}
+    console = quiet_console()
+    local_platform.up(console)
+    assert "Already up" in console.export_text()
+    assert {n: c["pid"] for n, c in local_platform.status()["components"].items()} == pids
+
+
+def test_keys_are_private_and_never_in_logs(local_platform):
+    sdir = local_platform.layout.secrets
+    files = [f for f in sdir.iterdir() if f.is_file()]
+    assert files
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert stat.S_IMODE(local_platform.supervisor.conf.stat().st_mode) == 0o600
+    values = secrets.all_secret_values(local_platform.spec)
+    assert values
+    for log in local_platform.layout.logs.glob("*.log"):
+        text = log.read_text(errors="ignore")
+        for v in values:
+            assert v not in text, f"a secret value appears in {log}"
+    # supervisord.conf carries no secret either: they live in the 0600 env file.
+    conf = local_platform.supervisor.conf.read_text()
+    assert not [v for v in values if v in conf]
+
+
+def _airflow(platform, *args: str) -> subprocess.CompletedProcess:
+    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    env = {**os.environ, **platform.airflow_env()}
+    return subprocess.run([airflow, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_down_up_keeps_history_and_encrypted_connection(local_platform):
+    client = local_platform.client()
+    secret_value = "p@ss:/word-" + uuid.uuid4().hex
+    conn_id = f"{PREFIX}_conn"
+    client.request(
+        "POST",
+        "/api/v2/connections",
+        json={"connection_id": conn_id, "conn_type": "generic", "host": "db.example", "password": secret_value},
+    )
+    # Stored encrypted with the platform's Fernet key, not in clear.
+    with psycopg2.connect(local_platform.database_url().replace("+psycopg2", "")) as db, db.cursor() as cur:
+        cur.execute("SELECT password, is_encrypted FROM connection WHERE conn_id = %s", (conn_id,))
+        stored, is_encrypted = cur.fetchone()
+    assert is_encrypted and secret_value not in stored
+    run_id = client.trigger("platform_selfcheck")
+    client.wait_run("platform_selfcheck", run_id, timeout=180)
+
+    local_platform.down(quiet_console())
+    assert not local_platform.supervisor.running()
+    local_platform.up(quiet_console())
+
+    client = local_platform.client()
+    assert run_id in {r["dag_run_id"] for r in client.dag_runs("platform_selfcheck")}
+    got = _airflow(local_platform, "connections", "get", conn_id, "-o", "json")
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert json.loads(got.stdout)[0]["password"] == secret_value
