@@ -29,9 +29,7 @@ err_console = Console(stderr=True)
 
 SpecOption = Annotated[
     Path | None,
-    typer.Option(
-        "--file", "-f", help="platform.yaml to use (default: ./platform.yaml, else built-in defaults)"
-    ),
+    typer.Option("--file", "-f", help="platform.yaml to use (default: ./platform.yaml, else built-in defaults)"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -131,6 +129,21 @@ def logs(
 
 @app.command()
 @_friendly
+def run(
+    dag_id: Annotated[str, typer.Argument(help="The DAG to trigger, e.g. ml_training_pipeline.")],
+    conf: Annotated[str | None, typer.Option(help="DAG params as JSON.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 600,
+    file: SpecOption = None,
+) -> None:
+    """Trigger a DAG on the local platform and wait for it; exit 1 if the run fails."""
+    from .local.platform import LocalPlatform
+    from .local.run import run_dag
+
+    run_dag(LocalPlatform(_spec(file)), dag_id, conf, timeout, console)
+
+
+@app.command()
+@_friendly
 def render(
     target: TargetOption = Target.kubernetes,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("rendered"),
@@ -150,13 +163,9 @@ def render(
 @app.command()
 @_friendly
 def deploy(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the rendered files.")] = Path(
-        "rendered"
-    ),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the rendered files.")] = Path("rendered"),
     chart: Annotated[str | None, typer.Option(help="Chart folder or REPO_URL@VERSION.")] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would change; apply nothing.")
-    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; apply nothing.")] = False,
     file: SpecOption = None,
 ) -> None:
     """Apply the Secrets and `helm upgrade --install` the official chart with the rendered values."""

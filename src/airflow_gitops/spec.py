@@ -83,9 +83,7 @@ class ImageSpec(_Model):
     @classmethod
     def _repo(cls, v: str) -> str:
         if not re.match(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$", v):
-            raise ValueError(
-                f"{v!r} is not an image repository; use e.g. 'registry.example.com/team/airflow-mlops'"
-            )
+            raise ValueError(f"{v!r} is not an image repository; use e.g. 'registry.example.com/team/airflow-mlops'")
         return v
 
     @field_validator("tag")
@@ -169,9 +167,7 @@ class DagsSpec(_Model):
         if v is None:
             return v
         if not (
-            re.match(r"^(ssh|https?|file|git)://", v)
-            or re.match(r"^[\w.-]+@[\w.-]+:[^/].*", v)
-            or v.startswith("/")
+            re.match(r"^(ssh|https?|file|git)://", v) or re.match(r"^[\w.-]+@[\w.-]+:[^/].*", v) or v.startswith("/")
         ):
             raise ValueError(
                 f"{v!r} is not a Git URL; use 'git@host:org/repo.git', 'ssh://git@host:port/org/repo.git', "
@@ -244,7 +240,12 @@ class DatabaseSpec(_Model):
                     "platform.yaml",
                     [("database.url", f"refers to ${{{name}}} but that environment variable is not set")],
                 )
-            return DatabaseSpec(url=value).url
+            try:
+                return DatabaseSpec(url=value).url
+            except ValidationError as err:
+                raise SpecError(
+                    "platform.yaml", [(f"database.url (${{{name}}})", p[1]) for p in _problems(err)]
+                ) from None
         return self.url
 
 

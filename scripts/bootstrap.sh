@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what airflow-gitops needs on a Debian-like machine, then the Python environment (uv.lock).
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (it only installs what is missing).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need_apt=()
+command -v git >/dev/null || need_apt+=(git)
+command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+if [ "${AIRFLOW_GITOPS_WITH_SSHD:-0}" = 1 ] && [ ! -x /usr/sbin/sshd ]; then need_apt+=(openssh-server); fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian packages: ${need_apt[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "error: missing ${need_apt[*]}. Fix: sudo apt-get install -y ${need_apt[*]}" >&2
+    exit 1
+  fi
+fi
+if ! command -v uv >/dev/null; then
+  tools="${XDG_CACHE_HOME:-$HOME/.cache}/airflow-gitops/uv"
+  if [ ! -x "$tools/bin/uv" ]; then
+    echo "installing uv into $tools"
+    python3 -m venv "$tools" && "$tools/bin/pip" install -q uv
+  fi
+  export PATH="$tools/bin:$PATH"
+fi
+uv sync --frozen --python 3.11 -q

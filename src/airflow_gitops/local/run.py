@@ -1,0 +1,49 @@
+"""``airflow-gitops run DAG_ID``: trigger a DAG on the local platform, wait, and report its tasks."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import PlatformError
+from .platform import LocalPlatform
+
+
+def run_dag(platform: LocalPlatform, dag_id: str, conf: str | None, timeout: float, console: Console) -> dict:
+    if not platform.supervisor.running():
+        raise PlatformError("the platform is not running", "start it: `airflow-gitops up`")
+    try:
+        params = json.loads(conf) if conf else {}
+    except json.JSONDecodeError as err:
+        raise PlatformError(f"--conf is not valid JSON: {err}", 'pass e.g. --conf \'{"model": "logistic"}\'') from None
+    client = platform.client()
+    if dag_id not in client.dag_ids():
+        raise PlatformError(
+            f"DAG {dag_id!r} is not known to Airflow",
+            f"push it to {platform.spec.dag_repo_url} ({platform.spec.dags.sub_path}/) and wait "
+            f"{platform.spec.dags.sync_interval} s; `airflow-gitops status` shows the parsed commit",
+        )
+    with console.status(f"running {dag_id}"):
+        run_id = client.trigger(dag_id, params)
+        run = client.wait_run(dag_id, run_id, timeout)
+    table = Table(title=f"{dag_id} / {run_id}")
+    for col in ("task", "state", "seconds"):
+        table.add_column(col)
+    tis = client.task_instances(dag_id, run_id)
+    for ti in tis:
+        colour = "green" if ti["state"] == "success" else "red"
+        table.add_row(ti["task_id"], f"[{colour}]{ti['state']}[/]", f"{ti.get('duration') or 0:.1f}")
+    console.print(table)
+    console.print(f"Commit (bundle_version): {run.get('bundle_version')}")
+    console.print(f"UI: {platform.layout.api_url}/dags/{dag_id}/runs/{run_id}")
+    if run["state"] != "success":
+        failed = [ti["task_id"] for ti in tis if ti["state"] in ("failed", "upstream_failed")]
+        first = failed[0] if failed else "?"
+        raise PlatformError(
+            f"{dag_id} run {run_id} {run['state']} (failed tasks: {', '.join(failed) or 'none'})",
+            f"read the task log in the UI, or under {platform.layout.task_logs}/dag_id={dag_id}/run_id={run_id}/"
+            f"task_id={first}/",
+        )
+    return run
