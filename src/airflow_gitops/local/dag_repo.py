@@ -9,12 +9,28 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from fnmatch import fnmatch
 from pathlib import Path
 
 from ..errors import PlatformError
 from .layout import Layout
 
 AUTHOR = ["-c", "user.name=airflow-gitops", "-c", "user.email=airflow-gitops@localhost"]
+# Build and test leftovers that may sit in the template folder of a checkout; never seeded.
+SKIP = ("__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".hypothesis")
+
+
+def template_files() -> dict[str, str]:
+    """The DAG repository template as {relative path: text}, without build/test leftovers."""
+    from ..dag_repo import template_dir
+
+    root = template_dir()
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and not any(fnmatch(part, pat) for part in rel.parts for pat in SKIP):
+            out[str(rel)] = path.read_text()
+    return out
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
@@ -38,7 +54,7 @@ def seed_local_repo(layout: Layout) -> bool:
     git("init", "--quiet", "--bare", f"--initial-branch={branch}", str(repo))
     with tempfile.TemporaryDirectory(prefix="airflow-gitops-seed-") as tmp:
         work = Path(tmp) / "work"
-        shutil.copytree(template_dir(), work, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(template_dir(), work, ignore=shutil.ignore_patterns(*SKIP))
         sub = layout.spec.dags.sub_path
         if sub not in ("", ".", "dags") and (work / "dags").is_dir():
             (work / sub).parent.mkdir(parents=True, exist_ok=True)
