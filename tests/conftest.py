@@ -18,6 +18,9 @@ from rich.console import Console
 from airflow_gitops.local.platform import LocalPlatform
 from airflow_gitops.spec import PlatformSpec, parse_spec
 
+# Fixture modules shared by several test files.
+pytest_plugins = ["mock_k8s_api"]
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -4,53 +4,11 @@ no kubeconfig at all."""
 from __future__ import annotations
 
 import base64
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import pytest
-import yaml
 
 from airflow_gitops.checks import kube
 from airflow_gitops.spec import parse_spec
 
 NS = "airflow"
-VERSION = {
-    "major": "1",
-    "minor": "31",
-    "gitVersion": "v1.31.0",
-    "gitCommit": "0" * 40,
-    "gitTreeState": "clean",
-    "buildDate": "2026-01-01T00:00:00Z",
-    "goVersion": "go1.22",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
-
-
-class MockK8sApi(BaseHTTPRequestHandler):
-    store: dict[str, dict] = {}
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        path = self.path.split("?")[0]
-        if path.rstrip("/") == "/version":
-            body, code = VERSION, 200
-        elif path in self.store:
-            body, code = self.store[path], 200
-        else:
-            body, code = (
-                {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404},
-                404,
-            )
-        raw = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
 
 
 def _secret(name, keys):
@@ -70,29 +28,6 @@ def _healthy_store(spec) -> dict[str, dict]:
         "status": {"phase": "Bound"},
     }
     return store
-
-
-@pytest.fixture
-def mock_k8s_api(tmp_path, monkeypatch):
-    MockK8sApi.store = {}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), MockK8sApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    cfg = tmp_path / "kubeconfig"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "m", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "m", "context": {"cluster": "m", "user": "u"}}],
-                "current-context": "m",
-            }
-        )
-    )
-    monkeypatch.setenv("KUBECONFIG", str(cfg))
-    yield MockK8sApi
-    server.shutdown()
 
 
 def _spec(tmp_path):

@@ -5,10 +5,7 @@ endpoints the kubernetes client uses; no real API server exists here). helm itse
 from __future__ import annotations
 
 import base64
-import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -36,87 +33,6 @@ def write_platform(tmp: Path) -> dict:
     }
     (tmp / "platform.yaml").write_text(yaml.safe_dump(data))
     return data
-
-
-VERSION = {
-    "major": "1",
-    "minor": "30",
-    "gitVersion": "v1.30.0",
-    "gitCommit": "0" * 40,
-    "gitTreeState": "clean",
-    "buildDate": "2026-01-01T00:00:00Z",
-    "goVersion": "go1.22",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
-
-
-class FakeK8s(BaseHTTPRequestHandler):
-    store: dict[str, dict] = {}
-    writes: list[str] = []
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, code: int, body: dict):
-        raw = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def _not_found(self):
-        self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
-
-    def do_GET(self):
-        if self.path.startswith("/version"):
-            return self._send(200, VERSION)
-        obj = self.store.get(self.path.split("?")[0])
-        return self._send(200, obj) if obj else self._not_found()
-
-    def _body(self) -> dict:
-        doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if "stringData" in doc:  # what the real API server does
-            doc["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in doc.pop("stringData").items()}
-        return doc
-
-    def do_POST(self):
-        doc = self._body()
-        path = self.path.split("?")[0] + "/" + doc["metadata"]["name"]
-        self.writes.append(f"create {path}")
-        self.store[path] = doc
-        self._send(201, doc)
-
-    def do_PUT(self):
-        doc = self._body()
-        path = self.path.split("?")[0]
-        self.writes.append(f"replace {path}")
-        self.store[path] = doc
-        self._send(200, doc)
-
-
-@pytest.fixture
-def fake_api(tmp_path, monkeypatch):
-    FakeK8s.store, FakeK8s.writes = {}, []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeK8s)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
-                "current-context": "fake",
-            }
-        )
-    )
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    yield FakeK8s
-    server.shutdown()
 
 
 @pytest.fixture
@@ -175,7 +91,7 @@ def test_kubernetes_deploy_without_cluster_is_clear_and_applies_nothing(tmp_path
 
 
 def test_kubernetes_deploy_mock_k8s_api_is_idempotent_and_never_prints_secrets(
-    tmp_path, monkeypatch, fake_api, helm_calls
+    tmp_path, monkeypatch, mock_k8s_api, helm_calls
 ):
     write_platform(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -183,29 +99,29 @@ def test_kubernetes_deploy_mock_k8s_api_is_idempotent_and_never_prints_secrets(
 
     dry = runner.invoke(app, ["deploy", "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert fake_api.writes == []  # dry run: nothing written
+    assert mock_k8s_api.writes == []  # dry run: nothing written
     assert dry.output.count("would create") == 8  # namespace, PVC, 6 Secrets
     assert "helm: would install" in dry.output
 
     first = runner.invoke(app, ["deploy"])
     assert first.exit_code == 0, first.output
-    created = sorted(w for w in fake_api.writes if w.startswith("create"))
+    created = sorted(w for w in mock_k8s_api.writes if w.startswith("create"))
     assert len([w for w in created if "/secrets/" in w]) == 6
     assert any(w.endswith("/namespaces/airflow") for w in created)
     assert any("/persistentvolumeclaims/airflow-logs" in w for w in created)
     assert helm_calls[-1]["dry_run"] is False
 
-    fake_api.writes.clear()
+    mock_k8s_api.writes.clear()
     second = runner.invoke(app, ["deploy"])
     assert second.exit_code == 0, second.output
-    assert fake_api.writes == []  # same keys reused: nothing to change
+    assert mock_k8s_api.writes == []  # same keys reused: nothing to change
     assert second.output.count(": unchanged") == 6
 
     # A Secret changed behind our back is replaced, not duplicated.
-    path = next(p for p in fake_api.store if p.endswith("/secrets/airflow-jwt-secret"))
-    fake_api.store[path]["data"] = {"jwt-secret": base64.b64encode(b"tampered").decode()}
+    path = next(p for p in mock_k8s_api.store if p.endswith("/secrets/airflow-jwt-secret"))
+    mock_k8s_api.store[path]["data"] = {"jwt-secret": base64.b64encode(b"tampered").decode()}
     third = runner.invoke(app, ["deploy"])
-    assert fake_api.writes == [f"replace {path}"], third.output
+    assert mock_k8s_api.writes == [f"replace {path}"], third.output
 
     output = dry.output + first.output + second.output + third.output
     leaks = [s for s in _secret_lines(tmp_path) if s in output]

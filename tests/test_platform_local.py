@@ -122,3 +122,19 @@ def test_down_up_keeps_history_and_encrypted_connection(local_platform):
     got = _airflow(local_platform, "connections", "get", conn_id, "-o", "json")
     assert got.returncode == 0, got.stderr[-2000:]
     assert json.loads(got.stdout)[0]["password"] == secret_value
+
+
+def test_every_listening_socket_is_on_loopback(local_platform):
+    import psutil
+
+    listening = []
+    for name, comp in local_platform.status()["components"].items():
+        root = psutil.Process(comp["pid"])
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                conns = proc.net_connections(kind="inet")
+            except psutil.NoSuchProcess:
+                continue
+            listening += [(name, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    assert {n for n, _, _ in listening} >= {"postgres", "s3", "mlflow", "api-server"}
+    assert [sock for sock in listening if sock[1] != "127.0.0.1"] == []
