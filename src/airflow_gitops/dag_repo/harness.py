@@ -194,6 +194,8 @@ class Sandbox:
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
                 "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+                # bundle clones live in the sandbox, not in the shared default (<tmp>/airflow/dag_bundles)
+                "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(self.root / "bundles"),
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "NO_PROXY": "127.0.0.1,localhost",
                 "no_proxy": "127.0.0.1,localhost",
@@ -213,8 +215,16 @@ class Sandbox:
         return self
 
     def run_dag(self, dag_id: str, conf: dict[str, Any] | None = None, timeout: float = 300) -> DagResult:
+        """One Dag run with ``dag.test()`` in a fresh process."""
+        return self.run_dags([(dag_id, conf or {})], timeout=timeout)[0]
+
+    def run_dags(self, runs: list[tuple[str, dict[str, Any]]], timeout: float = 600) -> list[DagResult]:
+        """Several Dag runs, one after the other, in one fresh process (saves Airflow's start-up per run).
+
+        ``output`` of each result is the whole process output; ``maxrss_kb`` is the process peak so far.
+        """
         proc = subprocess.run(
-            [sys.executable, "-m", "airflow_gitops.dag_repo.harness", dag_id, json.dumps(conf or {})],
+            [sys.executable, "-m", "airflow_gitops.dag_repo.harness", json.dumps(runs)],
             env=self.env(),
             capture_output=True,
             text=True,
@@ -222,10 +232,12 @@ class Sandbox:
         )
         output = proc.stdout + proc.stderr
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
-        if not lines:
-            raise RuntimeError(f"dag.test() of {dag_id} produced no result (exit {proc.returncode}):\n{output[-6000:]}")
-        data = json.loads(lines[-1][len(RESULT_MARKER) :])
-        return DagResult(output=output, **data)
+        if len(lines) != len(runs):
+            raise RuntimeError(
+                f"dag.test() of {[r[0] for r in runs]} produced {len(lines)} result(s) (exit {proc.returncode}):\n"
+                f"{output[-6000:]}"
+            )
+        return [DagResult(output=output, **json.loads(ln[len(RESULT_MARKER) :])) for ln in lines]
 
 
 def _profile_tasks(memory: dict[str, dict[str, float]]) -> None:
@@ -260,19 +272,26 @@ def _profile_tasks(memory: dict[str, dict[str, float]]) -> None:
     dag_module._run_task = profiled
 
 
-def _run_in_this_process(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
-    import resource
-
-    started = time.monotonic()
+def _run_in_this_process(runs: list[tuple[str, dict[str, Any]]]) -> None:
     memory: dict[str, dict[str, float]] = {}
     _profile_tasks(memory)
+    for dag_id, conf in runs:
+        started = time.monotonic()
+        memory.clear()
+        # parse afresh for every run: dag.test() applies run_conf to the DAG object's params in place
+        _test_one(dag_id, conf, None, memory, started)
+
+
+def _test_one(dag_id: str, conf: dict[str, Any], bag, memory: dict, started: float):
+    import resource
+
     from airflow.dag_processing.dagbag import BundleDagBag
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     dags = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-    bag = BundleDagBag(dag_folder=dags, bundle_path=dags, bundle_name="dags-folder")
+    bag = bag or BundleDagBag(dag_folder=dags, bundle_path=dags, bundle_name="dags-folder")
     if bag.import_errors:
         raise RuntimeError(f"import errors: {bag.import_errors}")
     dr = bag.dags[dag_id].test(run_conf=conf)
@@ -286,15 +305,16 @@ def _run_in_this_process(dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
         for row in rows:
             if row.task_id in tasks:
                 tasks[row.task_id]["xcom"][row.key] = XComModel.deserialize_value(row)
-    return {
+    result = {
         "dag_id": dag_id,
         "state": str(dr.state),
         "tasks": tasks,
         "wall_seconds": wall,
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
+    print(RESULT_MARKER + json.dumps(result, default=str), flush=True)
+    return bag
 
 
 if __name__ == "__main__":
-    result = _run_in_this_process(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
-    print(RESULT_MARKER + json.dumps(result, default=str), flush=True)
+    _run_in_this_process([(dag_id, conf) for dag_id, conf in json.loads(sys.argv[1])])
