@@ -410,7 +410,7 @@ class FastPlatform(LocalPlatform):
         except Exception:
             return None
 
-    def _migrate(self) -> None:
+    def _migrate(self, *args) -> None:
         from importlib.metadata import version
 
         marker = self.layout.airflow_home / ".migrated"
@@ -418,7 +418,7 @@ class FastPlatform(LocalPlatform):
         stamp = f"{version('apache-airflow')} {rev}"
         if rev and marker.exists() and marker.read_text() == stamp:
             return
-        super()._migrate()
+        super()._migrate(*args)
         marker.write_text(f"{version('apache-airflow')} {self._db_revision()}")
 
 
