@@ -171,6 +171,9 @@ class Sandbox:
 
     root: Path
     runtime_env: dict[str, str]
+    # set by start_api_server(): dag.test(use_executor=True) then runs each task in its own process
+    api_port: int | None = None
+    api_proc: subprocess.Popen | None = None
 
     @property
     def home(self) -> Path:
@@ -187,6 +190,8 @@ class Sandbox:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_", "MLFLOW_", "MLOPS_"))}
         env.update(self.runtime_env)
+        if self.api_port:
+            env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{self.api_port}/execution/"
         env.update(
             {
                 "AIRFLOW_HOME": str(self.home),
@@ -197,6 +202,9 @@ class Sandbox:
                 # bundle clones live in the sandbox, not in the shared default (<tmp>/airflow/dag_bundles)
                 "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(self.root / "bundles"),
                 "PYTHONDONTWRITEBYTECODE": "1",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "2",
+                "AIRFLOW__API_AUTH__JWT_SECRET": "dag-harness-not-a-secret",
                 "NO_PROXY": "127.0.0.1,localhost",
                 "no_proxy": "127.0.0.1,localhost",
             }
@@ -214,6 +222,37 @@ class Sandbox:
             raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
         return self
 
+    def start_api_server(self) -> None:
+        """A real ``airflow api-server``: what LocalExecutor's task processes talk to (the Execution API)."""
+        self.api_port = free_port()
+        log = self.root / "api-server.log"
+        self.api_proc = subprocess.Popen(
+            [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"],
+            env=self.env(),
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_http(f"http://127.0.0.1:{self.api_port}/api/v2/version", self.api_proc, log, timeout=180)
+        except Exception:
+            self.stop_api_server()
+            raise
+
+    def stop_api_server(self) -> None:
+        if self.api_proc is not None:
+            try:
+                os.killpg(self.api_proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.api_proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.api_proc.pid, signal.SIGKILL)
+                self.api_proc.wait()
+            self.api_proc = None
+            self.api_port = None
+
     def run_dag(self, dag_id: str, conf: dict[str, Any] | None = None, timeout: float = 300) -> DagResult:
         """One Dag run with ``dag.test()`` in a fresh process."""
         return self.run_dags([(dag_id, conf or {})], timeout=timeout)[0]
@@ -223,15 +262,24 @@ class Sandbox:
 
         ``output`` of each result is the whole process output; ``maxrss_kb`` is the process peak so far.
         """
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "airflow_gitops.dag_repo.harness", json.dumps(runs)],
             env=self.env(),
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
+            start_new_session=True,  # on timeout, end it and any executor workers it started
         )
-        output = proc.stdout + proc.stderr
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            raise RuntimeError(
+                f"dag.test() of {[r[0] for r in runs]} timed out after {timeout}s:\n{stdout[-4000:]}"
+            ) from None
+        output = stdout + stderr
+        lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_MARKER)]
         if len(lines) != len(runs):
             raise RuntimeError(
                 f"dag.test() of {[r[0] for r in runs]} produced {len(lines)} result(s) (exit {proc.returncode}):\n"
@@ -272,6 +320,36 @@ def _profile_tasks(memory: dict[str, dict[str, float]]) -> None:
     dag_module._run_task = profiled
 
 
+def _sample_task_processes(peaks: dict[str, float]):
+    """Peak RSS of every task process (title ``airflow worker -- <ti id>``) below this one; returns a stop()."""
+    import threading
+
+    import psutil
+
+    me = psutil.Process()
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            for child in me.children(recursive=True):
+                try:
+                    title = " ".join(part for part in child.cmdline() if part).strip()  # setproctitle pads
+                    if title.startswith("airflow worker -- ") and "LocalExecutor" not in title:
+                        ti_id = title.rsplit(" ", 1)[-1]
+                        peaks[ti_id] = max(peaks.get(ti_id, 0.0), child.memory_info().rss / 2**20)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join()
+
+    return stop
+
+
 def _run_in_this_process(runs: list[tuple[str, dict[str, Any]]]) -> None:
     memory: dict[str, dict[str, float]] = {}
     _profile_tasks(memory)
@@ -294,13 +372,22 @@ def _test_one(dag_id: str, conf: dict[str, Any], bag, memory: dict, started: flo
     bag = bag or BundleDagBag(dag_folder=dags, bundle_path=dags, bundle_name="dags-folder")
     if bag.import_errors:
         raise RuntimeError(f"import errors: {bag.import_errors}")
-    dr = bag.dags[dag_id].test(run_conf=conf)
+    # with an Execution API server to talk to, LocalExecutor runs every task in its own process (as on the platform)
+    use_executor = bool(os.environ.get("AIRFLOW__CORE__EXECUTION_API_SERVER_URL"))
+    task_process_peaks: dict[str, float] = {}
+    stop_sampling = _sample_task_processes(task_process_peaks) if use_executor else (lambda: None)
+    try:
+        dr = bag.dags[dag_id].test(run_conf=conf, use_executor=use_executor)
+    finally:
+        stop_sampling()
     wall = time.monotonic() - started
     tasks: dict[str, dict[str, Any]] = {}
     with create_session() as session:
         for ti in dr.get_task_instances(session=session):
             duration = (ti.end_date - ti.start_date).total_seconds() if ti.end_date and ti.start_date else None
             tasks[ti.task_id] = {"state": str(ti.state), "duration": duration, "xcom": {}, **memory.get(ti.task_id, {})}
+            if str(ti.id) in task_process_peaks:  # the task's own process (executor mode)
+                tasks[ti.task_id]["task_process_rss_peak_mb"] = task_process_peaks[str(ti.id)]
         rows = session.scalars(select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == dr.run_id))
         for row in rows:
             if row.task_id in tasks:
