@@ -96,7 +96,20 @@ def _airflow(platform, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([airflow, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_down_up_keeps_history_and_encrypted_connection(local_platform):
+def _log_mlflow_artifact(platform, tmp_path) -> tuple[str, str]:
+    import mlflow
+
+    mlflow.set_tracking_uri(platform.layout.mlflow_url)
+    mlflow.set_experiment(f"{PREFIX}-restart")
+    text = uuid.uuid4().hex
+    (tmp_path / "note.txt").write_text(text)
+    with mlflow.start_run() as run:
+        mlflow.log_metric("m", 1.0)
+        mlflow.log_artifact(str(tmp_path / "note.txt"))
+    return run.info.run_id, text
+
+
+def test_down_up_keeps_history_encrypted_connection_and_mlflow(local_platform, tmp_path):
     client = local_platform.client()
     secret_value = "p@ss:/word-" + uuid.uuid4().hex
     conn_id = f"{PREFIX}_conn"
@@ -112,6 +125,7 @@ def test_down_up_keeps_history_and_encrypted_connection(local_platform):
     assert is_encrypted and secret_value not in stored
     run_id = client.trigger("platform_selfcheck")
     client.wait_run("platform_selfcheck", run_id, timeout=180)
+    mlflow_run, artifact_text = _log_mlflow_artifact(local_platform, tmp_path)
 
     local_platform.down(quiet_console())
     assert not local_platform.supervisor.running()
@@ -122,6 +136,13 @@ def test_down_up_keeps_history_and_encrypted_connection(local_platform):
     got = _airflow(local_platform, "connections", "get", conn_id, "-o", "json")
     assert got.returncode == 0, got.stderr[-2000:]
     assert json.loads(got.stdout)[0]["password"] == secret_value
+    # MLflow runs and artifacts are on disk in the state dir, not in the (in-memory) S3 endpoint.
+    import mlflow
+
+    path = mlflow.artifacts.download_artifacts(
+        run_id=mlflow_run, artifact_path="note.txt", dst_path=str(tmp_path / "d")
+    )
+    assert open(path).read() == artifact_text
 
 
 def test_every_listening_socket_is_on_loopback(local_platform):

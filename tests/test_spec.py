@@ -22,7 +22,9 @@ def test_embedded_defaults_serve_without_a_file(tmp_path, monkeypatch):
     assert spec.dags.repo is None and spec.dag_repo_url == str(tmp_path / ".airflow-gitops" / "dags.git")
     assert spec.database.url is None and spec.aws.credentials_file is None
     assert spec.airflow.executor == "KubernetesExecutor"
-    assert (spec.dags.branch, spec.dags.sub_path, spec.dags.depth, spec.dags.sync_interval) == ("main", "dags", 1, 10)
+    assert (spec.dags.branch, spec.dags.sub_path, spec.dags.depth, spec.dags.sync_interval) == ("main", "dags", 1, 1)
+    remote = parse_spec({"dags": {"repo": "https://example.com/org/dags.git"}})
+    assert remote.dags.sync_interval == 10  # the seed's git-sync period for a remote repository
 
 
 def test_init_template_is_the_defaults():

@@ -32,7 +32,7 @@ dags:
   branch: main
   sub_path: dags
   depth: 1
-  sync_interval: 10          # seconds (git-sync period / GitDagBundle refresh_interval)
+  sync_interval: null        # seconds between syncs; null: 1 for the local repo, 10 (the seed's) for a remote
   ssh_key_file: null         # deploy key, private half, 0600 (`airflow-gitops init --deploy-key`)
   known_hosts_file: null     # pinned host key: ssh-keyscan HOST > known_hosts (check the fingerprint!)
   delivery: git-sync         # kubernetes: git-sync sidecars (the seed's) or bundle (Airflow 3 GitDagBundle)

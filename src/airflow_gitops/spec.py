@@ -138,13 +138,22 @@ class DagsSpec(_Model):
     branch: str = "main"
     sub_path: str = "dags"
     depth: int = Field(default=1, ge=0)
-    # Seconds between syncs (git-sync `period`, GitDagBundle `refresh_interval`).
-    sync_interval: int = Field(default=10, ge=1, le=3600)
+    # Seconds between syncs (git-sync `period`, GitDagBundle `refresh_interval`). Unset: 10 s for a
+    # remote repository (the seed's git-sync period), 1 s for the local bare repository, where a
+    # fetch is a few milliseconds of local I/O and push-to-live is then ~1-2 s instead of ~5.
+    sync_interval: int | None = Field(default=None, ge=1, le=3600)
     # SSH deploy key (private half) and pinned known_hosts for an SSH `repo`.
     ssh_key_file: Path | None = None
     known_hosts_file: Path | None = None
     # Kubernetes delivery: the chart's git-sync sidecars (the seed's) or Airflow 3's GitDagBundle.
     delivery: Literal["git-sync", "bundle"] = "git-sync"
+
+    @field_validator("sync_interval")
+    @classmethod
+    def _interval(cls, v: int | None, info) -> int:
+        if v is not None:
+            return v
+        return 1 if info.data.get("repo") is None else 10
 
     @field_validator("branch")
     @classmethod

@@ -7,6 +7,7 @@ If anything fails, everything started is stopped again and the error names the c
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import socket
@@ -86,33 +87,22 @@ class LocalPlatform:
         lay = self.layout
         progs: list[Program] = []
         if lay.runs_local_postgres:
-            progs.append(Program("postgres", self.postgres.command(), user=self.postgres.run_as, stopwaitsecs=30))
-        if lay.runs_local_s3:
-            progs.append(Program("s3", [_bin("moto_server"), "-H", HOST, "-p", str(lay.ports.s3)]))
-        if lay.runs_local_mlflow:
             progs.append(
-                Program(
-                    "mlflow",
-                    [
-                        _bin("mlflow"),
-                        "server",
-                        "--host",
-                        HOST,
-                        "--port",
-                        str(lay.ports.mlflow),
-                        "--workers",
-                        "1",
-                        "--backend-store-uri",
-                        f"sqlite:///{lay.mlflow / 'mlflow.db'}",
-                        "--artifacts-destination",
-                        str(lay.mlflow / "artifacts"),
-                        "--serve-artifacts",
-                    ],
-                    # No background job runner: it forks ~8 huey workers (~250 MB each) that nothing here uses.
-                    env={"MLFLOW_HOME": str(lay.mlflow), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                    directory=lay.mlflow,
-                )
+                Program("postgres", self.postgres.command(), user=self.postgres.run_as, stopwaitsecs=30, priority=10)
             )
+        if lay.runs_local_s3:
+            progs.append(Program("s3", [_bin("moto_server"), "-H", HOST, "-p", str(lay.ports.s3)], priority=20))
+        if lay.runs_local_mlflow:
+            command = [
+                sys.executable,
+                "-m",
+                "airflow_gitops.local.mlflow_server",
+                HOST,
+                str(lay.ports.mlflow),
+                f"sqlite:///{lay.mlflow / 'mlflow.db'}",
+                str(lay.mlflow / "artifacts"),
+            ]
+            progs.append(Program("mlflow", command, directory=lay.mlflow, priority=20))
         env_file = self.env_file
         airflow = _bin("airflow")
         commands = {
@@ -125,7 +115,9 @@ class LocalPlatform:
         }
         for name in AIRFLOW_COMPONENTS:
             launch = [sys.executable, "-m", "airflow_gitops.local.launch", str(env_file), "--"]
-            progs.append(Program(name, launch + commands[name], directory=lay.airflow_home, stopwaitsecs=30))
+            progs.append(
+                Program(name, launch + commands[name], directory=lay.airflow_home, stopwaitsecs=30, priority=30)
+            )
         return progs
 
     # --- preflight -------------------------------------------------------------------------------
@@ -239,8 +231,7 @@ class LocalPlatform:
             if name in self._names():
                 step(f"starting {name}")
                 self.supervisor.start(name)
-        step("migrating Airflow's metadata database")
-        self._migrate()
+        self._migrate(step)
         for name in AIRFLOW_COMPONENTS:
             step(f"starting {name}")
             self.supervisor.start(name)
@@ -249,7 +240,29 @@ class LocalPlatform:
     def _names(self) -> list[str]:
         return [p.name for p in self.programs()]
 
-    def _migrate(self) -> None:
+    def _db_revision(self) -> str | None:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(self.database_url(), connect_args={"connect_timeout": 5})
+        try:
+            with engine.connect() as conn:
+                return conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
+        except sqlalchemy.exc.SQLAlchemyError:
+            return None  # no database or no schema yet: migrate
+        finally:
+            engine.dispose()
+
+    def _migrate(self, step) -> None:
+        """``airflow db migrate``, skipped when this Airflow version already migrated this database.
+
+        A no-op migrate still costs ~8 CPU-seconds of imports on every ``up``; the stamp holds the
+        Airflow version and the revision the database had right after our last migration.
+        """
+        stamp = self.layout.airflow_home / "migrated.stamp"
+        version = importlib.metadata.version("apache-airflow-core")
+        if stamp.exists() and stamp.read_text().strip() == f"{version} {self._db_revision()}":
+            return
+        step("migrating Airflow's metadata database")
         log = self.layout.logs / "migrate.log"
         with open(log, "w") as fh:
             result = subprocess.run(
@@ -265,6 +278,7 @@ class LocalPlatform:
                 "read the log; with an external database.url check the URL and that the user may create tables",
                 log=str(log),
             )
+        stamp.write_text(f"{version} {self._db_revision()}\n")
 
     def component_health(self) -> dict[str, bool]:
         """Per component: is it answering? (supervisor state alone says only that it runs)."""

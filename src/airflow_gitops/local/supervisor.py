@@ -32,6 +32,8 @@ class Program:
     user: str | None = None
     directory: Path | None = None
     stopwaitsecs: int = 20
+    # Start order low to high; `down` stops high to low, so PostgreSQL stops after Airflow.
+    priority: int = 30
 
 
 def _quote_env(value: str) -> str:
@@ -94,6 +96,7 @@ class Supervisor:
                 f"[program:{p.name}]",
                 f"command={shlex.join(p.command)}",
                 "autostart=false",
+                f"priority={p.priority}",
                 "autorestart=true",
                 "startsecs=2",
                 "startretries=3",
@@ -149,8 +152,9 @@ class Supervisor:
         )
 
     def start(self, name: str) -> None:
+        """Start a program without waiting its ``startsecs``: callers check real health instead."""
         try:
-            self.rpc().startProcess(name, True)
+            self.rpc().startProcess(name, False)
         except xmlrpc.client.Fault as fault:
             if "ALREADY_STARTED" in fault.faultString:
                 return
