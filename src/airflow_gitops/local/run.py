@@ -37,6 +37,13 @@ def run_dag(platform: LocalPlatform, dag_id: str, conf: str | None, timeout: flo
         table.add_row(ti["task_id"], f"[{colour}]{ti['state']}[/]", f"{ti.get('duration') or 0:.1f}")
     console.print(table)
     console.print(f"Commit (bundle_version): {run.get('bundle_version')}")
+    finished = sorted((ti for ti in tis if ti["state"] == "success"), key=lambda ti: ti.get("end_date") or "")
+    if finished:
+        last = finished[-1]["task_id"]
+        try:
+            console.print(f"Result of {last}: {json.dumps(client.xcom(dag_id, run_id, last), default=str)}")
+        except PlatformError:
+            pass  # the last task returned nothing
     console.print(f"UI: {platform.layout.api_url}/dags/{dag_id}/runs/{run_id}")
     if run["state"] != "success":
         failed = [ti["task_id"] for ti in tis if ti["state"] in ("failed", "upstream_failed")]
