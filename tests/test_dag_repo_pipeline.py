@@ -187,8 +187,8 @@ print("@@" + json.dumps({"unpinned": probe(None), "pinned": probe(sys.argv[3]),
 """
 
 
-def test_bundle_version_is_the_commit_under_a_real_git_dag_bundle(sandbox, tmp_path):
-    """mlops_common.bundle_version() against Airflow's real GitDagBundle on a local repository."""
+def _git_repo(tmp_path):
+    """A bare Git repository holding the template (two commits); returns (bare path, first sha, head sha)."""
     if shutil.which("git") is None:
         pytest.skip("git binary not installed: GitDagBundle needs it")
     work = tmp_path / "work"
@@ -204,7 +204,12 @@ def test_bundle_version_is_the_commit_under_a_real_git_dag_bundle(sandbox, tmp_p
     head = subprocess.run(["git", "-C", str(work), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     bare = tmp_path / "dags.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    return bare, first, head
 
+
+def test_bundle_version_is_the_commit_under_a_real_git_dag_bundle(sandbox, tmp_path):
+    """mlops_common.bundle_version() against Airflow's real GitDagBundle on a local repository."""
+    bare, first, head = _git_repo(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-c", BUNDLE_PROBE, str(bare), str(template_dir() / "dags"), first],
         env=sandbox.env(), capture_output=True, text=True, timeout=180,
@@ -215,3 +220,44 @@ def test_bundle_version_is_the_commit_under_a_real_git_dag_bundle(sandbox, tmp_p
     assert found["unpinned"] == [head, "bundle_instance.get_current_version()"]
     assert found["pinned"] == [first, "bundle_instance.version"]
     assert found["no_bundle"] == [None, "unavailable"]
+
+
+GIT_MODEL = REGISTERED_MODEL + "-git"
+
+
+@pytest.fixture(scope="module")
+def git_runs(services, tmp_path_factory):
+    """Both DAGs with every task in its own process (LocalExecutor + a real api-server), DAGs from a GitDagBundle."""
+    root = tmp_path_factory.mktemp("git-bundle")
+    bare, _, head = _git_repo(root)
+    env = {**services.runtime_env(), "MLOPS_REGISTERED_MODEL": GIT_MODEL}  # own model: no effect on the test above
+    sandbox = Sandbox(root / "sandbox", env, git_repo=str(bare)).setup()
+    sandbox.start_api_server()
+    try:
+        selfcheck, pipeline = sandbox.run_dags(
+            [("platform_selfcheck", {"require_bundle_version": True}), ("ml_training_pipeline", {})], timeout=420
+        )
+    finally:
+        sandbox.stop_api_server()
+    return head, selfcheck, pipeline
+
+
+def test_selfcheck_in_a_task_process_reports_the_git_commit(git_runs):
+    head, selfcheck, _ = git_runs
+    assert selfcheck.state == "success", _dump(selfcheck)
+    report = selfcheck.xcom("selfcheck")
+    assert report["ok"] is True and report["bundle_version"] == head, report
+    assert report["checks"]["bundle_version"]["detail"] == f"{head} (from bundle_instance.get_current_version())"
+    assert selfcheck.tasks["selfcheck"].get("task_process_rss_peak_mb", 0) > 50  # ran in its own process
+
+
+def test_pipeline_in_task_processes_tags_the_model_version_with_the_git_commit(git_runs, mlflow_client):
+    head, _, pipeline = git_runs
+    assert pipeline.state == "success", _dump(pipeline)
+    assert all(t.get("task_process_rss_peak_mb", 0) > 50 for t in pipeline.tasks.values()), pipeline.tasks
+    reg = pipeline.xcom("register")
+    assert reg["git_commit"] == head and reg["model"] == GIT_MODEL
+    version = mlflow_client.get_model_version(GIT_MODEL, reg["version"])
+    assert version.tags["git.commit"] == head
+    assert version.tags["airflow.bundle_version_source"] == "bundle_instance.get_current_version()"
+    assert mlflow_client.get_run(version.run_id).data.tags["git.commit"] == head

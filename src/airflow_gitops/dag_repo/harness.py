@@ -171,6 +171,8 @@ class Sandbox:
 
     root: Path
     runtime_env: dict[str, str]
+    # a Git repository (URL or path) to serve the DAGs through GitDagBundle instead of a plain folder
+    git_repo: str | None = None
     # set by start_api_server(): dag.test(use_executor=True) then runs each task in its own process
     api_port: int | None = None
     api_proc: subprocess.Popen | None = None
@@ -192,6 +194,14 @@ class Sandbox:
         env.update(self.runtime_env)
         if self.api_port:
             env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{self.api_port}/execution/"
+        if self.git_repo:
+            # dag.test(use_executor=True) hands tasks the bundle named "dags-folder": make that a GitDagBundle
+            bundle = {
+                "name": "dags-folder",
+                "classpath": "airflow.providers.git.bundles.git.GitDagBundle",
+                "kwargs": {"repo_url": self.git_repo, "tracking_ref": "main", "subdir": "dags"},
+            }
+            env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([bundle])
         env.update(
             {
                 "AIRFLOW_HOME": str(self.home),
