@@ -261,3 +261,53 @@ def test_pipeline_in_task_processes_tags_the_model_version_with_the_git_commit(g
     assert version.tags["git.commit"] == head
     assert version.tags["airflow.bundle_version_source"] == "bundle_instance.get_current_version()"
     assert mlflow_client.get_run(version.run_id).data.tags["git.commit"] == head
+
+
+VALIDATE_PROBE = r"""
+import json, runpy, sys
+sys.path.insert(0, sys.argv[1])
+dag = runpy.run_path(sys.argv[1] + "/ml_training_pipeline.py")["ml_training_pipeline"]()
+validate = dag.task_dict["validate"].python_callable
+try:
+    validate({"bucket": sys.argv[2], "key": sys.argv[3], "dataset": "planted"})
+except ValueError as exc:
+    print("@@" + json.dumps({"raised": str(exc)}))
+else:
+    print("@@" + json.dumps({"raised": None}))
+"""
+
+
+def test_validate_rejects_a_bad_dataset_with_a_readable_reason(sandbox, services):
+    """The validate task's own code, on a planted bad Parquet file in the real S3 endpoint."""
+    import io
+
+    import boto3
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "x1": [float(i) for i in range(100)],
+            "x2": [None if i < 3 else 1.0 for i in range(100)],  # 3 nulls
+            "target": [1 if i < 2 else 0 for i in range(100)],  # class 1 is 2% of the rows
+        }
+    )
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    s3 = boto3.client("s3", endpoint_url=services.s3_url, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    try:
+        s3.create_bucket(Bucket=BUCKET)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    s3.put_object(Bucket=BUCKET, Key="planted/bad.parquet", Body=buf.getvalue())
+    proc = subprocess.run(
+        [sys.executable, "-c", VALIDATE_PROBE, str(sandbox.dags), BUCKET, "planted/bad.parquet"],
+        env=sandbox.env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    message = json.loads(lines[-1][2:])["raised"]
+    assert message is not None, "validate accepted a dataset with nulls and a 2% class"
+    assert message.startswith(f"dataset s3://{BUCKET}/planted/bad.parquet failed validation: ")
+    assert "null values: {'x2': 3}" in message
+    assert "class imbalance: classes below 5% of rows: {1: 0.02}" in message

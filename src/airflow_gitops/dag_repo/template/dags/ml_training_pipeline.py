@@ -58,6 +58,11 @@ def _split(frame):
     return train_test_split(x, y, test_size=TEST_SIZE, random_state=SEED, stratify=y)
 
 
+def _plain(value):
+    """A numpy scalar as the Python value it holds (readable in messages)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def _better(new: float, old: float, metric: str) -> bool:
     return new > old if METRICS[metric] else new < old
 
@@ -126,13 +131,13 @@ def ml_training_pipeline():
             problems.append(f"null values: {nulls}")
         if len(frame) < MIN_ROWS:
             problems.append(f"only {len(frame)} rows (need at least {MIN_ROWS})")
-        if "target" in frame.columns and not problems:
+        if "target" in frame.columns:
             if not pd.api.types.is_integer_dtype(frame["target"]):
                 problems.append(f"target has dtype {frame['target'].dtype}, expected integer class labels")
             shares = frame["target"].value_counts(normalize=True)
             if len(shares) < 2:
                 problems.append(f"target has {len(shares)} class(es), need at least 2")
-            small = {int(k): round(float(v), 4) for k, v in shares.items() if v < MIN_CLASS_FRACTION}
+            small = {_plain(k): round(float(v), 4) for k, v in shares.items() if v < MIN_CLASS_FRACTION}
             if small:
                 problems.append(f"class imbalance: classes below {MIN_CLASS_FRACTION:.0%} of rows: {small}")
         if problems:
