@@ -330,12 +330,14 @@ class LocalPlatform:
 
     def down(self, console: Console) -> None:
         if not self.supervisor.running():
-            console.print("Nothing is running. All data is kept in " + str(self.layout.root))
+            console.print(f"Nothing is running. All data is kept in {self.layout.root}", soft_wrap=True)
             return
         with console.status("stopping"):
             self.supervisor.shutdown()
-        console.print(f"Stopped. All data is kept in {self.layout.root}; `airflow-gitops up` resumes it.")
-        console.print("Lost on down: " + "; ".join(SURVIVES["lost on down"]))
+        console.print(
+            f"Stopped. All data is kept in {self.layout.root}; `airflow-gitops up` resumes it.", soft_wrap=True
+        )
+        console.print("Lost on down: " + "; ".join(SURVIVES["lost on down"]), soft_wrap=True)
 
     def parsed_commit(self) -> str | None:
         """The bundle version (Git commit) Airflow's DAG processor last parsed."""

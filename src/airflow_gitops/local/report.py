@@ -7,6 +7,7 @@ from rich.table import Table
 
 
 def print_access(report: dict, console: Console) -> None:
+    console = _NoWrap(console)
     console.print(f"  Airflow UI/API  {report['api_url']}")
     console.print(f"  Login           {report['login']['username']} / password in {report['login']['password_file']}")
     console.print(
@@ -18,20 +19,33 @@ def print_access(report: dict, console: Console) -> None:
         console.print(f"  S3 endpoint     {report['s3_url']}")
 
 
+class _NoWrap:
+    """Print whole lines: a path or URL broken over two lines cannot be copied."""
+
+    def __init__(self, console: Console):
+        self._console = console
+
+    def print(self, *args, **kwargs) -> None:
+        self._console.print(*args, soft_wrap=True, highlight=False, **kwargs)
+
+
 def print_status(report: dict, console: Console) -> None:
     if not report["running"]:
         console.print(f"The platform is not running (state in {report['state_dir']}). Start it: `airflow-gitops up`.")
         return
     table = Table(title="airflow-gitops (local)")
+    table.caption = f"state: {report['state_dir']}"
     for col in ("component", "state", "healthy", "pid", "log"):
         table.add_column(col)
     for name, c in report["components"].items():
         ok = "[green]yes[/]" if c["healthy"] else "[red]no[/]"
-        table.add_row(name, c["state"], ok, str(c["pid"] or "-"), c["log"])
+        log = c["log"].removeprefix(report["state_dir"] + "/")
+        table.add_row(name, c["state"], ok, str(c["pid"] or "-"), log)
     console.print(table)
     print_access(report, console)
     head, parsed = report.get("branch_head"), report.get("parsed_commit")
     sync = "in sync" if head and head == parsed else "catching up" if head else "branch not found"
+    console = _NoWrap(console)
     console.print(f"  Branch head     {head or '-'}")
     console.print(f"  Parsed commit   {parsed or '-'}  ({sync})")
     for label, items in report["persistence"].items():

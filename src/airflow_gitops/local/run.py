@@ -28,7 +28,7 @@ def run_dag(platform: LocalPlatform, dag_id: str, conf: str | None, timeout: flo
     with console.status(f"running {dag_id}"):
         run_id = client.trigger(dag_id, params)
         run = client.wait_run(dag_id, run_id, timeout)
-    table = Table(title=f"{dag_id} / {run_id}")
+    table = Table(title=dag_id, caption=run_id)
     for col in ("task", "state", "seconds"):
         table.add_column(col)
     tis = client.task_instances(dag_id, run_id)
