@@ -28,7 +28,6 @@ import os
 import platform as pyplatform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from airflow_gitops.local.platform import LocalPlatform, _bin
+from airflow_gitops.local.platform import LocalPlatform, _bin, port_free
 from airflow_gitops.spec import parse_spec
 
 HOST = "127.0.0.1"
@@ -438,16 +437,6 @@ AIRFLOW_DEFAULTS = {
     "api": {"workers": 4},
     "core": {"parallelism": 32},
 }
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-            return True
-        except OSError:
-            return False
 
 
 def cli_import_seconds() -> float:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from k8s_specs import KNOWN_HOSTS, spec_in
 
 from airflow_gitops.kubernetes.render import render
-from airflow_gitops.spec import parse_spec
 
-KNOWN_HOSTS = "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
 # (workload name, main container) of every pod that runs DAG code or talks to AWS.
 PODS = [
     ("airflow-scheduler", "scheduler"),
@@ -40,21 +39,7 @@ def chart_dir() -> Path:
 
 
 def rendered(tmp: Path, chart: Path, delivery: str):
-    (tmp / "known_hosts").write_text(KNOWN_HOSTS)
-    data = {
-        "dags": {
-            "repo": "git@github.com:org/airflow-dags.git",
-            "ssh_key_file": "deploy_key",
-            "known_hosts_file": "known_hosts",
-            "branch": "release",
-            "sub_path": "pipelines/dags",
-            "delivery": delivery,
-        },
-        "database": {"url": "postgresql://airflow:pw@db.example.com:5432/airflow"},
-        "mlflow": {"tracking_uri": "http://mlflow.mlflow.svc:5000"},
-        "ingress": {"host": "airflow.example.com"},
-    }
-    spec = parse_spec(data, base_dir=tmp)
+    spec = spec_in(tmp, delivery=delivery)
     r = render(spec, tmp / "out", chart=str(chart))
     docs = [d for d in yaml.safe_load_all((tmp / "out" / "chart.yaml").read_text()) if d]
     cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "airflow-config")
@@ -88,7 +73,7 @@ def check_common(docs, cm, pods, r):
         assert mounts["/home/airflow/.aws"].get("readOnly") is True, workload
         env = env_of(main(pod, container))
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow.svc:5000", workload
-        assert env["AWS_DEFAULT_REGION"] == "us-east-1", workload
+        assert env["AWS_DEFAULT_REGION"] == "ap-northeast-2", workload
         assert env["AIRFLOW__CORE__FERNET_KEY"]["secretKeyRef"]["name"] == "airflow-fernet-key", workload
         for var, secret in [
             ("AIRFLOW__API__SECRET_KEY", "airflow-api-secret-key"),

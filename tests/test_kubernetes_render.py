@@ -18,6 +18,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from k8s_specs import DB_URL, KNOWN_HOSTS, platform, spec_in
 from typer.testing import CliRunner
 
 from airflow_gitops.cli import app
@@ -27,8 +28,6 @@ from airflow_gitops.kubernetes.render import render
 from airflow_gitops.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
-KNOWN_HOSTS = "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
-DB_URL = "postgresql://airflow:p%40ss:w/rd@db.example.com:5432/airflow"
 
 
 def shared_dir() -> Path:
@@ -43,31 +42,6 @@ def chart_schema() -> dict:
         print(f"SKIP: {reason}")
         pytest.skip(reason)
     return json.loads(path.read_text())
-
-
-def platform(tmp: Path, *, delivery: str = "git-sync", **over) -> dict:
-    (tmp / "known_hosts").write_text(KNOWN_HOSTS)
-    data = {
-        "dags": {
-            "repo": "git@github.com:org/airflow-dags.git",
-            "ssh_key_file": "deploy_key",
-            "known_hosts_file": "known_hosts",
-            "branch": "release",
-            "sub_path": "pipelines/dags",
-            "delivery": delivery,
-        },
-        "database": {"url": DB_URL},
-        "mlflow": {"tracking_uri": "http://mlflow.mlflow.svc:5000"},
-        "aws": {"region": "ap-northeast-2", "bucket": "mlops-data", "endpoint_url": "https://s3.example.com"},
-        "ingress": {"host": "airflow.example.com"},
-    }
-    for k, v in over.items():
-        data.setdefault(k, {}).update(v)
-    return data
-
-
-def spec_in(tmp: Path, **kw):
-    return parse_spec(platform(tmp, **kw), base_dir=tmp)
 
 
 def validate_k8s(*files: Path) -> None:

@@ -51,7 +51,8 @@ def _bin(name: str) -> str:
     return str(exe) if exe.exists() else name
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Can we listen on 127.0.0.1:port? (SO_REUSEADDR: a port in TIME_WAIT counts as free.)"""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -131,7 +132,7 @@ class LocalPlatform:
         if lay.runs_local_mlflow:
             wanted["mlflow"] = lay.ports.mlflow
         for key, port in wanted.items():
-            if not _port_free(port):
+            if not port_free(port):
                 raise PlatformError(
                     f"port {port} on {HOST} (local.ports.{key}) is already in use by another program",
                     f"stop that program, or set local.ports.{key} to a free port in platform.yaml",
