@@ -21,7 +21,17 @@ if ! command -v uv >/dev/null; then
   tools="${XDG_CACHE_HOME:-$HOME/.cache}/airflow-gitops/uv"
   if [ ! -x "$tools/bin/uv" ]; then
     echo "installing uv into $tools"
-    python3 -m venv "$tools" && "$tools/bin/pip" install -q uv
+    if ! python3 -m venv "$tools" 2>/dev/null; then
+      # Debian's python3 ships venv separately.
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$tools"
+      else
+        echo "error: python3 cannot create a virtual environment. Fix: sudo apt-get install -y python3-venv" >&2
+        exit 1
+      fi
+    fi
+    "$tools/bin/pip" install -q uv
   fi
   export PATH="$tools/bin:$PATH"
 fi
