@@ -52,16 +52,8 @@ def _dump(platform, dag_id: str, run_id: str) -> str:
     client = platform.client()
     tis = {t["task_id"]: t["state"] for t in client.task_instances(dag_id, run_id)}
     failed = [t for t, s in tis.items() if s != "success"]
-    logs = "".join(f"\n--- {t} ---\n{_task_log(platform, dag_id, run_id, t)[-3000:]}" for t in failed[:2])
+    logs = "".join(f"\n--- {t} ---\n{platform.client().task_log(dag_id, run_id, t)[-3000:]}" for t in failed[:2])
     return json.dumps(tis) + logs
-
-
-def _task_log(platform, dag_id: str, run_id: str, task_id: str) -> str:
-    """The task's whole log as Airflow serves it, structured fields included (an exception's message is in
-    ``error_detail``, not in the event text that ``AirflowClient.task_log`` keeps)."""
-    path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1"
-    content = platform.client().request("GET", path, params={"full_content": True})["content"]
-    return content if isinstance(content, str) else json.dumps(content)
 
 
 def _succeeded(platform, run_id: str, run: dict) -> dict:
@@ -165,7 +157,7 @@ def test_selfcheck_passes_and_fails_naming_aws_without_credentials(local_platfor
     assert not report["ok"] and not report["checks"]["aws_identity"]["ok"]
     assert report["checks"]["mlflow"]["ok"] and report["checks"]["metadata_db"]["ok"], "only the AWS part is missing"
     assert f"AWS_SHARED_CREDENTIALS_FILE={creds} does not exist" in report["checks"]["aws_identity"]["detail"]
-    log = _task_log(local_platform, "platform_selfcheck", run_id, "selfcheck")
+    log = local_platform.client().task_log("platform_selfcheck", run_id, "selfcheck")
     assert "platform self-check: FAILED" in log
     assert "platform self-check failed: aws_identity (" in log
 
@@ -294,7 +286,7 @@ def test_validate_rejects_a_bad_dataset_with_a_readable_reason(local_platform, s
     assert run["state"] == "failed"
     tis = {t["task_id"]: t["state"] for t in client.task_instances(dag_id, run_id)}
     assert tis == {"validate": "failed"}
-    log = _task_log(local_platform, dag_id, run_id, "validate")
+    log = local_platform.client().task_log(dag_id, run_id, "validate")
     assert f"dataset s3://{bucket}/planted/{dag_id}/bad.parquet failed validation: " in log, log[-3000:]
     assert "null values: {'x2': 3}" in log
     assert "class imbalance: classes below 5% of rows: {1: 0.02}" in log

@@ -98,9 +98,18 @@ class AirflowClient:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
         data = self.request("GET", path, params={"full_content": True})
         content = data.get("content", "")
-        if isinstance(content, list):
-            return "\n".join(c.get("event", str(c)) if isinstance(c, dict) else str(c) for c in content)
-        return str(content)
+        if not isinstance(content, list):
+            return str(content)
+        lines = []
+        for entry in content:
+            if not isinstance(entry, dict):
+                lines.append(str(entry))
+                continue
+            lines.append(str(entry.get("event", entry)))
+            # A failed task's exception is a structured field, not part of the event text.
+            for err in entry.get("error_detail") or []:
+                lines.append(f"{err.get('exc_type')}: {err.get('exc_value')}")
+        return "\n".join(lines)
 
     def dag_versions(self, dag_id: str) -> list[dict]:
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagVersions", params={"limit": 100})["dag_versions"]
