@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -125,8 +126,9 @@ def test_kubernetes_key_material_is_reused_not_regenerated(tmp_path):
 
 def test_kubernetes_no_key_material_in_values_or_cli_output(tmp_path, monkeypatch):
     data = platform(tmp_path, delivery="bundle")
+    aws_secret = secrets.token_urlsafe(30)  # generated: no credential-looking text is committed
     (tmp_path / "creds").write_text(
-        "[default]\naws_access_key_id = AKIAEXAMPLEKEY123456\naws_secret_access_key = s3cr3tS3cr3tS3cr3tS3cr3tS3cr3t\n"
+        f"[default]\naws_access_key_id = AKIAEXAMPLEKEY123456\naws_secret_access_key = {aws_secret}\n"
     )
     data["aws"]["credentials_file"] = "creds"
     (tmp_path / "platform.yaml").write_text(yaml.safe_dump(data))
@@ -142,7 +144,7 @@ def test_kubernetes_no_key_material_in_values_or_cli_output(tmp_path, monkeypatc
     for val in secret_values:
         pieces.add(val.strip())
         pieces.update(line.strip() for line in val.splitlines() if len(line.strip()) > 15 and "PRIVATE KEY" not in line)
-    pieces |= {"AKIAEXAMPLEKEY123456", "s3cr3tS3cr3tS3cr3tS3cr3tS3cr3t", "p%40ss%3Aw%2Frd", "p@ss:w/rd"}
+    pieces |= {"AKIAEXAMPLEKEY123456", aws_secret, "p%40ss%3Aw%2Frd", "p@ss:w/rd"}
     values_text = (tmp_path / "rendered" / "values.yaml").read_text()
     seen = result.output + values_text + (tmp_path / "rendered" / "NOTES.md").read_text()
     leaks = [p for p in pieces if p in seen]

@@ -22,12 +22,9 @@ READ_ONLY_NOTE = (
     "register its public half as a deploy key with READ access only (Airflow only pulls; "
     "the seed's 'write access' is not needed and a read-only key cannot push if it leaks)"
 )
-PEM_HEADERS = (
-    b"-----BEGIN OPENSSH PRIVATE KEY-----",
-    b"-----BEGIN RSA PRIVATE KEY-----",
-    b"-----BEGIN EC PRIVATE KEY-----",
-    b"-----BEGIN PRIVATE KEY-----",
-    b"-----BEGIN ENCRYPTED PRIVATE KEY-----",
+# "-----BEGIN <kind>PRIVATE KEY-----" for the formats ssh and git accept.
+PEM_HEADERS = tuple(
+    b"-----BEGIN " + kind + b"PRIVATE KEY-----" for kind in (b"OPENSSH ", b"RSA ", b"EC ", b"", b"ENCRYPTED ")
 )
 
 
