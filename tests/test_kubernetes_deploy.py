@@ -5,11 +5,11 @@ endpoints the kubernetes client uses; no real API server exists here). helm itse
 from __future__ import annotations
 
 import base64
-import re
 from pathlib import Path
 
 import pytest
 import yaml
+from k8s_specs import platform
 from typer.testing import CliRunner
 
 from airflow_gitops.cli import app
@@ -17,20 +17,11 @@ from airflow_gitops.kubernetes import deploy as deploy_mod
 from airflow_gitops.kubernetes.manifests import build_secrets
 from airflow_gitops.spec import parse_spec
 
-KNOWN_HOSTS = "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+PASSWORD = "hunter2hunter2hunter2"
 
 
 def write_platform(tmp: Path) -> dict:
-    (tmp / "known_hosts").write_text(KNOWN_HOSTS)
-    data = {
-        "dags": {
-            "repo": "git@github.com:org/dags.git",
-            "ssh_key_file": "deploy_key",
-            "known_hosts_file": "known_hosts",
-        },
-        "database": {"url": "postgresql://airflow:hunter2hunter2hunter2@db:5432/airflow"},
-        "mlflow": {"tracking_uri": "http://mlflow:5000"},
-    }
+    data = platform(tmp, database={"url": f"postgresql://airflow:{PASSWORD}@db:5432/airflow"})
     (tmp / "platform.yaml").write_text(yaml.safe_dump(data))
     return data
 
@@ -126,4 +117,4 @@ def test_kubernetes_deploy_mock_k8s_api_is_idempotent_and_never_prints_secrets(
     output = dry.output + first.output + second.output + third.output
     leaks = [s for s in _secret_lines(tmp_path) if s in output]
     assert not leaks
-    assert not re.search(r"hunter2hunter2", output)
+    assert PASSWORD not in output
