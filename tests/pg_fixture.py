@@ -65,15 +65,16 @@ class PgServer:
         conn.autocommit = True
         return conn
 
-    def create_database(self, name: str, password: str | None = None) -> str:
-        """A fresh role + database named ``name``; returns its URL."""
+    def create_database(self, name: str, password: str | None = None, template: str | None = None) -> str:
+        """A fresh role + database named ``name`` (a copy of ``template`` when given); returns its URL."""
         password = password or secrets.token_urlsafe(12)
         conn = self.connect()
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
             cur.execute(f'DROP ROLE IF EXISTS "{name}"')
             cur.execute(f'CREATE ROLE "{name}" LOGIN PASSWORD %s', (password,))
-            cur.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+            copy = f' TEMPLATE "{template}"' if template else ""
+            cur.execute(f'CREATE DATABASE "{name}" OWNER "{name}"{copy}')
         conn.close()
         from urllib.parse import quote
 
@@ -206,17 +207,10 @@ def airflow_db(pg_server, airflow_template_db, request) -> AirflowDb:
     """A fresh copy of the seeded Airflow database for one test (CREATE DATABASE ... TEMPLATE)."""
     key, home = airflow_template_db
     name = "af_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
-    password = secrets.token_urlsafe(12)
-    conn = pg_server.connect()
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'DROP ROLE IF EXISTS "{name}"')
-        cur.execute(f'CREATE ROLE "{name}" LOGIN PASSWORD %s', (password,))
-        cur.execute(f'CREATE DATABASE "{name}" OWNER "{name}" TEMPLATE airflow_template')
-    conn.close()
+    url = pg_server.create_database(name, template="airflow_template")
     c2 = pg_server.connect(name)
     with c2.cursor() as cur:
         cur.execute(f'REASSIGN OWNED BY airflow_template TO "{name}"')
     c2.close()
-    url = f"postgresql+psycopg2://{name}:{password}@{pg_server.host}:{pg_server.port}/{name}"
+    url = url.replace("postgresql://", "postgresql+psycopg2://")
     return AirflowDb(url, key, airflow_env(url, key, Path(home)))

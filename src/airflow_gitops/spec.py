@@ -292,6 +292,18 @@ class AwsSpec(_Model):
     endpoint_url: str | None = None
     bucket: str = "mlops-data"
 
+    def config_file_text(self, endpoint_url: str | None) -> str:
+        """An AWS config file for this profile: region, and the S3/STS endpoint when one is given.
+
+        Both targets write it (the local platform's ``aws/config``, the Kubernetes AWS Secret); boto3
+        >= 1.28 honours ``endpoint_url`` there, so DAG code calls plain ``boto3.client("s3")``.
+        """
+        section = "default" if self.profile == "default" else f"profile {self.profile}"
+        lines = [f"[{section}]", f"region = {self.region}"]
+        if endpoint_url:
+            lines.append(f"endpoint_url = {endpoint_url}")
+        return "\n".join(lines) + "\n"
+
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:

@@ -6,8 +6,6 @@ reused on every render, so a redeploy never changes the Fernet key or the JWT se
 
 from __future__ import annotations
 
-import configparser
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,14 +87,7 @@ def _aws_files(spec: PlatformSpec, warnings: list[str]) -> dict[str, str]:
             raise PlatformError(f"aws.config_file {path} not found", "point it at an AWS config file")
         files["config"] = path.read_text(encoding="utf-8")
     else:
-        cp = configparser.ConfigParser()
-        section = "default" if aws.profile == "default" else f"profile {aws.profile}"
-        cp[section] = {"region": aws.region}
-        if aws.endpoint_url:
-            cp[section]["endpoint_url"] = aws.endpoint_url
-        buf = io.StringIO()
-        cp.write(buf)
-        files["config"] = buf.getvalue()
+        files["config"] = aws.config_file_text(aws.endpoint_url)
     return files
 
 

@@ -28,11 +28,4 @@ def write_local_aws_files(layout: Layout) -> None:
         creds.write(buf)
         write_private(layout.aws_credentials, buf.getvalue())
     if spec.aws.config_file is None:
-        config = configparser.ConfigParser()
-        section = "default" if profile == "default" else f"profile {profile}"
-        config[section] = {"region": spec.aws.region}
-        if layout.s3_url:
-            config[section]["endpoint_url"] = layout.s3_url
-        buf = io.StringIO()
-        config.write(buf)
-        write_private(layout.aws_config, buf.getvalue())
+        write_private(layout.aws_config, spec.aws.config_file_text(layout.s3_url))
