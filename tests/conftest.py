@@ -19,7 +19,7 @@ from airflow_gitops.local.platform import LocalPlatform
 from airflow_gitops.spec import PlatformSpec, parse_spec
 
 # Fixture modules shared by several test files.
-pytest_plugins = ["mock_k8s_api"]
+pytest_plugins = ["mock_k8s_api", "pg_fixture", "sshd"]
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from pg_fixture import pg_server  # noqa: F401  (session fixture)
+    (registered in conftest.py through pytest_plugins: request the fixture by name)
 
     def test_x(pg_server):
         url = pg_server.create_database("t1")        # postgresql://t1:PASSWORD@127.0.0.1:PORT/t1

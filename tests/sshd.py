@@ -1,9 +1,9 @@
 """A real ``sshd`` on 127.0.0.1 serving bare Git repositories, for tests that need SSH (deploy keys,
 known_hosts, strict host key checking).
 
-Usage (import the fixture into the test module, pytest finds it by name)::
+Usage::
 
-    from sshd import sshd_git  # noqa: F401
+    (registered in conftest.py through pytest_plugins: request the fixture by name)
 
     def test_clone(sshd_git):
         url = sshd_git.new_repo("dags", {"dags/hello.py": "..."})   # ssh://USER@127.0.0.1:PORT/.../dags.git

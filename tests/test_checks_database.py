@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from cryptography.fernet import Fernet
-from pg_fixture import SEEDED_SECRETS, airflow_db, airflow_template_db, pg_server  # noqa: F401
+from pg_fixture import SEEDED_SECRETS
 from pg_fixture import _free_port as unused_port
 
 from airflow_gitops.checks import database, fernet
-from airflow_gitops.secrets import write_private
+from airflow_gitops.keystore import write_private
+from airflow_gitops.local.target import LocalTarget
 from airflow_gitops.spec import parse_spec
 
 
@@ -45,7 +46,7 @@ def test_unencoded_slash_and_colon_in_password_fail():
 def test_at_in_password_via_env_var_is_flagged_by_doctor_rows(tmp_path, monkeypatch):
     # platform.yaml's validator cannot see a password behind ${VAR}; the doctor row does.
     monkeypatch.setenv("AIRFLOW_DB_URL", "postgresql://airflow:s3cr@t@127.0.0.1:1/airflow")
-    rows, conn = database.database_checks(_spec(tmp_path, "${AIRFLOW_DB_URL}"), "local")
+    rows, conn = database.database_checks(LocalTarget(_spec(tmp_path, "${AIRFLOW_DB_URL}")))
     assert conn is None
     assert _rows(rows)["database.url"].status == "fail" and "%40" in _rows(rows)["database.url"].fix
     assert "s3cr@t" not in repr(rows)
@@ -54,8 +55,8 @@ def test_at_in_password_via_env_var_is_flagged_by_doctor_rows(tmp_path, monkeypa
 # --- reachable / version / migrations --------------------------------------------------------------
 
 
-def test_reachable_database_reports_version_and_head_migration(airflow_db, tmp_path):  # noqa: F811
-    rows, conn = database.database_checks(_spec(tmp_path, airflow_db.url), "local")
+def test_reachable_database_reports_version_and_head_migration(airflow_db, tmp_path):
+    rows, conn = database.database_checks(LocalTarget(_spec(tmp_path, airflow_db.url)))
     conn.close()
     rows = _rows(rows)
     assert rows["database.reachable"].status == "ok" and "PostgreSQL 15" in rows["database.reachable"].saw
@@ -65,22 +66,22 @@ def test_reachable_database_reports_version_and_head_migration(airflow_db, tmp_p
     )
 
 
-def test_empty_database_warns_that_up_migrates(pg_server, tmp_path):  # noqa: F811
+def test_empty_database_warns_that_up_migrates(pg_server, tmp_path):
     url = pg_server.create_database("empty_db")
-    rows, conn = database.database_checks(_spec(tmp_path, url), "local")
+    rows, conn = database.database_checks(LocalTarget(_spec(tmp_path, url)))
     conn.close()
     r = _rows(rows)["database.migrations"]
     assert r.status == "warn" and "airflow db migrate" in r.fix
 
 
-def test_unknown_revision_fails(pg_server, tmp_path):  # noqa: F811
+def test_unknown_revision_fails(pg_server, tmp_path):
     url = pg_server.create_database("future_db")
     c = database.connect(url)
     with c.cursor() as cur:
         cur.execute(
             "CREATE TABLE alembic_version (version_num varchar(32)); INSERT INTO alembic_version VALUES ('ffff')"
         )
-    rows, conn = database.database_checks(_spec(tmp_path, url), "local")
+    rows, conn = database.database_checks(LocalTarget(_spec(tmp_path, url)))
     conn.close()
     r = _rows(rows)["database.migrations"]
     assert r.status == "fail" and "newer Airflow" in r.saw and "restore a backup" in r.fix
@@ -88,30 +89,30 @@ def test_unknown_revision_fails(pg_server, tmp_path):  # noqa: F811
 
 def test_unreachable_database_fails_with_fix(tmp_path):
     url = f"postgresql://airflow:pw@127.0.0.1:{unused_port()}/airflow"
-    rows, conn = database.database_checks(_spec(tmp_path, url), "local")
+    rows, conn = database.database_checks(LocalTarget(_spec(tmp_path, url)))
     r = _rows(rows)["database.reachable"]
     assert conn is None and r.status == "fail"
     assert "connection refused" in r.saw and "start PostgreSQL or correct the host/port" in r.fix
 
 
-def test_wrong_password_fails_with_fix(pg_server, tmp_path):  # noqa: F811
+def test_wrong_password_fails_with_fix(pg_server, tmp_path):
     pg_server.create_database("pw_db", password="right-password")
     url = f"postgresql://pw_db:wrong-password@127.0.0.1:{pg_server.port}/pw_db"
-    rows, _ = database.database_checks(_spec(tmp_path, url), "local")
+    rows, _ = database.database_checks(LocalTarget(_spec(tmp_path, url)))
     r = _rows(rows)["database.reachable"]
     assert r.status == "fail" and "password authentication failed" in r.saw and "correct the user/password" in r.fix
     assert "wrong-password" not in repr(rows)
 
 
 def test_local_database_not_created_yet_is_skipped(tmp_path):
-    rows, conn = database.database_checks(_spec(tmp_path), "local")
+    rows, conn = database.database_checks(LocalTarget(_spec(tmp_path)))
     assert conn is None and rows[0].status == "skip" and "`up` creates it" in rows[0].saw
 
 
 # --- Fernet ----------------------------------------------------------------------------------------
 
 
-def test_fernet_key_decrypts_stored_connections_and_variables(airflow_db, tmp_path):  # noqa: F811
+def test_fernet_key_decrypts_stored_connections_and_variables(airflow_db, tmp_path):
     spec = _spec(tmp_path, airflow_db.url, airflow_db.fernet_key)
     key_row, keys = fernet.check_key(spec)
     assert key_row.status == "ok"
@@ -120,7 +121,7 @@ def test_fernet_key_decrypts_stored_connections_and_variables(airflow_db, tmp_pa
     assert r.status == "ok" and "all 4 encrypted" in r.saw
 
 
-def test_changed_fernet_key_fails_naming_values_and_fix(airflow_db, tmp_path):  # noqa: F811
+def test_changed_fernet_key_fails_naming_values_and_fix(airflow_db, tmp_path):
     spec = _spec(tmp_path, airflow_db.url, Fernet.generate_key().decode())  # a "new install" key
     _, keys = fernet.check_key(spec)
     r = fernet.check_decrypts(database.connect(airflow_db.url), keys, spec)
@@ -130,7 +131,7 @@ def test_changed_fernet_key_fails_naming_values_and_fix(airflow_db, tmp_path):  
     assert not any(s in repr(r) for s in SEEDED_SECRETS)
 
 
-def test_key_list_being_rotated_decrypts(airflow_db, tmp_path):  # noqa: F811
+def test_key_list_being_rotated_decrypts(airflow_db, tmp_path):
     spec = _spec(tmp_path, airflow_db.url, f"{Fernet.generate_key().decode()},{airflow_db.fernet_key}")
     key_row, keys = fernet.check_key(spec)
     assert key_row.status == "ok" and "rotating: 2 keys" in key_row.saw

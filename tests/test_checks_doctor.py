@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import yaml
-from sshd import sshd_git, write_ed25519  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
 from airflow_gitops.checks.result import CheckResult, Status, exit_code
@@ -27,7 +26,7 @@ def test_doctor_fresh_defaults_exit_0(tmp_path):
     assert {r["name"] for r in report["checks"]} >= {"spec.valid", "git.reachable", "fernet.key", "aws.credentials"}
 
 
-def test_doctor_fails_with_exit_1_and_names_fix(sshd_git, tmp_path):  # noqa: F811
+def test_doctor_fails_with_exit_1_and_names_fix(sshd_git, tmp_path):
     url = sshd_git.new_repo("doctor", {"pipelines/x.py": "x = 1\n"})
     key = tmp_path / "deploy_key"
     key.write_bytes(sshd_git.key_path.read_bytes())

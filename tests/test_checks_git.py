@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sshd import sshd_git, write_ed25519  # noqa: F401 - fixture
+from sshd import write_ed25519
 
 from airflow_gitops.checks import git
 from airflow_gitops.spec import parse_spec
@@ -27,7 +27,7 @@ BROKEN_DAG = "from airflow.sdk import dag\n\nimport package_that_does_not_exist 
 
 
 @pytest.fixture(scope="module")
-def repo(sshd_git):  # noqa: F811
+def repo(sshd_git):
     return sshd_git.new_repo("dags", {"dags/hello.py": GOOD_DAG, "README.md": "x\n", "pipelines/other.py": "x = 1\n"})
 
 
@@ -49,13 +49,13 @@ def _rows(results):
     return {r.name: r for r in results}
 
 
-def test_reachable_branch_subpath_and_imports_pass(sshd_git, repo, tmp_path):  # noqa: F811
+def test_reachable_branch_subpath_and_imports_pass(sshd_git, repo, tmp_path):
     rows = _rows(git.git_checks(_spec(sshd_git, repo, tmp_path)))
     assert [r.status for r in rows.values()] == ["ok"] * 4, rows
     assert "hello" in rows["git.dag_imports"].saw
 
 
-def test_wrong_sub_path_names_existing_directories(sshd_git, repo, tmp_path):  # noqa: F811
+def test_wrong_sub_path_names_existing_directories(sshd_git, repo, tmp_path):
     rows = _rows(git.git_checks(_spec(sshd_git, repo, tmp_path, sub_path="dag")))
     r = rows["git.sub_path"]
     assert r.status == "fail"
@@ -63,13 +63,13 @@ def test_wrong_sub_path_names_existing_directories(sshd_git, repo, tmp_path):  #
     assert "set dags.sub_path" in r.fix and "'dags'" in r.fix
 
 
-def test_missing_branch_lists_branches(sshd_git, repo, tmp_path):  # noqa: F811
+def test_missing_branch_lists_branches(sshd_git, repo, tmp_path):
     rows = _rows(git.git_checks(_spec(sshd_git, repo, tmp_path, branch="production")))
     assert rows["git.branch"].status == "fail"
     assert "branches: main" in rows["git.branch"].saw and "set dags.branch" in rows["git.branch"].fix
 
 
-def test_unknown_host_key_fails_with_repin_fix(sshd_git, repo, tmp_path):  # noqa: F811
+def test_unknown_host_key_fails_with_repin_fix(sshd_git, repo, tmp_path):
     other = write_ed25519(tmp_path / "other_host_key")
     kh = tmp_path / "known_hosts"
     kh.write_text(f"[127.0.0.1]:{sshd_git.port} {other}\n")  # pinned key is not the server's
@@ -83,7 +83,7 @@ def test_unknown_host_key_fails_with_repin_fix(sshd_git, repo, tmp_path):  # noq
     assert "ssh-keyscan" in r.fix and "fingerprint" in r.fix
 
 
-def test_unregistered_deploy_key_is_rejected(sshd_git, repo, tmp_path):  # noqa: F811
+def test_unregistered_deploy_key_is_rejected(sshd_git, repo, tmp_path):
     key = tmp_path / "not_a_deploy_key"
     write_ed25519(key)
     spec = parse_spec(
@@ -95,7 +95,7 @@ def test_unregistered_deploy_key_is_rejected(sshd_git, repo, tmp_path):  # noqa:
     assert "deploy key" in r.fix and "read access is enough" in r.fix
 
 
-def test_import_error_names_file_and_line(sshd_git, tmp_path):  # noqa: F811
+def test_import_error_names_file_and_line(sshd_git, tmp_path):
     url = sshd_git.new_repo("broken", {"dags/hello.py": GOOD_DAG, "dags/broken.py": BROKEN_DAG})
     r = _rows(git.git_checks(_spec(sshd_git, url, tmp_path)))["git.dag_imports"]
     assert r.status == "fail"
@@ -109,7 +109,7 @@ def test_default_local_repo_not_created_yet_is_skipped(tmp_path):
     assert r.status == "skip" and "will be created by `up`" in r.saw
 
 
-def test_default_local_repo_is_checked_when_present(sshd_git, tmp_path, monkeypatch):  # noqa: F811
+def test_default_local_repo_is_checked_when_present(sshd_git, tmp_path, monkeypatch):
     # DAG parsing is covered above; here only the bare-path repository matters (saves a 10 s DagBag).
     monkeypatch.setattr(git, "check_dag_imports", lambda spec, clone: git.ok("git.dag_imports", "not parsed here"))
     spec = parse_spec({"local": {"state_dir": str(tmp_path / "state")}}, base_dir=tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 
+from airflow_gitops import contract
 from airflow_gitops.checks import kube
 from airflow_gitops.spec import parse_spec
 
@@ -18,7 +19,7 @@ def _secret(name, keys):
 
 def _healthy_store(spec) -> dict[str, dict]:
     store = {f"/api/v1/namespaces/{NS}": {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}}
-    for name, keys in kube.expected_secrets(spec).items():
+    for name, keys in contract.secret_keys(spec).items():
         store[f"/api/v1/namespaces/{NS}/secrets/{name}"] = _secret(name, keys)
     store[f"/api/v1/namespaces/{NS}/persistentvolumeclaims/airflow-logs"] = {
         "apiVersion": "v1",

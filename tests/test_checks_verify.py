@@ -11,7 +11,8 @@ from rich.console import Console
 
 from airflow_gitops.checks.doctor import doctor_command, run_doctor
 from airflow_gitops.checks.verify import run_verify_local
-from airflow_gitops.secrets import all_secret_values
+from airflow_gitops.keystore import all_secret_values
+from airflow_gitops.local.target import LocalTarget
 
 pytestmark = pytest.mark.platform
 
@@ -22,18 +23,18 @@ def _rows(rows):
 
 def test_doctor_passes_on_running_platform(local_platform, capsys):
     spec = local_platform.spec
-    rows = _rows(run_doctor(spec, "local"))
+    rows = _rows(run_doctor(LocalTarget(spec)))
     for name in ("database.reachable", "database.migrations", "fernet.decrypts", "aws.sts", "git.dag_imports"):
         assert rows[name].status == "ok", rows[name]
     assert all(r.status != "fail" for r in rows.values()), [r for r in rows.values() if r.status == "fail"]
-    code = doctor_command(spec, "local", as_json=True, console=Console(file=io.StringIO()))
+    code = doctor_command(LocalTarget(spec), as_json=True, console=Console(file=io.StringIO()))
     out = capsys.readouterr().out
     assert code == 0 and json.loads(out)["ok"] is True
     assert not any(secret in out for secret in all_secret_values(spec))
 
 
 def test_verify_passes_on_healthy_platform_with_probe(local_platform):
-    rows = _rows(run_verify_local(local_platform.spec, probe=True))
+    rows = _rows(run_verify_local(LocalTarget(local_platform.spec), probe=True))
     failed = [r for r in rows.values() if r.status == "fail"]
     assert not failed, failed
     assert rows["verify.dag_sync"].status == "ok"
@@ -46,7 +47,7 @@ def test_verify_names_the_stopped_component(local_platform):
     platform = local_platform
     platform.supervisor.stop("triggerer")
     try:
-        rows = _rows(run_verify_local(platform.spec, probe=False))
+        rows = _rows(run_verify_local(LocalTarget(platform.spec), probe=False))
         r = rows["verify.component.triggerer"]
         assert r.status == "fail" and "not healthy" in r.saw and "airflow-gitops logs triggerer" in r.fix
     finally:

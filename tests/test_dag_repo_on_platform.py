@@ -16,6 +16,8 @@ from conftest import DagRepo, wait_for
 
 from airflow_gitops.dag_repo import template_dir
 
+pytestmark = pytest.mark.platform  # starts a real local platform
+
 PIPELINE = "ml_training_pipeline"
 TASKS = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register"]
 
@@ -71,7 +73,7 @@ def test_pipeline_tags_the_commit_and_promotes_only_better_models(local_platform
     client = local_platform.client()
     model = local_platform.spec.mlflow.registered_model
     bucket = local_platform.spec.aws.bucket
-    head = local_platform.status()["branch_head"]
+    head = local_platform.status().branch_head
 
     # accuracy on breast_cancer's held-out split: random forest ~0.958, depth-1 tree ~0.923, logistic ~0.986
     first, first_id = _run(local_platform, PIPELINE, {"model": "random_forest"})

@@ -23,8 +23,8 @@ from k8s_specs import DB_URL, KNOWN_HOSTS, platform, spec_in
 from typer.testing import CliRunner
 
 from airflow_gitops.cli import app
+from airflow_gitops.dburl import encoded as metadata_connection
 from airflow_gitops.errors import PlatformError
-from airflow_gitops.kubernetes.manifests import metadata_connection
 from airflow_gitops.kubernetes.render import render
 from airflow_gitops.spec import parse_spec
 
@@ -231,7 +231,7 @@ def test_kubernetes_property_render_never_crashes_and_validates(
             dags |= {"repo": "https://git.example.com/o/r.git"}
         data = {
             "dags": dags,
-            "airflow": {"executor": executor, "config": {"core": {"parallelism": 8}, "x_sec": config}},
+            "airflow": {"executor": executor, "config": {"core": {"default_task_retries": 8}, "x_sec": config}},
             "database": {"url": f"postgresql://u:{quote(password, safe='')}@db:5432/airflow"},
             "ingress": {"host": host, **({"tls_secret": "tls"} if tls else {})},
             "logs": {"persistence": persistence},

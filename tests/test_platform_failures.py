@@ -10,6 +10,8 @@ from conftest import cleanup_platform, make_spec, quiet_console
 from airflow_gitops.errors import PlatformError
 from airflow_gitops.local.platform import LocalPlatform
 
+pytestmark = pytest.mark.platform  # starts a real local platform
+
 
 def test_port_in_use_is_named_with_its_key_and_nothing_starts(tmp_path):
     spec = make_spec(tmp_path)

@@ -10,10 +10,13 @@ import sys
 import uuid
 
 import psycopg2
+import pytest
 from conftest import DagRepo, quiet_console, tiny_dag, wait_for
 
-from airflow_gitops import secrets
+from airflow_gitops import keystore
 from airflow_gitops.dag_repo import DAG_IDS
+
+pytestmark = pytest.mark.platform  # starts a real local platform
 
 PREFIX = "t_" + uuid.uuid4().hex[:6]
 
@@ -22,8 +25,8 @@ def test_example_dags_are_listed_and_parsed_commit_is_branch_head(local_platform
     client = local_platform.client()
     assert set(DAG_IDS) <= wait_for(lambda: client.dag_ids() >= set(DAG_IDS) and client.dag_ids(), 60, "example DAGs")
     report = local_platform.status()
-    assert report["healthy"], report["components"]
-    assert report["branch_head"] and report["parsed_commit"] == report["branch_head"]
+    assert report.healthy, report.components
+    assert report.branch_head and report.parsed_commit == report.branch_head
     # DAGs are unpaused at creation, as in the seed.
     dags = {d["dag_id"]: d for d in client.list_dags()}
     assert not dags["platform_selfcheck"]["is_paused"]
@@ -65,11 +68,11 @@ def test_broken_dag_is_reported_and_other_dags_keep_running(local_platform, tmp_
 
 
 def test_second_up_is_a_noop(local_platform):
-    pids = {n: c["pid"] for n, c in local_platform.status()["components"].items()}
+    pids = {n: c.pid for n, c in local_platform.status().components.items()}
     console = quiet_console()
     local_platform.up(console)
     assert "Already up" in console.export_text()
-    assert {n: c["pid"] for n, c in local_platform.status()["components"].items()} == pids
+    assert {n: c.pid for n, c in local_platform.status().components.items()} == pids
 
 
 def test_keys_are_private_and_never_in_logs(local_platform):
@@ -79,7 +82,7 @@ def test_keys_are_private_and_never_in_logs(local_platform):
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     assert stat.S_IMODE(local_platform.supervisor.conf.stat().st_mode) == 0o600
-    values = secrets.all_secret_values(local_platform.spec)
+    values = keystore.all_secret_values(local_platform.spec)
     assert values
     for log in local_platform.layout.logs.glob("*.log"):
         text = log.read_text(errors="ignore")
@@ -149,8 +152,8 @@ def test_every_listening_socket_is_on_loopback(local_platform):
     import psutil
 
     listening = []
-    for name, comp in local_platform.status()["components"].items():
-        root = psutil.Process(comp["pid"])
+    for name, comp in local_platform.status().components.items():
+        root = psutil.Process(comp.pid)
         for proc in [root, *root.children(recursive=True)]:
             try:
                 conns = proc.net_connections(kind="inet")

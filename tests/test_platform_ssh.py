@@ -6,20 +6,22 @@ import os
 
 import pytest
 from conftest import DagRepo, cleanup_platform, make_spec, quiet_console, tiny_dag, wait_for
-from sshd import sshd_git, write_ed25519  # noqa: F401 - fixture
+from sshd import write_ed25519
 
 from airflow_gitops.dag_repo import DAG_IDS
 from airflow_gitops.errors import PlatformError
 from airflow_gitops.local.dag_repo import template_files
 from airflow_gitops.local.platform import LocalPlatform
 
+pytestmark = pytest.mark.platform  # starts a real local platform
+
 
 @pytest.fixture(scope="module")
-def ssh_repo(sshd_git):  # noqa: F811
+def ssh_repo(sshd_git):
     return sshd_git.new_repo("platform-dags", template_files())
 
 
-def test_platform_syncs_and_runs_dags_over_ssh(sshd_git, ssh_repo, tmp_path):  # noqa: F811
+def test_platform_syncs_and_runs_dags_over_ssh(sshd_git, ssh_repo, tmp_path):
     spec = make_spec(
         tmp_path,
         {
@@ -42,12 +44,12 @@ def test_platform_syncs_and_runs_dags_over_ssh(sshd_git, ssh_repo, tmp_path):  #
         wait_for(lambda: "ssh_pushed" in client.dag_ids(), 90, "ssh_pushed to be listed")
         run = client.wait_run("ssh_pushed", client.trigger("ssh_pushed"), timeout=180)
         assert run["state"] == "success" and run["bundle_version"] == sha
-        assert platform.status()["branch_head"] == sha
+        assert platform.status().branch_head == sha
     finally:
         cleanup_platform(platform)
 
 
-def test_wrong_host_key_fails_before_anything_starts(sshd_git, ssh_repo, tmp_path):  # noqa: F811
+def test_wrong_host_key_fails_before_anything_starts(sshd_git, ssh_repo, tmp_path):
     # A known_hosts that pins a different key for the same host:port (what a MITM would present).
     other = tmp_path / "other_host_key"
     fake_pub = write_ed25519(other, "not-the-server")

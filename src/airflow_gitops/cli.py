@@ -7,6 +7,7 @@ as one message with the fix, exit code 1, never a stack trace.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import sys
 from enum import StrEnum
@@ -34,12 +35,12 @@ SpecOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-class Target(StrEnum):
+class TargetName(StrEnum):
     local = "local"
     kubernetes = "kubernetes"
 
 
-TargetOption = Annotated[Target, typer.Option("--target", "-t", help="Where the platform runs.")]
+TargetOption = Annotated[TargetName, typer.Option("--target", "-t", help="Where the platform runs.")]
 
 
 def _friendly(fn):
@@ -61,6 +62,18 @@ def _friendly(fn):
 
 def _spec(path: Path | None) -> PlatformSpec:
     return load_spec(path)
+
+
+# ``--target`` -> its implementation (imported on use: the CLI starts without Airflow or Kubernetes).
+TARGETS = {
+    TargetName.local: ("airflow_gitops.local.target", "LocalTarget"),
+    TargetName.kubernetes: ("airflow_gitops.kubernetes.target", "KubernetesTarget"),
+}
+
+
+def _target(kind: TargetName, spec: PlatformSpec):
+    module, cls = TARGETS[kind]
+    return getattr(importlib.import_module(module), cls)(spec)
 
 
 @app.command()
@@ -105,12 +118,12 @@ def status(file: SpecOption = None, as_json: JsonOption = False) -> None:
 
     report = LocalPlatform(_spec(file)).status()
     if as_json:
-        print(json.dumps(report, indent=2, default=str))
+        print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         from .local.report import print_status
 
         print_status(report, console)
-    if not report["running"]:
+    if not report.running:
         raise typer.Exit(3)
 
 
@@ -145,7 +158,7 @@ def run(
 @app.command()
 @_friendly
 def render(
-    target: TargetOption = Target.kubernetes,
+    target: TargetOption = TargetName.kubernetes,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("rendered"),
     chart: Annotated[
         str | None, typer.Option(help="Chart folder or REPO_URL@VERSION to render the full chart against.")
@@ -153,7 +166,7 @@ def render(
     file: SpecOption = None,
 ) -> None:
     """Write Helm values, Secret manifests and the image files for the Kubernetes target."""
-    if target is not Target.kubernetes:
+    if target is not TargetName.kubernetes:
         raise PlatformError("render only applies to --target kubernetes", "use `airflow-gitops up` locally")
     from .kubernetes.render import render_command
 
@@ -176,36 +189,36 @@ def deploy(
 
 @app.command()
 @_friendly
-def doctor(target: TargetOption = Target.local, as_json: JsonOption = False, file: SpecOption = None) -> None:
+def doctor(target: TargetOption = TargetName.local, as_json: JsonOption = False, file: SpecOption = None) -> None:
     """Preflight checks before starting or deploying: each with what it saw and the fix."""
     from .checks.doctor import doctor_command
 
-    code = doctor_command(_spec(file), target.value, as_json=as_json, console=console)
+    code = doctor_command(_target(target, _spec(file)), as_json=as_json, console=console)
     raise typer.Exit(code)
 
 
 @app.command()
 @_friendly
 def verify(
-    target: TargetOption = Target.local,
-    probe: Annotated[bool, typer.Option(help="Push a marker commit and measure push-to-live.")] = False,
+    target: TargetOption = TargetName.local,
+    probe: Annotated[
+        bool, typer.Option(help="Push a marker commit to a throwaway ref and measure push-to-live.")
+    ] = False,
     as_json: JsonOption = False,
     file: SpecOption = None,
 ) -> None:
     """Prove the running platform works: UI, DAG sync, PostgreSQL, AWS and MLflow from inside a task."""
     from .checks.verify import verify_command
 
-    code = verify_command(_spec(file), target.value, probe=probe, as_json=as_json, console=console)
+    code = verify_command(_target(target, _spec(file)), probe=probe, as_json=as_json, console=console)
     raise typer.Exit(code)
 
 
 @app.command("rotate-fernet-key")
 @_friendly
-def rotate_fernet_key(target: TargetOption = Target.local, file: SpecOption = None) -> None:
+def rotate_fernet_key(target: TargetOption = TargetName.local, file: SpecOption = None) -> None:
     """Rotate the Fernet key without losing any encrypted Connection or Variable."""
-    from .checks.rotate import rotate_command
-
-    rotate_command(_spec(file), target.value, console=console)
+    _target(target, _spec(file)).rotate_fernet_key(console)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import PlatformError
-from .secrets import generate_deploy_key
+from .keystore import generate_deploy_key
 from .spec import load_spec
 
 TEMPLATE = """\

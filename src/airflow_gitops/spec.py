@@ -14,7 +14,6 @@ path and the fix; the CLI prints it and exits without starting anything.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import contract, dburl
 from .errors import PlatformError
 
 DEFAULT_SPEC_FILE = "platform.yaml"
@@ -101,7 +101,8 @@ class AirflowSpec(_Model):
     executor: Literal["KubernetesExecutor", "LocalExecutor", "CeleryExecutor"] = "KubernetesExecutor"
     load_examples: bool = False
     dags_are_paused_at_creation: bool = False
-    # Extra `[section] key = value` overrides, e.g. {"core": {"parallelism": 8}}.
+    # Extra `[section] key = value` overrides, e.g. {"core": {"default_task_retries": 1}}. Keys the platform
+    # manages (contract.SETTINGS) are errors naming the platform.yaml key to set instead.
     config: dict[str, dict[str, str | int | float | bool]] = Field(default_factory=dict)
 
     @field_validator("config")
@@ -113,21 +114,10 @@ class AirflowSpec(_Model):
             for key in keys:
                 if not re.match(r"^[a-z_][a-z0-9_]*$", key):
                     raise ValueError(f"key {section}.{key} is not an Airflow config key (lower_snake_case)")
-                if (section, key) in _MANAGED_CONFIG:
-                    raise ValueError(
-                        f"{section}.{key} is managed by airflow-gitops; set {_MANAGED_CONFIG[(section, key)]}"
-                    )
+        collisions = contract.config_collisions(v)
+        if collisions:
+            raise ValueError("; ".join(f"{path.removeprefix('airflow.config.')} {msg}" for path, msg in collisions))
         return v
-
-
-_MANAGED_CONFIG = {
-    ("core", "executor"): "airflow.executor",
-    ("core", "fernet_key"): "nothing: the key is generated once into STATE_DIR/secrets/fernet.key",
-    ("core", "load_examples"): "airflow.load_examples",
-    ("core", "dags_are_paused_at_creation"): "airflow.dags_are_paused_at_creation",
-    ("database", "sql_alchemy_conn"): "database.url",
-    ("dag_processor", "dag_bundle_config_list"): "dags.*",
-}
 
 
 class DagsSpec(_Model):
@@ -216,6 +206,8 @@ class DagsSpec(_Model):
 class DatabaseSpec(_Model):
     """The metadata database. None: a PostgreSQL the local target runs itself."""
 
+    # ``${VAR}`` anywhere in the URL is read from the environment when the URL is used, so a password
+    # never has to be written into platform.yaml.
     url: str | None = None
 
     @field_validator("url")
@@ -223,7 +215,7 @@ class DatabaseSpec(_Model):
     def _url(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        if v.startswith("${") and v.endswith("}"):
+        if dburl.VAR_REF.fullmatch(v):
             return v
         scheme = v.split("://", 1)[0]
         if "://" not in v or not scheme.startswith("postgres"):
@@ -239,23 +231,25 @@ class DatabaseSpec(_Model):
             )
         return v
 
+    def expanded_url(self) -> str | None:
+        """The URL with every ``${VAR}`` resolved from the environment (not validated: doctor explains it)."""
+        if not self.url or not dburl.references(self.url):
+            return self.url
+        try:
+            return dburl.expand(self.url)
+        except dburl.UnsetVariable as err:
+            raise SpecError("platform.yaml", [("database.url", str(err))]) from None
+
     def resolved_url(self) -> str | None:
-        """The URL with a whole-value ``${VAR}`` reference resolved from the environment."""
-        if self.url and self.url.startswith("${"):
-            name = self.url[2:-1]
-            value = os.environ.get(name)
-            if not value:
-                raise SpecError(
-                    "platform.yaml",
-                    [("database.url", f"refers to ${{{name}}} but that environment variable is not set")],
-                )
-            try:
-                return DatabaseSpec(url=value).url
-            except ValidationError as err:
-                raise SpecError(
-                    "platform.yaml", [(f"database.url (${{{name}}})", p[1]) for p in _problems(err)]
-                ) from None
-        return self.url
+        """The URL with every ``${VAR}`` reference resolved from the environment, then validated."""
+        value = self.expanded_url()
+        if value == self.url:
+            return value
+        try:
+            return DatabaseSpec(url=value).url
+        except ValidationError as err:
+            names = ", ".join(f"${{{n}}}" for n in dburl.references(self.url))
+            raise SpecError("platform.yaml", [(f"database.url ({names})", p[1]) for p in _problems(err)]) from None
 
 
 class SecretsSpec(_Model):

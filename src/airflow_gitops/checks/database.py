@@ -9,57 +9,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import unquote
 
-from ..spec import PlatformSpec
+from ..dburl import ENCODE_HINT, connect, explain_connect_error, host_part, password_problems, redact
+from ..errors import PlatformError
+from ..target import Target
 from .result import CheckResult, fail, ok, skip, warn
-
-ENCODE_HINT = (
-    "percent-encode the password: python -c 'import urllib.parse,sys;print(urllib.parse.quote(sys.argv[1],safe=\"\"))'"
-    " 'PASSWORD' (@ -> %40, : -> %3A, / -> %2F, # -> %23, ? -> %3F, % -> %25)"
-)
-UNSAFE = {"@": "@", ":": ":", "/": "/", "?": "?", "#": "#", " ": "a space"}
-
-
-def _split(url: str) -> tuple[str, str]:
-    """(scheme, rest) of a URL."""
-    scheme, _, rest = url.partition("://")
-    return scheme, rest
-
-
-def password_problems(url: str) -> list[str]:
-    """Characters in the URL's password that must be percent-encoded (names, never the password)."""
-    scheme, rest = _split(url)
-    if not rest:
-        return []
-    # The password runs from the first ':' of the user info to the LAST '@' before the database path.
-    # Work on everything up to the last '@' so a '/' or '?' inside the password is still seen.
-    at = rest.rfind("@")
-    if at < 0:
-        return []
-    userinfo = rest[:at]
-    if "/" in userinfo.split(":", 1)[0]:  # the '@' belongs to the path/query, not to user info
-        return []
-    if ":" not in userinfo:
-        return []
-    password = userinfo.split(":", 1)[1]
-    found = [label for ch, label in UNSAFE.items() if ch in password]
-    if re.search(r"%(?![0-9A-Fa-f]{2})", password):
-        found.append("% not followed by two hex digits")
-    return found
-
-
-def redact(url: str) -> str:
-    scheme, rest = _split(url)
-    at = rest.rfind("@")
-    if at < 0:
-        return url
-    user = rest[:at].split(":", 1)[0]
-    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
 
 
 def check_url(url: str, source: str = "database.url") -> CheckResult:
@@ -72,89 +29,10 @@ def check_url(url: str, source: str = "database.url") -> CheckResult:
             "at the wrong place (wrong host/user, or 'invalid port')",
             ENCODE_HINT,
         )
-    scheme, _ = _split(url)
+    scheme = url.partition("://")[0]
     if not scheme.startswith("postgres"):
         return fail(name, f"{source} is not a PostgreSQL URL ({scheme}://)", "use postgresql://USER:PASS@HOST:5432/DB")
     return ok(name, redact(url))
-
-
-def libpq_url(url: str) -> str:
-    """SQLAlchemy URL -> libpq URI (drop the ``+psycopg2`` driver part)."""
-    scheme, rest = _split(url)
-    return f"postgresql://{rest}" if scheme.startswith("postgres") else url
-
-
-def connect(url: str, timeout: int = 5):
-    import psycopg2
-
-    conn = psycopg2.connect(libpq_url(url), connect_timeout=timeout, application_name="airflow-gitops-doctor")
-    conn.autocommit = True
-    return conn
-
-
-def explain_connect_error(err: Exception, url: str) -> tuple[str, str]:
-    text = str(err).strip().replace("\n", " ")
-    try:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(libpq_url(url))
-        where = f"{parts.hostname}:{parts.port or 5432}"
-        db = (parts.path or "/").lstrip("/")
-        user = unquote(parts.username or "")
-    except ValueError:
-        where, db, user = "the configured host", "", ""
-    if "password authentication failed" in text or "no password supplied" in text:
-        return (
-            f"PostgreSQL at {where} rejected user {user!r}: password authentication failed",
-            "correct the user/password in database.url (special characters percent-encoded)",
-        )
-    if "does not exist" in text and "database" in text:
-        return (
-            f"database {db!r} does not exist at {where}",
-            f"create it: CREATE DATABASE {db} OWNER {user}; (or fix the name in database.url)",
-        )
-    if "Connection refused" in text:
-        return (
-            f"nothing accepts connections at {where} (connection refused)",
-            "start PostgreSQL or correct the host/port in database.url",
-        )
-    if "timeout expired" in text or "timed out" in text:
-        return (f"no answer from {where} within 5 s", "check the host, port and any firewall/security group")
-    if "could not translate host name" in text or "Name or service not known" in text:
-        return (f"host of database.url does not resolve ({where})", "correct the host in database.url")
-    if "pg_hba.conf" in text:
-        return (f"{where} refuses this client (pg_hba.conf)", "allow this host in the server's pg_hba.conf")
-    return (f"cannot connect to {where}: {text[:200]}", "check database.url")
-
-
-def database_url(spec: PlatformSpec, target: str) -> tuple[str | None, CheckResult | None]:
-    """The metadata DB URL to check, or (None, a skip/fail row saying why not)."""
-    raw = spec.database.url
-    if raw:
-        if raw.startswith("${") and raw.endswith("}"):
-            var = raw[2:-1]
-            value = os.environ.get(var)
-            if not value:
-                return None, fail(
-                    "database.url",
-                    f"database.url refers to ${{{var}}} but it is not set",
-                    f"export {var}=postgresql://...",
-                )
-            return value, None
-        return raw, None
-    if target != "local":
-        return None, skip(
-            "database.url",
-            "not checked: database.url is not set (the chart needs an external one)",
-            "set database.url to your PostgreSQL",
-        )
-    from .. import secrets
-
-    if not (spec.secrets_dir / secrets.DB_PASSWORD).exists():
-        return None, skip("database.reachable", "the local PostgreSQL does not exist yet: `up` creates it")
-    from ..local.platform import LocalPlatform
-
-    return LocalPlatform(spec).database_url(), None
 
 
 # --- migrations ----------------------------------------------------------------------------------
@@ -222,16 +100,20 @@ def check_migrations(conn) -> CheckResult:
     )
 
 
-def database_checks(spec: PlatformSpec, target: str) -> tuple[list[CheckResult], object | None]:
+def database_checks(target: Target) -> tuple[list[CheckResult], object | None]:
     """Rows, and an open connection for the Fernet check (caller closes it) when reachable."""
-    url, why = database_url(spec, target)
+    spec = target.spec
+    try:
+        url, why_not = target.database_url()
+    except PlatformError as err:  # an unset ${VAR}, say
+        return [fail("database.url", err.problem, err.fix or "fix database.url")], None
     if url is None:
-        return [why], None
+        return [skip("database.reachable", why_not)], None
     rows = [check_url(url, "database.url" if spec.database.url else "the local database URL")]
     if rows[0].status == "fail":
         return [*rows, skip("database.reachable", "not checked: fix database.url first")], None
     try:
-        conn = connect(url)
+        conn = connect(url, application_name="airflow-gitops-doctor")
     except Exception as err:  # noqa: BLE001 - psycopg2.OperationalError and friends
         saw, fix = explain_connect_error(err, url)
         if spec.database.url is None and "connection refused" in saw:
@@ -241,7 +123,7 @@ def database_checks(spec: PlatformSpec, target: str) -> tuple[list[CheckResult],
         cur.execute("SHOW server_version")
         server_version = cur.fetchone()[0]
     major = int(server_version.split(".")[0]) if server_version.split(".")[0].isdigit() else 0
-    reach = ok("database.reachable", f"PostgreSQL {server_version} at {redact(url).split('@', 1)[1]}")
+    reach = ok("database.reachable", f"PostgreSQL {server_version} at {host_part(url)}")
     if major and major < 13:
         reach = warn(
             "database.reachable",

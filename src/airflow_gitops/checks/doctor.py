@@ -3,13 +3,20 @@
 The checks automate the seed's troubleshooting list (wrong subPath, SSH key permissions, deploy key
 access) and the failures users otherwise meet one pod log at a time (Fernet key changed, password not
 URL-encoded, broken AWS credentials file, missing Secrets, a ReadWriteOnce logs volume).
+
+:data:`DOCTOR` declares them: a row group, the function, and the targets it applies to.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from rich.console import Console
 
-from ..spec import PlatformSpec
+from ..kubernetes.target import KubernetesTarget
+from ..local.target import LocalTarget
+from ..target import Target
 from .aws import aws_checks
 from .database import database_checks
 from .fernet import check_decrypts, check_key
@@ -20,53 +27,74 @@ from .spec_files import spec_checks
 from .ssh import ssh_checks
 
 
-def _guard(name: str, fn, *args) -> list[CheckResult]:
-    """A check that crashes is a failed row naming the crash, not a stack trace for the whole table."""
-    try:
-        out = fn(*args)
-        return out if isinstance(out, list) else [out]
-    except Exception as err:  # noqa: BLE001
-        return [
-            fail(
-                name,
-                f"the check itself failed: {type(err).__name__}: {str(err)[:200]}",
-                "report this with `airflow-gitops doctor --json` output",
-            )
-        ]
+@dataclass
+class Context:
+    """What one check hands the next: the database connection and the Fernet keys."""
+
+    target: Target
+    conn: object | None = None
+    keys: list[bytes] | None = None
 
 
-def run_doctor(spec: PlatformSpec, target: str) -> list[CheckResult]:
-    rows: list[CheckResult] = []
-    rows += _guard("spec", spec_checks, spec, target)
-    rows += _guard("ssh", ssh_checks, spec)
-    rows += _guard("git", git_checks, spec)
-    key_row, keys = check_key(spec)
-    rows.append(key_row)
-    conn = None
-    try:
-        db_rows, conn = database_checks(spec, target)
-    except Exception as err:  # noqa: BLE001
-        db_rows = [
-            fail(
-                "database",
-                f"the check itself failed: {type(err).__name__}: {str(err)[:200]}",
-                "report this with `airflow-gitops doctor --json` output",
-            )
-        ]
-    rows += db_rows
-    try:
-        rows += _guard("fernet.decrypts", check_decrypts, conn, keys, spec)
-    finally:
-        if conn is not None:
-            conn.close()
-    rows += _guard("aws", aws_checks, spec)
-    if target == "kubernetes":
-        rows += _guard("kube", kube_checks, spec)
-    else:
-        rows.append(skip("kube", "not checked: target is local"))
+def _fernet_key(ctx: Context) -> list[CheckResult]:
+    row, ctx.keys = check_key(ctx.target.spec)
+    return [row]
+
+
+def _database(ctx: Context) -> list[CheckResult]:
+    rows, ctx.conn = database_checks(ctx.target)
     return rows
 
 
-def doctor_command(spec: PlatformSpec, target: str, *, as_json: bool, console: Console) -> int:
-    results = run_doctor(spec, target)
-    return emit(results, console, title=f"airflow-gitops doctor ({target})", as_json=as_json, target=target)
+@dataclass(frozen=True)
+class Check:
+    group: str
+    run: Callable[[Context], list[CheckResult]]
+    targets: tuple[type[Target], ...] = (LocalTarget, KubernetesTarget)
+
+
+DOCTOR: list[Check] = [
+    Check("spec", lambda ctx: spec_checks(ctx.target)),
+    Check("ssh", lambda ctx: ssh_checks(ctx.target.spec)),
+    Check("git", lambda ctx: git_checks(ctx.target.spec)),
+    Check("fernet.key", _fernet_key),
+    Check("database", _database),
+    Check("fernet.decrypts", lambda ctx: [check_decrypts(ctx.conn, ctx.keys or [], ctx.target.spec)]),
+    Check("aws", lambda ctx: aws_checks(ctx.target.spec)),
+    Check("kube", lambda ctx: kube_checks(ctx.target.spec), targets=(KubernetesTarget,)),
+]
+
+
+def _guard(check: Check, ctx: Context) -> list[CheckResult]:
+    """A check that crashes is a failed row naming the crash, not a stack trace for the whole table."""
+    try:
+        return check.run(ctx)
+    except Exception as err:  # noqa: BLE001
+        return [
+            fail(
+                check.group,
+                f"the check itself failed: {type(err).__name__}: {str(err)[:200]}",
+                "report this with `airflow-gitops doctor --json` output",
+            )
+        ]
+
+
+def run_doctor(target: Target) -> list[CheckResult]:
+    ctx = Context(target)
+    rows: list[CheckResult] = []
+    try:
+        for check in DOCTOR:
+            if isinstance(target, check.targets):
+                rows += _guard(check, ctx)
+            else:
+                rows.append(skip(check.group, f"not checked: target is {target.name}"))
+    finally:
+        if ctx.conn is not None:
+            ctx.conn.close()
+    return rows
+
+
+def doctor_command(target: Target, *, as_json: bool, console: Console) -> int:
+    results = run_doctor(target)
+    title = f"airflow-gitops doctor ({target.name})"
+    return emit(results, console, title=title, as_json=as_json, target=target.name)

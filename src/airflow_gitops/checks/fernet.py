@@ -9,36 +9,13 @@ list, exactly as Airflow does (``MultiFernet``: the first key encrypts, any key 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-
-from .. import secrets
+from .. import keystore
+from ..errors import PlatformError
+from ..fernetkeys import key_file, parse_keys, undecryptable
 from ..spec import PlatformSpec
 from .result import CheckResult, fail, ok, skip
 
 GENERATE = "python -c 'from cryptography.fernet import Fernet;print(Fernet.generate_key().decode())'"
-
-
-def key_file(spec: PlatformSpec) -> Path:
-    return spec.secrets_dir / secrets.FERNET_KEY
-
-
-def parse_keys(text: str) -> tuple[list[bytes], list[str]]:
-    """Split a comma-separated key list; returns (keys, problems)."""
-    keys, problems = [], []
-    parts = [p.strip() for p in text.strip().split(",")]
-    for i, part in enumerate(parts, 1):
-        label = "the key" if len(parts) == 1 else f"key {i} of {len(parts)}"
-        if not part:
-            problems.append(f"{label} is empty (stray comma?)")
-            continue
-        try:
-            Fernet(part.encode())
-            keys.append(part.encode())
-        except (ValueError, TypeError):
-            problems.append(f"{label} is not 32 url-safe base64-encoded bytes ({len(part)} characters)")
-    return keys, problems
 
 
 def check_key(spec: PlatformSpec) -> tuple[CheckResult, list[bytes]]:
@@ -46,7 +23,11 @@ def check_key(spec: PlatformSpec) -> tuple[CheckResult, list[bytes]]:
     path = key_file(spec)
     if not path.exists():
         return skip(name, f"{path} does not exist yet: `up`/`render` generates it once and reuses it"), []
-    keys, problems = parse_keys(path.read_text(encoding="utf-8"))
+    try:
+        text = keystore.read_private(path).decode("utf-8", errors="replace")
+    except PlatformError as err:
+        return fail(name, err.problem, err.fix), []
+    keys, problems = parse_keys(text)
     if problems:
         return fail(
             name,
@@ -56,40 +37,6 @@ def check_key(spec: PlatformSpec) -> tuple[CheckResult, list[bytes]]:
         ), []
     rotating = f" (rotating: {len(keys)} keys, the first encrypts)" if len(keys) > 1 else ""
     return ok(name, f"{path} holds a well-formed key{rotating}"), keys
-
-
-def encrypted_values(conn) -> list[tuple[str, str]]:
-    """(label, token) of every encrypted value stored in Airflow's metadata database."""
-    out: list[tuple[str, str]] = []
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('public.connection') IS NOT NULL, to_regclass('public.variable') IS NOT NULL")
-        has_conn, has_var = cur.fetchone()
-        if has_conn:
-            cur.execute("SELECT conn_id, password, is_encrypted, extra, is_extra_encrypted FROM connection")
-            for conn_id, password, enc, extra, extra_enc in cur.fetchall():
-                if enc and password:
-                    out.append((f"connection {conn_id} (password)", password))
-                if extra_enc and extra:
-                    out.append((f"connection {conn_id} (extra)", extra))
-        if has_var:
-            cur.execute('SELECT "key", val, is_encrypted FROM variable')
-            for key, val, enc in cur.fetchall():
-                if enc and val:
-                    out.append((f"variable {key}", val))
-    return out
-
-
-def undecryptable(conn, keys: list[bytes]) -> tuple[int, list[str]]:
-    """(number of encrypted values, labels of those the key list cannot decrypt)."""
-    multi = MultiFernet([Fernet(k) for k in keys])
-    values = encrypted_values(conn)
-    bad = []
-    for label, token in values:
-        try:
-            multi.decrypt(token.encode())
-        except (InvalidToken, ValueError, TypeError):
-            bad.append(label)
-    return len(values), bad
 
 
 def check_decrypts(conn, keys: list[bytes], spec: PlatformSpec) -> CheckResult:

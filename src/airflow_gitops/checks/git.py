@@ -14,116 +14,31 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import gitremote
+from ..gitremote import GitError, Remote
 from ..local.layout import Layout, dag_runtime_env
 from ..spec import PlatformSpec
 from .result import CheckResult, fail, ok, skip
-from .ssh import git_ssh_command
-
-TIMEOUT = 60
 
 
-@dataclass
-class Remote:
-    url: str
-    env: dict[str, str]
-    refs: dict[str, str] = field(default_factory=dict)  # ref name -> sha
-
-
-def git_env(spec: PlatformSpec) -> dict[str, str]:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
-    cmd = git_ssh_command(spec)
-    if cmd:
-        env["GIT_SSH_COMMAND"] = cmd
-    return env
-
-
-def _explain_git_error(stderr: str, spec: PlatformSpec) -> tuple[str, str]:
-    """(what happened, fix) for a failed ls-remote/clone."""
-    url = spec.dag_repo_url
-    tail = " ".join(ln.strip() for ln in stderr.strip().splitlines()[-3:])[:300]
-    if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
-        host, port = spec.dags.ssh_host_port() if spec.dags.is_ssh else ("HOST", 22)
-        return (
-            f"the server's host key is not the one pinned in dags.known_hosts_file ({tail})",
-            f"re-pin it: ssh-keyscan -p {port} {host} > {spec.dags.known_hosts_file}, and compare the fingerprint "
-            "with the one your Git host publishes before trusting it",
-        )
-    if "Permission denied" in stderr and "publickey" in stderr:
-        return (
-            f"the server rejected the deploy key ({tail})",
-            "add the key's public half (see ssh.key.fingerprint) to the repository as a deploy key; "
-            "read access is enough",
-        )
-    if "bad permissions" in stderr or "UNPROTECTED PRIVATE KEY" in stderr:
-        return (f"ssh refused the key file ({tail})", f"chmod 600 {spec.dags.ssh_key_file}")
-    if "invalid format" in stderr or "error in libcrypto" in stderr:
-        return (f"ssh could not read the key ({tail})", "see the ssh.key.format row")
-    if re.search(r"Could not resolve hostname|Name or service not known", stderr):
-        return (f"the Git host name does not resolve ({tail})", "check the host in dags.repo and your DNS")
-    if re.search(r"Connection refused|timed out|No route to host|Network is unreachable", stderr):
-        return (f"cannot connect to the Git host ({tail})", "check the host/port in dags.repo and any firewall")
-    if re.search(r"not found|does not appear to be a git repository|not exist", stderr, re.I):
-        return (
-            f"no repository at {url} ({tail})",
-            "check the path in dags.repo (for GitHub: git@github.com:ORG/REPO.git) and that the deploy key is "
-            "added to THIS repository",
-        )
-    return (f"git failed: {tail}", f"run `git ls-remote {url}` with the same key to see why")
-
-
-def ls_remote(spec: PlatformSpec, url: str) -> tuple[Remote | None, CheckResult]:
+def reachable(spec: PlatformSpec) -> tuple[Remote | None, CheckResult]:
     name = "git.reachable"
-    env = git_env(spec)
     try:
-        proc = subprocess.run(
-            ["git", "ls-remote", "--symref", url], capture_output=True, text=True, env=env, timeout=TIMEOUT
-        )
-    except subprocess.TimeoutExpired:
-        return None, fail(name, f"git ls-remote {url} did not answer in {TIMEOUT}s", "check the host and network")
-    if proc.returncode != 0:
-        saw, fix = _explain_git_error(proc.stderr, spec)
-        return None, fail(name, saw, fix)
-    remote = Remote(url=url, env=env)
-    for line in proc.stdout.splitlines():
-        parts = line.split("\t")
-        if len(parts) == 2 and not parts[0].startswith("ref:"):
-            remote.refs[parts[1]] = parts[0]
+        remote = gitremote.ls_remote(spec)
+    except GitError as err:
+        return None, fail(name, err.saw, err.fix)
     how = "with the deploy key, strict host key checking" if spec.dags.is_ssh else "without credentials"
-    n = sum(1 for r in remote.refs if r.startswith("refs/heads/"))
-    return remote, ok(name, f"{url} answers ({how}); {n} branch{'es' if n != 1 else ''}")
+    n = len(remote.branches)
+    return remote, ok(name, f"{remote.url} answers ({how}); {n} branch{'es' if n != 1 else ''}")
 
 
 def check_branch(spec: PlatformSpec, remote: Remote) -> CheckResult:
-    branch = spec.dags.branch
-    sha = remote.refs.get(f"refs/heads/{branch}")
-    if sha:
-        return ok("git.branch", f"{branch} is at {sha[:12]}")
-    branches = sorted(r.removeprefix("refs/heads/") for r in remote.refs if r.startswith("refs/heads/"))
-    if not branches:
-        return fail("git.branch", "the repository has no branches (it is empty)", "push your DAG repository first")
-    return fail(
-        "git.branch",
-        f"branch {branch!r} does not exist; branches: {', '.join(branches[:10])}",
-        f"set dags.branch to one of them (e.g. {branches[0]!r}) or push {branch!r}",
-    )
-
-
-def shallow_clone(spec: PlatformSpec, remote: Remote, dest: Path) -> str | None:
-    """Clone the branch head (depth 1) into ``dest``; returns an error text or None."""
-    url = remote.url
-    if Path(url).is_absolute() and not url.startswith("file://"):
-        url = "file://" + url  # --depth is ignored for plain local paths
-    proc = subprocess.run(
-        ["git", "clone", "--quiet", "--depth", "1", "--single-branch", "--branch", spec.dags.branch, url, str(dest)],
-        capture_output=True,
-        text=True,
-        env=remote.env,
-        timeout=TIMEOUT * 3,
-    )
-    return None if proc.returncode == 0 else proc.stderr
+    problem = gitremote.branch_problem(spec, remote)
+    if problem:
+        return fail("git.branch", *problem)
+    return ok("git.branch", f"{spec.dags.branch} is at {remote.branch_sha(spec.dags.branch)[:12]}")
 
 
 def _dirs_with_python(root: Path, limit: int = 8) -> list[str]:
@@ -239,7 +154,7 @@ def check_dag_imports(spec: PlatformSpec, clone: Path) -> CheckResult:
 def git_checks(spec: PlatformSpec) -> list[CheckResult]:
     if spec.dags.repo is None and not spec.local_repo.exists():
         return [skip("git.reachable", f"{spec.local_repo} will be created by `up` (seeded with the example DAGs)")]
-    remote, reach = ls_remote(spec, spec.dag_repo_url)
+    remote, reach = reachable(spec)
     if remote is None:
         return [reach]
     results = [reach, check_branch(spec, remote)]
@@ -247,10 +162,10 @@ def git_checks(spec: PlatformSpec) -> list[CheckResult]:
         return results
     with tempfile.TemporaryDirectory(prefix="airflow-gitops-clone-") as tmp:
         clone = Path(tmp) / "repo"
-        err = shallow_clone(spec, remote, clone)
-        if err:
-            saw, fix = _explain_git_error(err, spec)
-            return [*results, fail("git.sub_path", f"shallow clone failed: {saw}", fix)]
+        try:
+            gitremote.shallow_clone(spec, remote, clone)
+        except GitError as err:
+            return [*results, fail("git.sub_path", f"shallow clone failed: {err.saw}", err.fix)]
         results.append(check_sub_path(spec, clone))
         if results[-1].status == "ok":
             results.append(check_dag_imports(spec, clone))

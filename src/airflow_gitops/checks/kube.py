@@ -6,39 +6,11 @@ Runs only with a kubeconfig (``KUBECONFIG`` or ``~/.kube/config``); otherwise ev
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
+from .. import contract
 from ..errors import PlatformError
+from ..kubernetes.cluster import connect, kubeconfig_path
 from ..spec import PlatformSpec
 from .result import CheckResult, fail, ok, skip
-
-# The key names the official chart (and `airflow-gitops render`) use in each Secret.
-FERNET_KEY = "fernet-key"
-METADATA_KEY = "connection"
-GIT_SSH_KEY = "gitSshKey"
-KNOWN_HOSTS = "known_hosts"
-API_SECRET_KEY = "api-secret-key"
-JWT_SECRET = "jwt-secret"
-AWS_CREDENTIALS = "credentials"
-
-
-def expected_secrets(spec: PlatformSpec) -> dict[str, list[str]]:
-    names = spec.secrets
-    out = {
-        names.fernet_key_secret: [FERNET_KEY],
-        names.metadata_secret: [METADATA_KEY],
-        names.api_secret_key_secret: [API_SECRET_KEY],
-        names.jwt_secret_secret: [JWT_SECRET],
-        names.aws_secret: [AWS_CREDENTIALS],
-    }
-    if spec.dags.is_ssh:
-        out[names.git_ssh_secret] = [GIT_SSH_KEY, KNOWN_HOSTS]
-    return out
-
-
-def kubeconfig_path() -> Path:
-    return Path(os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config"))
 
 
 def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
@@ -52,8 +24,6 @@ def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
         ]
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
-
-    from ..kubernetes.deploy import connect
 
     try:
         api = connect(spec)
@@ -83,7 +53,7 @@ def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
         )
         return rows
     rows.append(ok("kube.namespace", f"namespace {ns} exists"))
-    for name, keys in expected_secrets(spec).items():
+    for name, keys in contract.secret_keys(spec).items():
         row = f"kube.secret.{name}"
         try:
             secret = core.read_namespaced_secret(name, ns, _request_timeout=10)

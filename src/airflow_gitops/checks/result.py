@@ -8,7 +8,6 @@ Every check is a small function returning :class:`CheckResult` (or a list of the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
@@ -53,13 +52,6 @@ def fail(name: str, saw: str, fix: str) -> CheckResult:
 
 def skip(name: str, saw: str, fix: str = "") -> CheckResult:
     return CheckResult(name, Status.skip, saw, fix)
-
-
-def flatten(items: Iterable[CheckResult | list[CheckResult]]) -> list[CheckResult]:
-    out: list[CheckResult] = []
-    for item in items:
-        out.extend(item if isinstance(item, list) else [item])
-    return out
 
 
 def exit_code(results: list[CheckResult]) -> int:

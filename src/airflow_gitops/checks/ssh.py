@@ -15,6 +15,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from .. import keystore
+from ..errors import PlatformError
 from ..spec import PlatformSpec
 from .result import CheckResult, fail, ok, skip
 
@@ -38,13 +40,6 @@ def fingerprint(public_key) -> str:
 def _key_type(public_key) -> str:
     line = public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return line.split()[0].decode()
-
-
-def load_private_key(data: bytes):
-    """Load an OpenSSH or PEM private key without a passphrase. Raises TypeError when it has one."""
-    if data.startswith(b"-----BEGIN OPENSSH"):
-        return serialization.load_ssh_private_key(data, password=None)
-    return serialization.load_pem_private_key(data, password=None)
 
 
 def check_key_permissions(path: Path) -> CheckResult:
@@ -95,24 +90,9 @@ def check_key(path: Path) -> list[CheckResult]:
     first_line = data.split(b"\n", 1)[0].decode()
     results = [ok(name, f"{first_line} with trailing newline")]
     try:
-        key = load_private_key(data)
-    except TypeError:
-        results.append(
-            fail(
-                "ssh.key.passphrase",
-                f"{path} is protected by a passphrase: git-sync and the Git DAG bundle cannot type it",
-                f"remove the passphrase: ssh-keygen -p -N '' -f {path}",
-            )
-        )
-        return results
-    except (ValueError, Exception) as err:  # noqa: BLE001 - corrupt body
-        results.append(
-            fail(
-                "ssh.key.passphrase",
-                f"{path} could not be read: {type(err).__name__}",
-                "regenerate the key: ssh-keygen -t ed25519 -N '' -f KEY",
-            )
-        )
+        key = keystore.load_deploy_key(path)
+    except PlatformError as err:
+        results.append(fail("ssh.key.passphrase", err.problem, err.fix))
         return results
     results.append(ok("ssh.key.passphrase", "no passphrase"))
     pub = key.public_key()
@@ -166,15 +146,3 @@ def ssh_checks(spec: PlatformSpec) -> list[CheckResult]:
         return [skip("ssh.key", f"not checked: {why}")]
     key = spec.path(spec.dags.ssh_key_file)
     return [check_key_permissions(key), *check_key(key), check_known_hosts(spec)]
-
-
-def git_ssh_command(spec: PlatformSpec) -> str | None:
-    """GIT_SSH_COMMAND that uses exactly the deploy key and the pinned known_hosts (strict)."""
-    if not spec.dags.is_ssh:
-        return None
-    key = spec.path(spec.dags.ssh_key_file)
-    kh = spec.path(spec.dags.known_hosts_file)
-    return (
-        f"ssh -i '{key}' -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile='{kh}' "
-        "-o BatchMode=yes -o ConnectTimeout=10 -F /dev/null"
-    )

@@ -14,13 +14,19 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
+from ..dburl import connect, explain_connect_error
+from ..gitremote import git_env
+from ..kubernetes.target import KubernetesTarget
+from ..local.platform import LocalPlatform, PlatformStatus
+from ..local.target import LocalTarget
 from ..spec import PlatformSpec
-from .database import connect, explain_connect_error
-from .git import git_env
+from ..target import Target
+from .kube import kube_checks
 from .result import CheckResult, emit, fail, ok, skip, warn
 
 SELFCHECK_DAG = "platform_selfcheck"
@@ -29,74 +35,70 @@ PROBE_FILE = ".airflow-gitops-probe"
 PROBE_BRANCH_ENV = "AIRFLOW_GITOPS_PROBE_BRANCH"
 
 
-def _components(status: dict) -> list[CheckResult]:
+def _components(status: PlatformStatus) -> list[CheckResult]:
     rows = []
-    for name, info in status["components"].items():
-        if info.get("healthy"):
-            rows.append(ok(f"verify.component.{name}", f"{info.get('state', '?')}, healthy (pid {info.get('pid')})"))
+    for name, info in status.components.items():
+        if info.healthy:
+            rows.append(ok(f"verify.component.{name}", f"{info.state}, healthy (pid {info.pid})"))
         else:
             rows.append(
                 fail(
                     f"verify.component.{name}",
-                    f"{name} is {info.get('state', '?')}, not healthy",
-                    f"read its log: `airflow-gitops logs {name}` ({info.get('log')}); `airflow-gitops up` restarts it",
+                    f"{name} is {info.state}, not healthy",
+                    f"read its log: `airflow-gitops logs {name}` ({info.log}); `airflow-gitops up` restarts it",
                 )
             )
     return rows
 
 
-def _api(platform, status: dict) -> CheckResult:
+def _api(platform: LocalPlatform, status: PlatformStatus) -> CheckResult:
     try:
         client = platform.client()
         health = client.health()
     except Exception as err:  # noqa: BLE001
         return fail(
             "verify.api",
-            f"{status['api_url']} does not answer ({type(err).__name__})",
+            f"{status.api_url} does not answer ({type(err).__name__})",
             "`airflow-gitops logs api-server`; `airflow-gitops up` restarts it",
         )
     bad = [k for k, v in health.items() if isinstance(v, dict) and v.get("status") not in (None, "healthy")]
     if bad:
         return fail(
             "verify.api",
-            f"{status['api_url']}/api/v2/monitor/health reports unhealthy: {', '.join(bad)}",
+            f"{status.api_url}/api/v2/monitor/health reports unhealthy: {', '.join(bad)}",
             f"`airflow-gitops logs {bad[0].replace('_', '-')}`",
         )
     return ok(
         "verify.api",
-        f"UI/API at {status['api_url']} answers; monitor/health: "
+        f"UI/API at {status.api_url} answers; monitor/health: "
         + ", ".join(f"{k} {v.get('status')}" for k, v in health.items() if isinstance(v, dict)),
     )
 
 
-def _parsed(platform) -> str | None:
-    return platform.parsed_commit() if hasattr(platform, "parsed_commit") else platform.status()["parsed_commit"]
-
-
-def _dag_sync(platform, status: dict, spec: PlatformSpec) -> CheckResult:
-    head = status.get("branch_head")
+def _dag_sync(platform: LocalPlatform, status: PlatformStatus, spec: PlatformSpec) -> CheckResult:
+    head = status.branch_head
     if not head:
         return fail(
             "verify.dag_sync",
-            f"cannot read the head of {status['branch']} in {status['dag_repo']}",
+            f"cannot read the head of {status.branch} in {status.dag_repo}",
             "run `airflow-gitops doctor` (git rows)",
         )
     deadline = time.monotonic() + 3 * spec.dags.sync_interval + 30
-    parsed = status.get("parsed_commit")
+    parsed = status.parsed_commit
     while parsed != head and time.monotonic() < deadline:
         time.sleep(1)
-        parsed = _parsed(platform)
+        parsed = platform.parsed_commit()
     if parsed == head:
-        return ok("verify.dag_sync", f"Airflow parsed {head[:12]}, the head of {status['branch']}")
+        return ok("verify.dag_sync", f"Airflow parsed {head[:12]}, the head of {status.branch}")
     return fail(
         "verify.dag_sync",
-        f"Airflow parsed {(parsed or 'nothing')[:12]} but {status['branch']} is at {head[:12]} "
+        f"Airflow parsed {(parsed or 'nothing')[:12]} but {status.branch} is at {head[:12]} "
         f"(waited {3 * spec.dags.sync_interval + 30} s)",
         "`airflow-gitops logs dag-processor`; `airflow-gitops doctor` checks sub_path and DAG imports",
     )
 
 
-def _probe(platform, spec: PlatformSpec) -> CheckResult:
+def _probe(platform: LocalPlatform, spec: PlatformSpec) -> CheckResult:
     branch = spec.dags.branch
     if spec.dags.repo is not None and os.environ.get(PROBE_BRANCH_ENV) != branch:
         return skip(
@@ -141,7 +143,7 @@ def _probe(platform, spec: PlatformSpec) -> CheckResult:
     pushed = time.monotonic()
     timeout = 10 * spec.dags.sync_interval + 60
     while time.monotonic() - pushed < timeout:
-        if _parsed(platform) == sha:
+        if platform.parsed_commit() == sha:
             seconds = time.monotonic() - pushed
             return ok(
                 "verify.probe",
@@ -155,7 +157,7 @@ def _probe(platform, spec: PlatformSpec) -> CheckResult:
     )
 
 
-def _postgres(platform) -> CheckResult:
+def _postgres(platform: LocalPlatform) -> CheckResult:
     url = platform.database_url()
     try:
         conn = connect(url)
@@ -173,7 +175,7 @@ def _postgres(platform) -> CheckResult:
     return ok("verify.postgres", f"the metadata database answers: PostgreSQL {version}, {dags} DAGs registered")
 
 
-def _selfcheck(platform) -> list[CheckResult]:
+def _selfcheck(platform: LocalPlatform) -> list[CheckResult]:
     client = platform.client()
     try:
         if SELFCHECK_DAG not in client.dag_ids():
@@ -220,12 +222,11 @@ def _selfcheck(platform) -> list[CheckResult]:
     return rows
 
 
-def run_verify_local(spec: PlatformSpec, *, probe: bool) -> list[CheckResult]:
-    from ..local.platform import LocalPlatform
-
-    platform = LocalPlatform(spec)
+def run_verify_local(target: LocalTarget, *, probe: bool) -> list[CheckResult]:
+    platform = target.platform
+    spec = target.spec
     status = platform.status()
-    if not status["running"]:
+    if not status.running:
         return [fail("verify.running", "the local platform is not running", "`airflow-gitops up`")]
     rows = [_api(platform, status), *_components(status)]
     rows.append(_dag_sync(platform, status, spec))
@@ -239,9 +240,8 @@ def run_verify_local(spec: PlatformSpec, *, probe: bool) -> list[CheckResult]:
     return rows
 
 
-def run_verify_kubernetes(spec: PlatformSpec, *, probe: bool) -> list[CheckResult]:
-    from .kube import kube_checks
-
+def run_verify_kubernetes(target: KubernetesTarget, *, probe: bool) -> list[CheckResult]:
+    spec = target.spec
     rows = kube_checks(spec)
     rows.append(
         warn(
@@ -254,6 +254,13 @@ def run_verify_kubernetes(spec: PlatformSpec, *, probe: bool) -> list[CheckResul
     return rows
 
 
-def verify_command(spec: PlatformSpec, target: str, *, probe: bool, as_json: bool, console: Console) -> int:
-    rows = run_verify_kubernetes(spec, probe=probe) if target == "kubernetes" else run_verify_local(spec, probe=probe)
-    return emit(rows, console, title=f"airflow-gitops verify ({target})", as_json=as_json, target=target)
+# What `verify` runs for each target.
+VERIFY: dict[type[Target], Callable[..., list[CheckResult]]] = {
+    LocalTarget: run_verify_local,
+    KubernetesTarget: run_verify_kubernetes,
+}
+
+
+def verify_command(target: Target, *, probe: bool, as_json: bool, console: Console) -> int:
+    rows = VERIFY[type(target)](target, probe=probe)
+    return emit(rows, console, title=f"airflow-gitops verify ({target.name})", as_json=as_json, target=target.name)

@@ -7,7 +7,6 @@ printed: only names and key names.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,44 +14,10 @@ from typing import Any
 
 from ..errors import PlatformError
 from ..spec import PlatformSpec
-from .render import OFFICIAL_REPO, Rendered, render
+from .cluster import connect
+from .render import CHART_NAME, ChartRef, Rendered, render
 
 HELM_TIMEOUT = 600
-
-
-def _fix_kubeconfig(spec: PlatformSpec) -> str:
-    ctx = f" with the context '{spec.kubernetes.context}'" if spec.kubernetes.context else ""
-    return (
-        f"point KUBECONFIG (or ~/.kube/config) at a cluster you can reach{ctx} and check with "
-        "`kubectl get ns`; or set kubernetes.context in platform.yaml"
-    )
-
-
-def connect(spec: PlatformSpec):
-    """An ``ApiClient`` for the spec's context, after proving the API server answers."""
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
-
-    try:
-        # Read KUBECONFIG now: the client library only reads it once, at import.
-        kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        api = config.new_client_from_config(config_file=kubeconfig, context=spec.kubernetes.context)
-    except (ConfigException, FileNotFoundError, OSError) as err:
-        try:
-            config.load_incluster_config()
-            api = client.ApiClient()
-        except ConfigException:
-            raise PlatformError(f"no usable kubeconfig: {err}; nothing was applied", _fix_kubeconfig(spec)) from None
-    try:
-        client.VersionApi(api).get_code(_request_timeout=10)
-    except Exception as err:  # urllib3 / ApiException / SSL errors: all mean "cannot talk to it"
-        host = api.configuration.host
-        reason = getattr(err, "reason", None) or f"{type(err).__name__}: {str(err)[:200]}"
-        raise PlatformError(
-            f"the Kubernetes API server at {host} is unreachable ({reason}); nothing was applied",
-            _fix_kubeconfig(spec),
-        ) from None
-    return api
 
 
 def _apply(api, doc: dict[str, Any], *, dry_run: bool) -> str:
@@ -112,26 +77,15 @@ def _secret_unchanged(current, doc: dict[str, Any]) -> bool:
     return data == want
 
 
-def _helm_chart(spec: PlatformSpec, chart: str | None) -> tuple[str, dict[str, str]]:
-    """(chart reference, extra options) for helm: a folder, REPO@VERSION, or the official repository."""
-    ref = chart or spec.kubernetes.chart
-    if ref and Path(ref).expanduser().is_dir():
-        return str(Path(ref).expanduser()), {}
-    if ref and "@" in ref and "://" in ref:
-        repo, _, version = ref.rpartition("@")
-        return "airflow", {"repo": repo, "version": version}
-    return "airflow", {"repo": OFFICIAL_REPO, "version": spec.kubernetes.chart_version}
-
-
 def helm_upgrade(spec: PlatformSpec, r: Rendered, chart: str | None, *, dry_run: bool, console) -> str:
-    ref, opts = _helm_chart(spec, chart)
+    ref = ChartRef.parse(chart or spec.kubernetes.chart, spec)
     k = spec.kubernetes
     helm_bin = shutil.which("helm")
     if helm_bin:
-        cmd = [helm_bin, "upgrade", "--install", k.release, ref, "--namespace", k.namespace]
+        cmd = [helm_bin, "upgrade", "--install", k.release, str(ref.path or CHART_NAME), "--namespace", k.namespace]
         cmd += ["--values", str(r.out / "values.yaml"), "--timeout", f"{HELM_TIMEOUT}s"]
-        if "repo" in opts:
-            cmd += ["--repo", opts["repo"], "--version", opts["version"]]
+        if ref.repo:
+            cmd += ["--repo", ref.repo, "--version", ref.version]
         if k.context:
             cmd += ["--kube-context", k.context]
         if dry_run:
@@ -145,14 +99,17 @@ def helm_upgrade(spec: PlatformSpec, r: Rendered, chart: str | None, *, dry_run:
 
     cfg = helm.Config(kube_context=k.context, namespace=k.namespace)
     kwargs: dict[str, Any] = dict(namespace=k.namespace, dry_run="server" if dry_run else None)
-    if "repo" in opts:
-        kwargs.update(chart_repo_url=opts["repo"], chart_version=opts["version"])
-    console.print(f"helm-python-sdk: upgrade --install {k.release} {ref} {opts}", highlight=False)
+    if ref.repo:
+        kwargs.update(chart_repo_url=ref.repo, chart_version=ref.version)
+    chart_arg = str(ref.path or CHART_NAME)
+    console.print(
+        f"helm-python-sdk: upgrade --install {k.release} {ref.path or f'{ref.repo}@{ref.version}'}", highlight=False
+    )
     try:
         try:
-            rel = cfg.upgrade(ref, k.release, r.values, timeout=HELM_TIMEOUT, **kwargs)
+            rel = cfg.upgrade(chart_arg, k.release, r.values, timeout=HELM_TIMEOUT, **kwargs)
         except helm.HelmNotFoundError:
-            rel = cfg.install(ref, k.release, r.values, timeout=HELM_TIMEOUT, **kwargs)
+            rel = cfg.install(chart_arg, k.release, r.values, timeout=HELM_TIMEOUT, **kwargs)
     except helm.HelmError as err:
         raise PlatformError(f"helm upgrade --install failed: {err}", "fix the error above") from None
     manifest = rel.get("manifest", "") if isinstance(rel, dict) else getattr(rel, "manifest", "")

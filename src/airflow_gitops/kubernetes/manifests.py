@@ -6,12 +6,14 @@ reused on every render, so a redeploy never changes the Fernet key or the JWT se
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
-from .. import secrets as keys
+from .. import dburl
+from .. import keystore as keys
+from ..contract import SecretKey
 from ..errors import PlatformError
 from ..spec import PlatformSpec
 from . import values as v
@@ -34,27 +36,9 @@ class SecretBundle:
         out = []
         for s in self.secrets:
             for key, val in s.get("stringData", {}).items():
-                if key not in (v.KNOWN_HOSTS, v.GIT_CONNECTION):
+                if key not in (SecretKey.KNOWN_HOSTS, SecretKey.GIT_CONNECTION):
                     out.append(val)
         return out
-
-
-def metadata_connection(url: str) -> str:
-    """``postgresql://USER:PASSWORD@HOST/DB`` with the password URL-encoded exactly once."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise PlatformError("database.url is not a URL", "use postgresql://USER:PASSWORD@HOST:5432/DB")
-    if scheme == "postgres":
-        scheme = "postgresql"  # SQLAlchemy 2 no longer accepts 'postgres://'
-    # The host part never holds '@', the password may hold ':' or '/': split at the last '@'.
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at:
-        return f"{scheme}://{rest}"
-    user, colon, password = userinfo.partition(":")
-    user = quote(unquote(user), safe="")
-    if colon:
-        return f"{scheme}://{user}:{quote(unquote(password), safe='')}@{hostpart}"
-    return f"{scheme}://{user}@{hostpart}"
 
 
 def _secret(spec: PlatformSpec, name: str, data: dict[str, str]) -> dict[str, Any]:
@@ -74,35 +58,56 @@ def _aws_files(spec: PlatformSpec, warnings: list[str]) -> dict[str, str]:
         path = spec.path(aws.credentials_file)
         if not path.is_file():
             raise PlatformError(f"aws.credentials_file {path} not found", "point it at an AWS credentials file")
-        files["credentials"] = path.read_text(encoding="utf-8")
+        files[SecretKey.AWS_CREDENTIALS] = path.read_text(encoding="utf-8")
     else:
         warnings.append(
             "aws.credentials_file is not set: the AWS Secret holds no access keys, so pods need another "
             "credential source (IRSA / EKS Pod Identity); set aws.credentials_file to mount a credentials file"
         )
-        files["credentials"] = f"[{aws.profile}]\n"
+        files[SecretKey.AWS_CREDENTIALS] = f"[{aws.profile}]\n"
     if aws.config_file:
         path = spec.path(aws.config_file)
         if not path.is_file():
             raise PlatformError(f"aws.config_file {path} not found", "point it at an AWS config file")
-        files["config"] = path.read_text(encoding="utf-8")
+        files[SecretKey.AWS_CONFIG] = path.read_text(encoding="utf-8")
     else:
-        files["config"] = aws.config_file_text(aws.endpoint_url)
+        files[SecretKey.AWS_CONFIG] = aws.config_file_text(aws.endpoint_url)
     return files
 
 
 def read_known_hosts(spec: PlatformSpec) -> str | None:
+    """The pinned known_hosts text, checked line by line (it goes into the chart values and a Secret)."""
     if not spec.dags.is_ssh:
         return None
     assert spec.dags.known_hosts_file
     path = spec.path(spec.dags.known_hosts_file)
-    if not path.is_file() or not path.read_text(encoding="utf-8").strip():
-        host, port = spec.dags.ssh_host_port()
-        raise PlatformError(
-            f"dags.known_hosts_file {path} is missing or empty: the Git host key must be pinned",
-            f"run `ssh-keyscan -p {port} {host} > {path}` and verify the fingerprint against the Git host's docs",
-        )
-    return path.read_text(encoding="utf-8")
+    host, port = spec.dags.ssh_host_port()
+    scan = f"run `ssh-keyscan -p {port} {host} > {path}` and verify the fingerprint against the Git host's docs"
+    try:
+        text = path.read_bytes().decode("utf-8") if path.is_file() else ""
+    except UnicodeDecodeError:
+        raise PlatformError(f"dags.known_hosts_file {path} is not text", scan) from None
+    if not text.strip():
+        raise PlatformError(f"dags.known_hosts_file {path} is missing or empty: the Git host key must be pinned", scan)
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#") and not _known_hosts_line(line):
+            raise PlatformError(
+                f"dags.known_hosts_file {path} line {n} is not a known_hosts entry ('HOST KEYTYPE BASE64KEY')", scan
+            )
+    return text
+
+
+def _known_hosts_line(line: str) -> bool:
+    parts = line.split()
+    if parts and parts[0].startswith("@"):  # @cert-authority / @revoked marker
+        parts = parts[1:]
+    if len(parts) < 3 or not parts[1].startswith(("ssh-", "ecdsa-", "sk-")):
+        return False
+    try:
+        base64.b64decode(parts[2], validate=True)
+    except binascii.Error:
+        return False
+    return True
 
 
 def deploy_key(spec: PlatformSpec) -> tuple[str, str] | None:
@@ -112,7 +117,7 @@ def deploy_key(spec: PlatformSpec) -> tuple[str, str] | None:
     assert spec.dags.ssh_key_file
     path = spec.path(spec.dags.ssh_key_file)
     public = keys.generate_deploy_key(path)
-    return path.read_text(encoding="utf-8"), public
+    return keys.read_private(path).decode("utf-8"), public
 
 
 def build_secrets(spec: PlatformSpec) -> SecretBundle:
@@ -125,21 +130,21 @@ def build_secrets(spec: PlatformSpec) -> SecretBundle:
             "set database.url to your PostgreSQL, e.g. '${AIRFLOW_DB_URL}' with "
             "AIRFLOW_DB_URL=postgresql://USER:PASSWORD@HOST:5432/airflow in the environment",
         )
-    out.secrets.append(_secret(spec, names.fernet_key_secret, {v.FERNET_KEY: keys.fernet_key(spec)}))
-    out.secrets.append(_secret(spec, names.metadata_secret, {v.METADATA_KEY: metadata_connection(url)}))
-    out.secrets.append(_secret(spec, names.api_secret_key_secret, {v.API_SECRET_KEY: keys.api_secret_key(spec)}))
-    out.secrets.append(_secret(spec, names.jwt_secret_secret, {v.JWT_SECRET: keys.jwt_secret(spec)}))
+    out.secrets.append(_secret(spec, names.fernet_key_secret, {SecretKey.FERNET: keys.fernet_key(spec)}))
+    out.secrets.append(_secret(spec, names.metadata_secret, {SecretKey.METADATA: dburl.encoded(url)}))
+    out.secrets.append(_secret(spec, names.api_secret_key_secret, {SecretKey.API_SECRET: keys.api_secret_key(spec)}))
+    out.secrets.append(_secret(spec, names.jwt_secret_secret, {SecretKey.JWT: keys.jwt_secret(spec)}))
     out.secrets.append(_secret(spec, names.aws_secret, _aws_files(spec, out.warnings)))
 
     git: dict[str, str] = {}
     key = deploy_key(spec)
     if key:
-        git[v.GIT_SSH_KEY] = key[0]
+        git[SecretKey.GIT_SSH_KEY] = key[0]
         out.deploy_public_key = key[1]
         out.known_hosts = read_known_hosts(spec)
-        git[v.KNOWN_HOSTS] = out.known_hosts or ""
+        git[SecretKey.KNOWN_HOSTS] = out.known_hosts or ""
     if spec.dags.delivery == "bundle":
-        git[v.GIT_CONNECTION] = v.git_connection(spec)
+        git[SecretKey.GIT_CONNECTION] = v.git_connection(spec)
     if git:
         out.secrets.append(_secret(spec, names.git_ssh_secret, git))
     return out
@@ -172,7 +177,3 @@ def namespace_and_pvc(spec: PlatformSpec) -> list[dict[str, Any]]:
             pvc["spec"]["storageClassName"] = spec.logs.storage_class
         docs.append(pvc)
     return docs
-
-
-def deploy_key_path(spec: PlatformSpec) -> Path | None:
-    return spec.path(spec.dags.ssh_key_file) if spec.dags.ssh_key_file else None

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import PlatformError
-from ..secrets import write_private
+from ..keystore import write_private
 from ..spec import PlatformSpec
 from . import image, manifests
 from .values import build_values
@@ -59,25 +59,46 @@ class Rendered:
     chart_version: str | None = None
 
 
-def load_chart(ref: str):
-    """A chart folder, or ``REPO_URL@VERSION`` (pulled into a temporary folder)."""
-    import helm_python as helm
+@dataclass(frozen=True)
+class ChartRef:
+    """Where the chart comes from: a local folder or packaged ``.tgz``, or a repository at a version."""
 
-    path = Path(ref).expanduser()
-    try:
-        if path.is_dir():
-            return helm.Chart.load(path)
+    path: Path | None = None
+    repo: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, ref: str | None, spec: PlatformSpec) -> ChartRef:
+        """``--chart`` / ``kubernetes.chart``: a folder, a ``.tgz``, ``REPO_URL@VERSION``; None: the official one."""
+        if ref is None:
+            return cls(repo=OFFICIAL_REPO, version=spec.kubernetes.chart_version)
+        path = Path(ref).expanduser()
+        if path.is_dir() or (path.is_file() and path.name.endswith((".tgz", ".tar.gz"))):
+            return cls(path=path.resolve())
         if "@" in ref and "://" in ref:
             repo, _, version = ref.rpartition("@")
-            tmp = tempfile.mkdtemp(prefix="airflow-chart-")
-            helm.pull(CHART_NAME, repo_url=repo, version=version, destination=tmp, untar=True, untar_dir=tmp)
-            return helm.Chart.load(Path(tmp) / CHART_NAME)
+            return cls(repo=repo, version=version)
+        raise PlatformError(
+            f"--chart {ref!r} is neither a chart folder, a packaged chart (.tgz) nor REPO_URL@VERSION",
+            f"use e.g. --chart {OFFICIAL_REPO}@1.21.0, --chart ./airflow-1.21.0.tgz or --chart ./airflow",
+        )
+
+
+def load_chart(ref: ChartRef):
+    """The chart as helm-python-sdk loads it (a repository chart is pulled into a temporary folder)."""
+    import helm_python as helm
+
+    try:
+        if ref.path is not None:
+            return helm.Chart.load(ref.path)
+        tmp = tempfile.mkdtemp(prefix="airflow-chart-")
+        helm.pull(CHART_NAME, repo_url=ref.repo, version=ref.version, destination=tmp, untar=True, untar_dir=tmp)
+        return helm.Chart.load(Path(tmp) / CHART_NAME)
     except helm.HelmError as err:
-        raise PlatformError(f"cannot load the chart {ref!r}: {err}", "check the folder or REPO_URL@VERSION") from None
-    raise PlatformError(
-        f"--chart {ref!r} is neither a chart folder nor REPO_URL@VERSION",
-        f"use e.g. --chart {OFFICIAL_REPO}@1.21.0 or --chart ./airflow (a folder with Chart.yaml)",
-    )
+        where = ref.path or f"{ref.repo}@{ref.version}"
+        raise PlatformError(
+            f"cannot load the chart {where}: {err}", "check the folder, file or REPO_URL@VERSION"
+        ) from None
 
 
 def render_chart(chart, values: dict[str, Any], spec: PlatformSpec) -> dict[str, str]:
@@ -113,7 +134,7 @@ airflow-gitops creates the namespace `{ns}`, the logs PVC `{claim}` and the Secr
 def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Rendered:
     """Write every file; return what was written. Raises :class:`PlatformError` before writing on bad input."""
     chart_ref = chart or spec.kubernetes.chart
-    chart_obj = load_chart(chart_ref) if chart_ref else None
+    chart_obj = load_chart(ChartRef.parse(chart_ref, spec)) if chart_ref else None
     warnings: list[str] = []
     secret_bundle = manifests.build_secrets(spec)
     warnings += secret_bundle.warnings
@@ -181,7 +202,3 @@ def render_command(spec: PlatformSpec, out: Path, *, chart: str | None, console)
         console.print("Deploy key (public half; add it read-only on the Git host's deploy-key page):", highlight=False)
         console.print(f"  {r.secrets.deploy_public_key}", highlight=False, soft_wrap=True)
     return r
-
-
-def rendered_files(out: Path) -> list[Path]:
-    return [p for p in (out / n for n in ("values.yaml", "secrets.yaml", "manifests.yaml")) if p.exists()]

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .. import contract
+from ..contract import GIT_CONN_ID, SecretKey
 from ..errors import PlatformError
-from ..local.layout import BUNDLE_NAME, GIT_CONN_ID
 from ..spec import PlatformSpec
 from .image import airflow_version
 
@@ -27,20 +28,7 @@ AWS_MOUNT = "/home/airflow/.aws"
 GIT_SSH_MOUNT = "/opt/airflow/git-ssh"
 AWS_VOLUME = "aws-credentials"
 GIT_SSH_VOLUME = "git-ssh"
-GIT_BUNDLE_CLASS = "airflow.providers.git.bundles.git.GitDagBundle"
 MLFLOW_PLACEHOLDER = "http://mlflow.mlflow.svc.cluster.local:5000"
-# Secret keys the chart expects.
-FERNET_KEY = "fernet-key"
-API_SECRET_KEY = "api-secret-key"
-JWT_SECRET = "jwt-secret"
-METADATA_KEY = "connection"
-GIT_SSH_KEY = "gitSshKey"
-KNOWN_HOSTS = "known_hosts"
-GIT_CONNECTION = "connection"
-
-
-def conn_env_name(conn_id: str = GIT_CONN_ID) -> str:
-    return f"AIRFLOW_CONN_{conn_id.upper()}"
 
 
 def require_repo(spec: PlatformSpec) -> str:
@@ -55,7 +43,7 @@ def require_repo(spec: PlatformSpec) -> str:
 
 
 def runtime_env(spec: PlatformSpec, warnings: list[str] | None = None) -> dict[str, str]:
-    """What DAG code sees on every pod: ``dag_runtime_env()`` minus the ``AWS_*_FILE`` variables."""
+    """What DAG code sees on every pod: the contract's runtime env; AWS files at boto3's default place."""
     uri = spec.mlflow.tracking_uri
     if uri is None:
         uri = MLFLOW_PLACEHOLDER
@@ -64,34 +52,15 @@ def runtime_env(spec: PlatformSpec, warnings: list[str] | None = None) -> dict[s
                 f"mlflow.tracking_uri is not set: MLFLOW_TRACKING_URI is the placeholder {uri}; "
                 "set mlflow.tracking_uri to your MLflow server's in-cluster URL"
             )
-    env = {
-        "MLFLOW_TRACKING_URI": uri,
-        "MLFLOW_EXPERIMENT_NAME": spec.mlflow.experiment,
-        "MLOPS_REGISTERED_MODEL": spec.mlflow.registered_model,
-        "MLOPS_DATA_BUCKET": spec.aws.bucket,
-        "AWS_PROFILE": spec.aws.profile,
-        "AWS_DEFAULT_REGION": spec.aws.region,
-    }
-    if spec.aws.endpoint_url:
-        env["AWS_ENDPOINT_URL"] = spec.aws.endpoint_url
-    return env
+    return contract.dag_runtime_env(spec, mlflow_uri=uri, s3_endpoint=spec.aws.endpoint_url)
 
 
-def _cfg(value: Any) -> str | int | float:
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    return value
-
-
-def bundle_config(spec: PlatformSpec) -> list[dict[str, Any]]:
-    kwargs: dict[str, Any] = {
-        "git_conn_id": GIT_CONN_ID,
-        "tracking_ref": spec.dags.branch,
-        "refresh_interval": spec.dags.sync_interval,
-    }
-    if spec.dags.sub_path not in ("", "."):
-        kwargs["subdir"] = spec.dags.sub_path
-    return [{"name": BUNDLE_NAME, "classpath": GIT_BUNDLE_CLASS, "kwargs": kwargs}]
+def airflow_config(spec: PlatformSpec) -> dict[str, dict[str, str]]:
+    """The chart's ``config``: the settings common to both targets and ``airflow.config``."""
+    config: dict[str, dict[str, str]] = {}
+    for (section, key), value in {**contract.user_config(spec), **contract.common_config(spec)}.items():
+        config.setdefault(section, {})[key] = value
+    return config
 
 
 def build_values(
@@ -112,14 +81,7 @@ def build_values(
     version = airflow_version()
     ssh = spec.dags.is_ssh
 
-    config: dict[str, dict[str, Any]] = {
-        "core": {
-            "load_examples": _cfg(spec.airflow.load_examples),
-            "dags_are_paused_at_creation": _cfg(spec.airflow.dags_are_paused_at_creation),
-        }
-    }
-    for section, keys in spec.airflow.config.items():
-        config.setdefault(section, {}).update({k: _cfg(v) for k, v in keys.items()})
+    config = airflow_config(spec)
 
     volumes: list[dict[str, Any]] = [
         {"name": AWS_VOLUME, "secret": {"secretName": names.aws_secret, "defaultMode": 0o440}},
@@ -191,7 +153,7 @@ def build_values(
         values["dags"] = {"gitSync": git_sync}
     else:
         values["dags"] = {"gitSync": {"enabled": False}}
-        bundles = bundle_config(spec)
+        bundles = contract.bundle_config(spec)
         if chart_defaults is not None and "dagBundleConfigList" not in (chart_defaults.get("dagProcessor") or {}):
             config.setdefault("dag_processor", {})["dag_bundle_config_list"] = json.dumps(bundles)
             warnings.append("this chart has no dagProcessor.dagBundleConfigList; the bundle list is set as config")
@@ -200,7 +162,11 @@ def build_values(
         # The git connection (repo URL, key file path, known_hosts path: no key material) comes from the
         # git Secret as AIRFLOW_CONN_*; the key and known_hosts are mounted from the same Secret.
         values["secret"] = [
-            {"envName": conn_env_name(), "secretName": names.git_ssh_secret, "secretKey": GIT_CONNECTION}
+            {
+                "envName": contract.conn_env_name(GIT_CONN_ID),
+                "secretName": names.git_ssh_secret,
+                "secretKey": SecretKey.GIT_CONNECTION,
+            }
         ]
         if ssh:
             volumes.append(
@@ -211,12 +177,10 @@ def build_values(
 
 
 def git_connection(spec: PlatformSpec) -> str:
-    """The ``AIRFLOW_CONN_*`` JSON for GitDagBundle: SSH key and known_hosts are files from the Secret."""
-    extra: dict[str, Any] = {}
-    if spec.dags.is_ssh:
-        extra = {
-            "key_file": f"{GIT_SSH_MOUNT}/{GIT_SSH_KEY}",
-            "known_hosts_file": f"{GIT_SSH_MOUNT}/{KNOWN_HOSTS}",
-            "strict_host_key_checking": "yes",
-        }
-    return json.dumps({"conn_type": "git", "host": require_repo(spec), "extra": extra})
+    """The git Connection for GitDagBundle: SSH key and known_hosts are files mounted from the Secret."""
+    require_repo(spec)
+    return contract.git_connection(
+        spec,
+        key_file=f"{GIT_SSH_MOUNT}/{SecretKey.GIT_SSH_KEY}",
+        known_hosts_file=f"{GIT_SSH_MOUNT}/{SecretKey.KNOWN_HOSTS}",
+    )

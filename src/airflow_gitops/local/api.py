@@ -49,9 +49,6 @@ class AirflowClient:
         r.raise_for_status()
         return r.json()
 
-    def version(self) -> dict:
-        return self.request("GET", "/api/v2/version")
-
     def list_dags(self) -> list[dict]:
         return self.request("GET", "/api/v2/dags", params={"limit": 1000})["dags"]
 
@@ -110,6 +107,3 @@ class AirflowClient:
             for err in entry.get("error_detail") or []:
                 lines.append(f"{err.get('exc_type')}: {err.get('exc_value')}")
         return "\n".join(lines)
-
-    def dag_versions(self, dag_id: str) -> list[dict]:
-        return self.request("GET", f"/api/v2/dags/{dag_id}/dagVersions", params={"limit": 100})["dag_versions"]

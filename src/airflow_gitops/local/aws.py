@@ -10,7 +10,7 @@ from __future__ import annotations
 import configparser
 import io
 
-from ..secrets import write_private
+from ..keystore import write_private
 from .layout import Layout
 
 # moto accepts any credentials; these are obviously not real ones.

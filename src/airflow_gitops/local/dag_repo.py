@@ -64,11 +64,3 @@ def seed_local_repo(layout: Layout) -> bool:
         git(*AUTHOR, "commit", "--quiet", "-m", "Seed the DAG repository from the airflow-gitops template", cwd=work)
         git("push", "--quiet", str(repo), f"HEAD:refs/heads/{branch}", cwd=work)
     return True
-
-
-def branch_head(layout: Layout) -> str | None:
-    """The commit at the tip of the configured branch, read from the remote (ls-remote)."""
-    from ..checks.git import ls_remote
-
-    remote, _ = ls_remote(layout.spec, layout.spec.dag_repo_url)
-    return remote.refs.get(f"refs/heads/{layout.spec.dags.branch}") if remote else None

@@ -21,11 +21,10 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import contract
 from ..spec import PlatformSpec
 
 HOST = "127.0.0.1"
-GIT_CONN_ID = "airflow_gitops_dags"
-BUNDLE_NAME = "dags"
 
 
 @dataclass(frozen=True)
@@ -127,20 +126,10 @@ def postgres_user() -> pwd.struct_passwd | None:
 
 
 def dag_runtime_env(layout: Layout) -> dict[str, str]:
-    """What DAG code sees on every platform (the contract the DAG repository template relies on).
-
-    The Kubernetes target sets the same variables on every pod; there the AWS files sit at boto3's
-    default location (``/home/airflow/.aws``) instead of the two ``AWS_*_FILE`` variables.
-    """
-    spec = layout.spec
-    env = {
-        "MLFLOW_TRACKING_URI": layout.mlflow_url,
-        "MLFLOW_EXPERIMENT_NAME": spec.mlflow.experiment,
-        "MLOPS_REGISTERED_MODEL": spec.mlflow.registered_model,
-        "MLOPS_DATA_BUCKET": spec.aws.bucket,
-        "AWS_SHARED_CREDENTIALS_FILE": str(layout.aws_credentials),
-        "AWS_CONFIG_FILE": str(layout.aws_config),
-        "AWS_PROFILE": spec.aws.profile,
-        "AWS_DEFAULT_REGION": spec.aws.region,
-    }
-    return env
+    """What DAG code sees here: the contract's runtime env, with the AWS files of the state directory."""
+    return contract.dag_runtime_env(
+        layout.spec,
+        mlflow_uri=layout.mlflow_url,
+        s3_endpoint=layout.s3_url,
+        aws_files=(str(layout.aws_credentials), str(layout.aws_config)),
+    )

@@ -1,7 +1,8 @@
 """The local target: the seed's whole design on one machine, under supervisor.
 
-``up`` order: preflight (ports, binaries, keys) -> state dir, keys, AWS files, DAG repo -> PostgreSQL
--> ``airflow db migrate`` -> S3 endpoint, MLflow, Airflow's four components -> wait until healthy.
+``up`` order: preflight (ports, binaries, keys) -> state dir, keys, AWS files, DAG repo -> the
+components of ``components.COMPONENTS`` phase by phase (PostgreSQL; S3 endpoint and MLflow;
+``airflow db migrate``, then Airflow's four components) -> wait until every one is healthy.
 If anything fails, everything started is stopped again and the error names the component and its log.
 """
 
@@ -12,43 +13,28 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 from rich.console import Console
 
-from .. import secrets
+from .. import contract, gitremote, keystore
+from ..binaries import venv_bin
 from ..errors import PlatformError
+from . import components
 from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
 from .aws import write_local_aws_files
-from .dag_repo import branch_head, seed_local_repo
+from .components import Phase
+from .dag_repo import seed_local_repo
 from .layout import HOST, Layout
 from .postgres import LocalPostgres, wait_until
-from .supervisor import Program, Supervisor
+from .supervisor import Supervisor
 
-AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 START_TIMEOUT = 180
-
-SURVIVES = {
-    "survives down/up": [
-        "metadata database (DAG runs, Connections, Variables)",
-        "DAG repository",
-        "keys",
-        "MLflow runs, models, artifacts",
-        "task logs",
-    ],
-    "lost on down": ["objects in the local S3 endpoint (in memory; pipelines re-ingest them)"],
-}
-
-
-def _bin(name: str) -> str:
-    exe = Path(sys.executable).with_name(name)
-    return str(exe) if exe.exists() else name
 
 
 def port_free(port: int) -> bool:
@@ -60,6 +46,36 @@ def port_free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+@dataclass
+class ComponentStatus:
+    state: str
+    healthy: bool
+    pid: int | None
+    log: str
+
+
+@dataclass
+class PlatformStatus:
+    """What ``status`` shows (and ``status --json`` prints); never a secret, only the password's file."""
+
+    running: bool
+    healthy: bool
+    state_dir: str
+    components: dict[str, ComponentStatus]
+    urls: dict[str, str]
+    api_url: str
+    login: dict[str, str]
+    dag_repo: str
+    branch: str
+    sub_path: str
+    branch_head: str | None
+    parsed_commit: str | None
+    persistence: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class LocalPlatform:
@@ -78,94 +94,53 @@ class LocalPlatform:
         return airflow_env(self.layout, self.database_url())
 
     def client(self) -> AirflowClient:
-        return AirflowClient(self.layout.api_url, ADMIN_USER, secrets.admin_password(self.spec))
+        return AirflowClient(self.layout.api_url, ADMIN_USER, keystore.admin_password(self.spec))
 
     @property
     def env_file(self) -> Path:
         return self.layout.supervisor / "airflow.env.json"
 
-    def programs(self) -> list[Program]:
-        lay = self.layout
-        progs: list[Program] = []
-        if lay.runs_local_postgres:
-            progs.append(
-                Program("postgres", self.postgres.command(), user=self.postgres.run_as, stopwaitsecs=30, priority=10)
-            )
-        if lay.runs_local_s3:
-            progs.append(Program("s3", [_bin("moto_server"), "-H", HOST, "-p", str(lay.ports.s3)], priority=20))
-        if lay.runs_local_mlflow:
-            command = [
-                sys.executable,
-                "-m",
-                "airflow_gitops.local.mlflow_server",
-                HOST,
-                str(lay.ports.mlflow),
-                f"sqlite:///{lay.mlflow / 'mlflow.db'}",
-                str(lay.mlflow / "artifacts"),
-            ]
-            progs.append(Program("mlflow", command, directory=lay.mlflow, priority=20))
-        env_file = self.env_file
-        airflow = _bin("airflow")
-        commands = {
-            "api-server": [airflow, "api-server"],
-            # --skip-serve-logs: the API server reads task logs from the shared local folder, so no
-            # log server needs to listen at all (Airflow's would bind 0.0.0.0).
-            "scheduler": [airflow, "scheduler", "--skip-serve-logs"],
-            "dag-processor": [airflow, "dag-processor"],
-            "triggerer": [airflow, "triggerer", "--skip-serve-logs"],
-        }
-        for name in AIRFLOW_COMPONENTS:
-            launch = [sys.executable, "-m", "airflow_gitops.local.launch", str(env_file), "--"]
-            progs.append(
-                Program(name, launch + commands[name], directory=lay.airflow_home, stopwaitsecs=30, priority=30)
-            )
-        return progs
+    def programs(self):
+        return components.programs(self)
 
     # --- preflight -------------------------------------------------------------------------------
     def _preflight(self) -> None:
-        lay = self.layout
-        wanted = {"api": lay.ports.api}
-        if lay.runs_local_postgres:
-            wanted["postgres"] = lay.ports.postgres
-        if lay.runs_local_s3:
-            wanted["s3"] = lay.ports.s3
-        if lay.runs_local_mlflow:
-            wanted["mlflow"] = lay.ports.mlflow
-        for key, port in wanted.items():
-            if not port_free(port):
+        for c in components.enabled(self.layout):
+            port = getattr(self.layout.ports, c.port_key) if c.port_key else None
+            if port is not None and not port_free(port):
                 raise PlatformError(
-                    f"port {port} on {HOST} (local.ports.{key}) is already in use by another program",
-                    f"stop that program, or set local.ports.{key} to a free port in platform.yaml",
+                    f"port {port} on {HOST} (local.ports.{c.port_key}) is already in use by another program",
+                    f"stop that program, or set local.ports.{c.port_key} to a free port in platform.yaml",
                 )
-        if lay.runs_local_postgres:
+        if self.layout.runs_local_postgres:
             from .postgres import binary
 
             binary("initdb"), binary("postgres")
-        dags = self.spec.dags
-        if dags.is_ssh:
-            for key, label in (
-                (dags.ssh_key_file, "dags.ssh_key_file"),
-                (dags.known_hosts_file, "dags.known_hosts_file"),
-            ):
-                path = self.spec.path(key)
-                if not path.is_file():
-                    raise PlatformError(f"{label} points to {path}, which does not exist", f"create it or fix {label}")
-            key = self.spec.path(dags.ssh_key_file)
-            if key.stat().st_mode & 0o077:
-                raise PlatformError(
-                    f"the deploy key {key} is readable by other users (ssh refuses such keys)",
-                    f"chmod 600 {key}",
-                )
-        if dags.repo:
+        if self.spec.dags.is_ssh:
+            self._preflight_ssh_files()
+        if self.spec.dags.repo:
             # Reach the repository now, with the same key and pinned host key Airflow will use, so a
             # wrong host key or a missing deploy key fails here and not in a dag-processor log.
-            from ..checks.git import check_branch, ls_remote
+            try:
+                problem = gitremote.branch_problem(self.spec, gitremote.ls_remote(self.spec))
+            except gitremote.GitError as err:
+                problem = (err.saw, err.fix)
+            if problem:
+                raise PlatformError(f"DAG repository: {problem[0]}", problem[1])
 
-            remote, result = ls_remote(self.spec, dags.repo)
-            if remote is not None:
-                result = check_branch(self.spec, remote)
-            if result.status == "fail":
-                raise PlatformError(f"DAG repository: {result.saw}", result.fix)
+    def _preflight_ssh_files(self) -> None:
+        """The deploy key and known_hosts the GitDagBundle will read: present, ours, not a link, 0600."""
+        dags = self.spec.dags
+        for key, label in ((dags.ssh_key_file, "dags.ssh_key_file"), (dags.known_hosts_file, "dags.known_hosts_file")):
+            path = self.spec.path(key)
+            if not path.is_file() and not path.is_symlink():
+                raise PlatformError(f"{label} points to {path}, which does not exist", f"create it or fix {label}")
+        key = self.spec.path(dags.ssh_key_file)
+        keystore.load_deploy_key(key)  # refuses links, other owners, passphrases and garbage, naming the fix
+        if key.stat().st_mode & 0o077:
+            raise PlatformError(
+                f"the deploy key {key} is readable by other users (ssh refuses such keys)", f"chmod 600 {key}"
+            )
 
     # --- verbs -----------------------------------------------------------------------------------
     def up(self, console: Console) -> None:
@@ -207,7 +182,7 @@ class LocalPlatform:
         for d in (lay.root, lay.airflow_home, lay.logs, lay.mlflow, lay.bundles):
             d.mkdir(parents=True, exist_ok=True)
         step("keys: Fernet, JWT, API secret, passwords (0600, reused on every start)")
-        for make in (secrets.fernet_key, secrets.jwt_secret, secrets.api_secret_key, secrets.admin_password):
+        for make in (keystore.fernet_key, keystore.jwt_secret, keystore.api_secret_key, keystore.admin_password):
             make(self.spec)
         write_local_aws_files(lay)
         if self.spec.dags.repo is None and seed_local_repo(lay):
@@ -215,31 +190,28 @@ class LocalPlatform:
         if lay.runs_local_postgres and not self.postgres.initialized:
             step("creating the PostgreSQL cluster (first start)")
             self.postgres.initdb(lay.logs / "initdb.log")
-        secrets.write_private(self.env_file, json.dumps(self.airflow_env()))
+        keystore.write_private(self.env_file, json.dumps(self.airflow_env()))
         self.supervisor.write_conf(self.programs())
         self.supervisor.start_daemon()
-        if lay.runs_local_postgres:
-            step("starting PostgreSQL")
-            self.supervisor.start("postgres")
-            if not wait_until(self.postgres.ready, 60):
-                raise PlatformError(
-                    "PostgreSQL did not accept connections within 60 s",
-                    "read its log: `airflow-gitops logs postgres`",
-                    log=str(self.supervisor.log_of("postgres")),
-                )
-            self.postgres.ensure_database()
-        for name in ("s3", "mlflow"):
-            if name in self._names():
-                step(f"starting {name}")
-                self.supervisor.start(name)
-        self._migrate(step)
-        for name in AIRFLOW_COMPONENTS:
-            step(f"starting {name}")
-            self.supervisor.start(name)
+        for phase in Phase:
+            if phase is Phase.AIRFLOW:
+                self._migrate(step)
+            for c in components.enabled(lay):
+                if c.phase is phase:
+                    step(f"starting {c.name}")
+                    self.supervisor.start(c.name)
+            if phase is Phase.DATABASE and lay.runs_local_postgres:
+                if not wait_until(self.postgres.ready, 60):
+                    raise PlatformError(
+                        "PostgreSQL did not accept connections within 60 s",
+                        "read its log: `airflow-gitops logs postgres`",
+                        log=str(self.supervisor.log_of("postgres")),
+                    )
+                self.postgres.ensure_database()
         self._wait_healthy(step)
 
     def _names(self) -> list[str]:
-        return [p.name for p in self.programs()]
+        return [c.name for c in components.enabled(self.layout)]
 
     def _db_revision(self) -> str | None:
         import sqlalchemy
@@ -267,7 +239,7 @@ class LocalPlatform:
         log = self.layout.logs / "migrate.log"
         with open(log, "w") as fh:
             result = subprocess.run(
-                [_bin("airflow"), "db", "migrate"],
+                [venv_bin("airflow"), "db", "migrate"],
                 env={**os.environ, **self.airflow_env()},
                 stdout=fh,
                 stderr=subprocess.STDOUT,
@@ -281,30 +253,21 @@ class LocalPlatform:
             )
         stamp.write_text(f"{version} {self._db_revision()}\n")
 
+    def is_running(self) -> bool:
+        """Cheap: does supervisord answer on its socket? (No health probes.)"""
+        return self.supervisor.running()
+
     def component_health(self) -> dict[str, bool]:
         """Per component: is it answering? (supervisor state alone says only that it runs)."""
-        lay = self.layout
-        out: dict[str, bool] = {}
         states = self.supervisor.states()
-        for name in states:
-            out[name] = states[name]["statename"] == "RUNNING"
-        if "postgres" in out:
-            out["postgres"] = out["postgres"] and self.postgres.ready()
-        if "s3" in out:
-            out["s3"] = out["s3"] and _http_ok(f"http://{HOST}:{lay.ports.s3}/moto-api/")
-        if "mlflow" in out:
-            out["mlflow"] = out["mlflow"] and _http_ok(f"{lay.mlflow_url}/health")
         try:
-            health = httpx.get(f"{lay.api_url}/api/v2/monitor/health", timeout=3).json()
+            api_health = httpx.get(f"{self.layout.api_url}/api/v2/monitor/health", timeout=3).json()
         except (httpx.HTTPError, ValueError):
-            health = None
-        if "api-server" in out:
-            out["api-server"] = out["api-server"] and health is not None
-        for name, key in HEALTH_KEYS.items():
-            if name in out:
-                status = ((health or {}).get(key) or {}).get("status")
-                out[name] = out[name] and status == "healthy"
-        return out
+            api_health = None
+        return {
+            c.name: states.get(c.name, {}).get("statename") == "RUNNING" and c.healthy(self, api_health)
+            for c in components.enabled(self.layout)
+        }
 
     def _wait_healthy(self, step) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -338,7 +301,9 @@ class LocalPlatform:
         console.print(
             f"Stopped. All data is kept in {self.layout.root}; `airflow-gitops up` resumes it.", soft_wrap=True
         )
-        console.print("Lost on down: " + "; ".join(SURVIVES["lost on down"]), soft_wrap=True)
+        lost = components.persistence(self.layout)["lost on down"]
+        if lost:
+            console.print("Lost on down: " + "; ".join(lost), soft_wrap=True)
 
     def parsed_commit(self) -> str | None:
         """The bundle version (Git commit) Airflow's DAG processor last parsed."""
@@ -348,45 +313,41 @@ class LocalPlatform:
             engine = sqlalchemy.create_engine(self.database_url(), connect_args={"connect_timeout": 3})
             with engine.connect() as conn:
                 row = conn.execute(
-                    sqlalchemy.text("SELECT version FROM dag_bundle WHERE name = :n"), {"n": "dags"}
+                    sqlalchemy.text("SELECT version FROM dag_bundle WHERE name = :n"), {"n": contract.BUNDLE_NAME}
                 ).first()
             engine.dispose()
             return row[0] if row else None
         except Exception:
             return None
 
-    def status(self) -> dict:
-        running = self.supervisor.running()
+    def status(self) -> PlatformStatus:
+        running = self.is_running()
         states = self.supervisor.states() if running else {}
         health = self.component_health() if running else {}
-        components = {
-            name: {
-                "state": states[name]["statename"] if name in states else "STOPPED",
-                "healthy": health.get(name, False),
-                "pid": states.get(name, {}).get("pid") or None,
-                "log": str(self.supervisor.log_of(name)),
-            }
-            for name in self._names()
-        }
-        return {
-            "running": running,
-            "healthy": running and all(health.values()) and bool(health),
-            "state_dir": str(self.layout.root),
-            "components": components,
-            "api_url": self.layout.api_url,
-            "mlflow_url": self.layout.mlflow_url,
-            "s3_url": self.layout.s3_url,
-            "login": {
-                "username": ADMIN_USER,
-                "password_file": str(self.layout.secrets / secrets.ADMIN_PASSWORD),
+        lay = self.layout
+        return PlatformStatus(
+            running=running,
+            healthy=running and bool(health) and all(health.values()),
+            state_dir=str(lay.root),
+            components={
+                name: ComponentStatus(
+                    state=states[name]["statename"] if name in states else "STOPPED",
+                    healthy=health.get(name, False),
+                    pid=states.get(name, {}).get("pid") or None,
+                    log=str(self.supervisor.log_of(name)),
+                )
+                for name in self._names()
             },
-            "dag_repo": self.spec.dag_repo_url,
-            "branch": self.spec.dags.branch,
-            "sub_path": self.spec.dags.sub_path,
-            "branch_head": branch_head(self.layout),
-            "parsed_commit": self.parsed_commit() if running else None,
-            "persistence": SURVIVES,
-        }
+            urls=components.urls(lay),
+            api_url=lay.api_url,
+            login={"username": ADMIN_USER, "password_file": str(lay.secrets / keystore.ADMIN_PASSWORD)},
+            dag_repo=self.spec.dag_repo_url,
+            branch=self.spec.dags.branch,
+            sub_path=self.spec.dags.sub_path,
+            branch_head=gitremote.branch_head(self.spec),
+            parsed_commit=self.parsed_commit() if running else None,
+            persistence=components.persistence(lay),
+        )
 
     def logs(self, component: str | None, lines: int, console: Console) -> None:
         names = self._names() + ["migrate", "initdb", "supervisord"]
@@ -405,10 +366,3 @@ class LocalPlatform:
         from .report import print_access
 
         print_access(self.status(), console)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=3).status_code < 500
-    except httpx.HTTPError:
-        return False

@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import secrets
+from .. import keystore
 from ..errors import PlatformError
 from .layout import HOST, Layout, postgres_user
 
@@ -91,11 +91,10 @@ class LocalPostgres:
             return
         data_dir = self._choose_data_dir()
         data_dir.mkdir(parents=True, exist_ok=True)
-        su_password = secrets.pg_superuser_password(self.layout.spec)
+        su_password = keystore.pg_superuser_password(self.layout.spec)
         user = postgres_user()
         pwfile = data_dir.parent / ".pwfile"
-        pwfile.write_text(su_password + "\n")
-        os.chmod(pwfile, 0o600)
+        keystore.write_private(pwfile, su_password + "\n")  # 0600 from the first byte
         if user:
             os.chown(data_dir, user.pw_uid, user.pw_gid)
             os.chown(pwfile, user.pw_uid, user.pw_gid)
@@ -159,15 +158,15 @@ class LocalPostgres:
 
     def ready(self) -> bool:
         try:
-            self._connect("postgres", secrets.pg_superuser_password(self.layout.spec), "postgres").close()
+            self._connect("postgres", keystore.pg_superuser_password(self.layout.spec), "postgres").close()
             return True
         except Exception:
             return False
 
     def ensure_database(self) -> None:
         """Create the ``airflow`` role and database (idempotent); keep the role's password in sync."""
-        password = secrets.db_password(self.layout.spec)
-        conn = self._connect("postgres", secrets.pg_superuser_password(self.layout.spec), "postgres")
+        password = keystore.db_password(self.layout.spec)
+        conn = self._connect("postgres", keystore.pg_superuser_password(self.layout.spec), "postgres")
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_USER,))
@@ -179,7 +178,7 @@ class LocalPostgres:
         conn.close()
 
     def url(self) -> str:
-        password = secrets.db_password(self.layout.spec)
+        password = keystore.db_password(self.layout.spec)
         return f"postgresql+psycopg2://{DB_USER}:{password}@{HOST}:{self.port}/{DB_NAME}"
 
 

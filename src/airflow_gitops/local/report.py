@@ -5,18 +5,18 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from .platform import PlatformStatus
 
-def print_access(report: dict, console: Console) -> None:
+
+def print_access(report: PlatformStatus, console: Console) -> None:
     console = _NoWrap(console)
-    console.print(f"  Airflow UI/API  {report['api_url']}")
-    console.print(f"  Login           {report['login']['username']} / password in {report['login']['password_file']}")
-    console.print(
-        f"  DAG repository  {report['dag_repo']}  (branch {report['branch']}, DAGs under {report['sub_path']}/)"
-    )
-    console.print(f"                  push: git push {report['dag_repo']} HEAD:{report['branch']}")
-    console.print(f"  MLflow          {report['mlflow_url']}")
-    if report.get("s3_url"):
-        console.print(f"  S3 endpoint     {report['s3_url']}")
+    urls = dict(report.urls)
+    console.print(f"  {'Airflow UI/API':15} {urls.pop('Airflow UI/API', report.api_url)}")
+    console.print(f"  Login           {report.login['username']} / password in {report.login['password_file']}")
+    console.print(f"  DAG repository  {report.dag_repo}  (branch {report.branch}, DAGs under {report.sub_path}/)")
+    console.print(f"                  push: git push {report.dag_repo} HEAD:{report.branch}")
+    for label, url in urls.items():
+        console.print(f"  {label:15} {url}")
 
 
 class _NoWrap:
@@ -29,24 +29,24 @@ class _NoWrap:
         self._console.print(*args, soft_wrap=True, highlight=False, **kwargs)
 
 
-def print_status(report: dict, console: Console) -> None:
-    if not report["running"]:
-        console.print(f"The platform is not running (state in {report['state_dir']}). Start it: `airflow-gitops up`.")
+def print_status(report: PlatformStatus, console: Console) -> None:
+    if not report.running:
+        console.print(f"The platform is not running (state in {report.state_dir}). Start it: `airflow-gitops up`.")
         return
     table = Table(title="airflow-gitops (local)")
-    table.caption = f"state: {report['state_dir']}"
+    table.caption = f"state: {report.state_dir}"
     for col in ("component", "state", "healthy", "pid", "log"):
         table.add_column(col)
-    for name, c in report["components"].items():
-        ok = "[green]yes[/]" if c["healthy"] else "[red]no[/]"
-        log = c["log"].removeprefix(report["state_dir"] + "/")
-        table.add_row(name, c["state"], ok, str(c["pid"] or "-"), log)
+    for name, c in report.components.items():
+        ok = "[green]yes[/]" if c.healthy else "[red]no[/]"
+        table.add_row(name, c.state, ok, str(c.pid or "-"), c.log.removeprefix(report.state_dir + "/"))
     console.print(table)
     print_access(report, console)
-    head, parsed = report.get("branch_head"), report.get("parsed_commit")
+    head, parsed = report.branch_head, report.parsed_commit
     sync = "in sync" if head and head == parsed else "catching up" if head else "branch not found"
     console = _NoWrap(console)
     console.print(f"  Branch head     {head or '-'}")
     console.print(f"  Parsed commit   {parsed or '-'}  ({sync})")
-    for label, items in report["persistence"].items():
-        console.print(f"  {label.capitalize():15} {'; '.join(items)}")
+    for label, items in report.persistence.items():
+        if items:
+            console.print(f"  {label.capitalize():15} {'; '.join(items)}")

@@ -12,7 +12,7 @@ from .platform import LocalPlatform
 
 
 def run_dag(platform: LocalPlatform, dag_id: str, conf: str | None, timeout: float, console: Console) -> dict:
-    if not platform.supervisor.running():
+    if not platform.is_running():
         raise PlatformError("the platform is not running", "start it: `airflow-gitops up`")
     try:
         params = json.loads(conf) if conf else {}

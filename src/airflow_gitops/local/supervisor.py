@@ -1,7 +1,7 @@
 """Local processes under ``supervisord``: restarted when they crash, stopped as a process group.
 
-We write ``supervisord.conf`` (0600: the programs' environment carries the platform's secrets, and
-an environment is only readable by its owner) and talk to the daemon over its Unix socket with
+We write ``supervisord.conf`` (0600; it holds no secrets: Airflow's programs read their environment
+from a 0600 file through ``local/launch.py``) and talk to the daemon over its Unix socket with
 XML-RPC, supervisor's own client API. Programs have ``autostart=false``: the platform starts them in
 dependency order (database, then migrations, then Airflow).
 """
@@ -12,33 +12,27 @@ import hashlib
 import os
 import shlex
 import subprocess
-import sys
 import time
 import xmlrpc.client
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.xmlrpc import SupervisorTransport
 
+from ..binaries import venv_bin
 from ..errors import PlatformError
-from ..secrets import write_private
+from ..keystore import write_private
 
 
 @dataclass
 class Program:
     name: str
     command: list[str]
-    env: dict[str, str] = field(default_factory=dict)
     user: str | None = None
     directory: Path | None = None
     stopwaitsecs: int = 20
     # Start order low to high; `down` stops high to low, so PostgreSQL stops after Airflow.
     priority: int = 30
-
-
-def _quote_env(value: str) -> str:
-    # supervisor's environment syntax: KEY="value" with % escaped as %% and " as \"
-    return '"' + value.replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class Supervisor:
@@ -91,7 +85,6 @@ class Supervisor:
             "",
         ]
         for p in programs:
-            env = ",".join(f"{k}={_quote_env(v)}" for k, v in sorted(p.env.items()))
             lines += [
                 f"[program:{p.name}]",
                 f"command={shlex.join(p.command)}",
@@ -112,8 +105,6 @@ class Supervisor:
                 lines.append(f"user={p.user}")
             if p.directory:
                 lines.append(f"directory={p.directory}")
-            if env:
-                lines.append(f"environment={env}")
             lines.append("")
         write_private(self.conf, "\n".join(lines))
 
@@ -131,8 +122,7 @@ class Supervisor:
             return False
 
     def start_daemon(self) -> None:
-        exe = Path(sys.executable).with_name("supervisord")
-        cmd = [str(exe) if exe.exists() else "supervisord", "-c", str(self.conf)]
+        cmd = [venv_bin("supervisord"), "-c", str(self.conf)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise PlatformError(

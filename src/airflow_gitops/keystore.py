@@ -4,13 +4,18 @@ Why "generated once and reused": Airflow encrypts Connections and Variables with
 signs task tokens with the JWT secret. A key that changes between ``down``/``up`` (or ``helm delete`` +
 ``install``, the seed's concern) makes every stored secret unreadable (``InvalidToken``) and breaks
 running tasks. So every key lives in one file under the state directory's ``secrets/`` folder, written
-``0600`` through a temporary file and an atomic rename, and is never printed or logged.
+``0600`` from its first byte (a temporary file made 0600 by ``mkstemp``, then an atomic rename), and is
+never printed or logged.
+
+Files are trusted only as we would have written them: a key file that is a symbolic link, not a
+regular file, or owned by another user is refused (a link would get its target chmodded and shipped
+in a Secret; a file another user owns could have been planted).
 """
 
 from __future__ import annotations
 
 import os
-import secrets as _random
+import secrets
 import stat
 import tempfile
 from collections.abc import Callable
@@ -20,6 +25,7 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from .errors import PlatformError
 from .spec import PlatformSpec
 
 FERNET_KEY = "fernet.key"
@@ -30,14 +36,63 @@ DB_PASSWORD = "db_password"
 PG_SUPERUSER_PASSWORD = "pg_superuser_password"
 
 
-def write_private(path: Path, content: str | bytes) -> None:
-    """Write ``content`` to ``path`` with mode 0600, atomically (no window where it is readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700) if path.parent.name == "secrets" else None
-    data = content.encode() if isinstance(content, str) else content
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def _refuse(path: Path, why: str, fix: str) -> PlatformError:
+    return PlatformError(f"key file {path} {why}; it was not used", fix)
+
+
+def check_trusted(path: Path) -> os.stat_result | None:
+    """lstat ``path`` and refuse a symlink, a non-regular file or a file another user owns.
+
+    Returns None when nothing is there.
+    """
     try:
-        os.fchmod(fd, 0o600)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise _refuse(
+            path,
+            "is a symbolic link",
+            f"replace the link by the file itself (cp --remove-destination "
+            f'"$(readlink -f {path})" {path}), or remove it to generate a new one',
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(path, "is not a regular file", f"remove {path} (a directory or device is not a key)")
+    if st.st_uid != os.geteuid():
+        raise _refuse(
+            path,
+            f"is owned by another user (uid {st.st_uid})",
+            f"if you trust it: `chown {os.geteuid()} {path}`; otherwise remove it",
+        )
+    return st
+
+
+def read_private(path: Path, *, tighten: bool = False) -> bytes:
+    """Read a key file without following a symlink; with ``tighten``, make it 0600 (never loosen)."""
+    st = check_trusted(path)
+    if st is None:
+        raise FileNotFoundError(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        if tighten and stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1
+            return fh.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def write_private(path: Path, content: str | bytes) -> None:
+    """Write ``content`` to ``path`` with mode 0600 from the first byte, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.parent.name == "secrets":
+        os.chmod(path.parent, 0o700)
+    check_trusted(path)  # never replace a planted link or another user's file silently
+    data = content.encode() if isinstance(content, str) else content
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates 0600
+    try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
@@ -48,23 +103,20 @@ def write_private(path: Path, content: str | bytes) -> None:
 
 def ensure(path: Path, generate: Callable[[], str]) -> str:
     """Return the secret stored at ``path``, generating and storing it (0600) on first use."""
-    if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            os.chmod(path, 0o600)  # tighten, never loosen
-        return path.read_text(encoding="utf-8").strip()
+    if check_trusted(path) is not None:
+        return read_private(path, tighten=True).decode("utf-8", errors="replace").strip()
     value = generate()
     write_private(path, value + "\n")
     return value
 
 
 def _token() -> str:
-    return _random.token_urlsafe(32)
+    return secrets.token_urlsafe(32)
 
 
 def _password() -> str:
     # URL-safe characters only, so the value can be put in a database URL without encoding.
-    return _random.token_urlsafe(18)
+    return secrets.token_urlsafe(18)
 
 
 def fernet_key(spec: PlatformSpec) -> str:
@@ -92,14 +144,34 @@ def pg_superuser_password(spec: PlatformSpec) -> str:
     return ensure(spec.secrets_dir / PG_SUPERUSER_PASSWORD, _password)
 
 
+def load_deploy_key(private_path: Path):
+    """Load an SSH private key we may use unattended, or raise PlatformError naming the fix."""
+    keygen = f"ssh-keygen -t ed25519 -N '' -f {private_path}"
+    data = read_private(private_path)
+    try:
+        if data.lstrip().startswith(b"-----BEGIN OPENSSH"):
+            return serialization.load_ssh_private_key(data, password=None)
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise PlatformError(
+            f"the deploy key {private_path} is protected by a passphrase: git-sync and Airflow cannot type it",
+            f"remove the passphrase: ssh-keygen -p -N '' -f {private_path}",
+        ) from None
+    except Exception as err:  # noqa: BLE001 - ValueError / UnsupportedAlgorithm for garbage or odd formats
+        raise PlatformError(
+            f"the deploy key {private_path} is not a usable OpenSSH or PEM private key ({type(err).__name__})",
+            f"point dags.ssh_key_file at the private half, or generate a new one: {keygen}",
+        ) from None
+
+
 def generate_deploy_key(private_path: Path, comment: str = "airflow-gitops deploy key") -> str:
     """Create an ed25519 deploy key at ``private_path`` (0600) unless one exists.
 
     Returns the public half in OpenSSH format, for the Git host's deploy-key page (read access is
     enough: Airflow only pulls).
     """
-    if private_path.exists():
-        key = serialization.load_ssh_private_key(private_path.read_bytes(), password=None)
+    if check_trusted(private_path) is not None:
+        key = load_deploy_key(private_path)
     else:
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
@@ -109,7 +181,7 @@ def generate_deploy_key(private_path: Path, comment: str = "airflow-gitops deplo
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_line = f"{public.decode()} {comment}\n"
     pub_path = private_path.with_name(private_path.name + ".pub")
-    if not pub_path.exists():
+    if not pub_path.exists() and not pub_path.is_symlink():
         pub_path.write_text(public_line)
     return public_line.strip()
 

@@ -1,0 +1,73 @@
+"""The Kubernetes target: the official chart, Secrets and values rendered from platform.yaml."""
+
+from __future__ import annotations
+
+from cryptography.fernet import Fernet
+from rich.console import Console
+
+from .. import keystore
+from ..dburl import connect, explain_connect_error
+from ..errors import PlatformError
+from ..fernetkeys import key_file, read_keys, undecryptable
+from ..target import Target
+
+
+class KubernetesTarget(Target):
+    name = "kubernetes"
+
+    def database_url(self) -> tuple[str | None, str]:
+        url = self.spec.database.expanded_url()
+        if url is None:
+            return None, "not checked: database.url is not set (the chart needs an external one)"
+        return url, ""
+
+    def referenced_files(self):
+        refs = super().referenced_files()
+        chart = self.spec.kubernetes.chart
+        if chart and "://" not in chart:
+            refs["kubernetes.chart"] = self.spec.path(chart)
+        return refs
+
+    def rotate_fernet_key(self, console: Console) -> None:
+        """Two runs around a deploy: the Secret is written by `deploy` from STATE_DIR/secrets/fernet.key."""
+        path = key_file(self.spec)
+        keys = read_keys(path)
+        k8s = self.spec.kubernetes
+        ns, release, secret = k8s.namespace, k8s.release, self.spec.secrets.fernet_key_secret
+        rotate = f"kubectl -n {ns} exec deploy/{release}-scheduler -- airflow rotate-fernet-key"
+        if len(keys) == 1:
+            keystore.write_private(path, Fernet.generate_key().decode() + "," + keys[0].decode() + "\n")
+            console.print(
+                f"Step 1 of 2 done: a new key is FIRST in {path} (the old key still decrypts).\n"
+                f"Now:\n  1. `airflow-gitops deploy`   (updates Secret {ns}/{secret}; pods restart with NEW,OLD)\n"
+                f"  2. `{rotate}`   (re-encrypts every Connection and Variable)\n"
+                "  3. `airflow-gitops rotate-fernet-key --target kubernetes` again (drops the old key after proving "
+                "every value decrypts with the new one), then `airflow-gitops deploy`."
+            )
+            return
+        url = self.spec.database.resolved_url()
+        if not url:
+            raise PlatformError("database.url is not set", "set database.url to the cluster's metadata database")
+        try:
+            conn = connect(url, application_name="airflow-gitops-rotate")
+        except Exception as err:  # noqa: BLE001
+            saw, fix = explain_connect_error(err, url)
+            raise PlatformError(
+                f"cannot prove the rotation finished: {saw}; {path} keeps both keys (nothing is lost)",
+                f"{fix}; or run this where the database is reachable",
+            ) from None
+        try:
+            total, bad = undecryptable(conn, keys[:1])
+        finally:
+            conn.close()
+        if bad:
+            raise PlatformError(
+                f"{len(bad)} of {total} values are not re-encrypted with the new key yet ({', '.join(bad[:5])}); "
+                f"{path} keeps both keys",
+                f"`airflow-gitops deploy` (pods must have NEW,OLD), then `{rotate}`, then run this again",
+            )
+        keystore.write_private(path, keys[0].decode() + "\n")
+        console.print(
+            f"All {total} encrypted values decrypt with the new key alone; the old key is dropped from {path}.\n"
+            f"Run `airflow-gitops deploy` to update Secret {ns}/{secret} (pods restart with the new key only)."
+        )

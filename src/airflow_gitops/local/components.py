@@ -1,0 +1,168 @@
+"""Each local component as one record: what runs, on which port, when, how to tell it is healthy,
+and what it keeps across ``down``/``up``.
+
+Adding a component is one :class:`Component` in :data:`COMPONENTS` (plus its port in ``spec.Ports``
+when it listens): ``up`` checks its port, starts it in its phase, waits for its health probe;
+``status`` reports it; ``down`` stops it (in reverse priority).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ..binaries import venv_bin
+from .layout import HOST, Layout
+from .supervisor import Program
+
+if TYPE_CHECKING:
+    from .platform import LocalPlatform
+
+
+class Phase(IntEnum):
+    """Start order: the database, then services Airflow's tasks use, then (after migrations) Airflow."""
+
+    DATABASE = 10
+    SERVICES = 20
+    AIRFLOW = 30
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    phase: Phase
+    enabled: Callable[[Layout], bool]
+    program: Callable[[LocalPlatform], Program]
+    # Is it answering? ``api_health`` is Airflow's /api/v2/monitor/health (None when it did not answer).
+    healthy: Callable[[LocalPlatform, dict | None], bool]
+    port_key: str | None = None  # its key in local.ports
+    keeps: str | None = None  # what of its data survives down/up
+    loses: str | None = None  # what of its data is lost on down
+    # (label, URL that DAG code and users reach it at, local or external) for `status`
+    url: tuple[str, Callable[[Layout], str | None]] | None = None
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=3).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def _airflow_program(platform: LocalPlatform, name: str, *args: str) -> Program:
+    # Every Airflow program starts through the launcher: the secrets stay in one 0600 JSON file.
+    launch = [sys.executable, "-m", "airflow_gitops.local.launch", str(platform.env_file), "--"]
+    return Program(name, [*launch, venv_bin("airflow"), *args], directory=platform.layout.airflow_home, stopwaitsecs=30)
+
+
+def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None, **kw) -> Component:
+    def healthy(platform: LocalPlatform, api_health: dict | None) -> bool:
+        if health_key is None:
+            return api_health is not None
+        return ((api_health or {}).get(health_key) or {}).get("status") == "healthy"
+
+    return Component(
+        name,
+        Phase.AIRFLOW,
+        enabled=lambda layout: True,
+        program=lambda p: _airflow_program(p, name, *args),
+        healthy=healthy,
+        **kw,
+    )
+
+
+def _mlflow_program(platform: LocalPlatform) -> Program:
+    lay = platform.layout
+    command = [
+        sys.executable,
+        "-m",
+        "airflow_gitops.local.mlflow_server",
+        HOST,
+        str(lay.ports.mlflow),
+        f"sqlite:///{lay.mlflow / 'mlflow.db'}",
+        str(lay.mlflow / "artifacts"),
+    ]
+    return Program("mlflow", command, directory=lay.mlflow)
+
+
+COMPONENTS: list[Component] = [
+    Component(
+        "postgres",
+        Phase.DATABASE,
+        enabled=lambda layout: layout.runs_local_postgres,
+        program=lambda p: Program("postgres", p.postgres.command(), user=p.postgres.run_as, stopwaitsecs=30),
+        healthy=lambda p, _: p.postgres.ready(),
+        port_key="postgres",
+        keeps="metadata database (DAG runs, Connections, Variables)",
+    ),
+    Component(
+        "mlflow",
+        Phase.SERVICES,
+        enabled=lambda layout: layout.runs_local_mlflow,
+        program=_mlflow_program,
+        healthy=lambda p, _: http_ok(f"{p.layout.mlflow_url}/health"),
+        port_key="mlflow",
+        keeps="MLflow runs, models, artifacts",
+        url=("MLflow", lambda layout: layout.mlflow_url),
+    ),
+    Component(
+        "s3",
+        Phase.SERVICES,
+        enabled=lambda layout: layout.runs_local_s3,
+        program=lambda p: Program("s3", [venv_bin("moto_server"), "-H", HOST, "-p", str(p.layout.ports.s3)]),
+        healthy=lambda p, _: http_ok(f"{p.layout.s3_url}/moto-api/"),
+        port_key="s3",
+        loses="objects in the local S3 endpoint (in memory; pipelines re-ingest them)",
+        url=("S3 endpoint", lambda layout: layout.s3_url),
+    ),
+    _airflow_component(
+        "api-server",
+        ("api-server",),
+        None,
+        port_key="api",
+        url=("Airflow UI/API", lambda layout: layout.api_url),
+    ),
+    # --skip-serve-logs: the API server reads task logs from the shared local folder, so no log server
+    # needs to listen at all (Airflow's would bind 0.0.0.0).
+    _airflow_component("scheduler", ("scheduler", "--skip-serve-logs"), "scheduler"),
+    _airflow_component("dag-processor", ("dag-processor",), "dag_processor"),
+    _airflow_component("triggerer", ("triggerer", "--skip-serve-logs"), "triggerer"),
+]
+
+# What survives `down`/`up` that no single component owns.
+PLATFORM_KEEPS = ["DAG repository", "keys", "task logs"]
+
+
+def enabled(layout: Layout) -> list[Component]:
+    return [c for c in COMPONENTS if c.enabled(layout)]
+
+
+def programs(platform: LocalPlatform) -> list[Program]:
+    out = []
+    for c in enabled(platform.layout):
+        prog = c.program(platform)
+        prog.priority = int(c.phase)  # start low to high; `down` stops high to low (PostgreSQL last)
+        out.append(prog)
+    return out
+
+
+def urls(layout: Layout) -> dict[str, str]:
+    """Label -> URL of every component DAG code and users reach (local or external)."""
+    found = {c.url[0]: c.url[1](layout) for c in COMPONENTS if c.url}
+    return {label: url for label, url in found.items() if url}
+
+
+def persistence(layout: Layout) -> dict[str, list[str]]:
+    comps = enabled(layout)
+    keeps = [c.keeps for c in comps if c.keeps]
+    if not layout.runs_local_postgres:
+        keeps.insert(0, "metadata database (your database.url)")
+    return {
+        "survives down/up": keeps + PLATFORM_KEEPS,
+        "lost on down": [c.loses for c in comps if c.loses],
+    }
