@@ -90,7 +90,7 @@ def _ts(value: str | None) -> datetime | None:
 
 def one_run(plat: LocalPlatform, conf: dict, label: str) -> dict:
     client = plat.client()
-    scheduler_pid = plat.status()["components"]["scheduler"]["pid"]
+    scheduler_pid = plat.status().components["scheduler"].pid
     with TaskProcessSampler(scheduler_pid) as sampler:
         started = time.monotonic()
         run_id = client.trigger(DAG_ID, conf)

@@ -39,7 +39,8 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from airflow_gitops.local.platform import LocalPlatform, _bin, port_free
+from airflow_gitops.binaries import venv_bin
+from airflow_gitops.local.platform import LocalPlatform, port_free
 from airflow_gitops.spec import parse_spec
 
 HOST = "127.0.0.1"
@@ -344,83 +345,6 @@ def push_to_live(plat: LocalPlatform, tag: str, pushes: int, cap: float, gap_max
     }
 
 
-# --- an experiment: the start-up proposals, on a subclass (src/ stays untouched) ----------------------
-class FastPlatform(LocalPlatform):
-    """``--variant fast``: what docs/performance.md proposes, to measure it before anyone changes src/.
-
-    1. supervisor starts programs without waiting ``startsecs`` (2 s) for each: the health wait covers it;
-    2. ``airflow db migrate`` is skipped when the database is at the revision our last successful migrate
-       left it at, with the same Airflow version (a warm restart has nothing to migrate);
-    3. MLflow runs as its uvicorn app directly: ``mlflow server`` only spawns that uvicorn process and
-       stays resident (a second full MLflow import) just to forward signals.
-    """
-
-    def __init__(self, spec):
-        super().__init__(spec)
-        sup = self.supervisor
-
-        def start_nowait(name: str) -> None:
-            import xmlrpc.client
-
-            try:
-                sup.rpc().startProcess(name, False)
-            except xmlrpc.client.Fault as fault:
-                if "ALREADY_STARTED" not in fault.faultString:
-                    raise
-
-        sup.start = start_nowait
-
-    def programs(self):
-        progs = super().programs()
-        lay = self.layout
-        for prog in progs:
-            if prog.name == "mlflow":
-                prog.command = [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(lay.ports.mlflow),
-                    "--workers",
-                    "1",
-                    "mlflow.server.fastapi_app:app",
-                ]
-                prog.env = {
-                    **prog.env,
-                    "_MLFLOW_SERVER_FILE_STORE": f"sqlite:///{lay.mlflow / 'mlflow.db'}",
-                    "_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/",
-                    "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
-                    "_MLFLOW_SERVER_ARTIFACT_DESTINATION": str(lay.mlflow / "artifacts"),
-                    "_MLFLOW_SGI_NAME": "uvicorn",
-                }
-        return progs
-
-    def _db_revision(self) -> str | None:
-        import sqlalchemy
-
-        try:
-            engine = sqlalchemy.create_engine(self.database_url())
-            with engine.connect() as conn:
-                row = conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).first()
-            engine.dispose()
-            return row[0] if row else None
-        except Exception:
-            return None
-
-    def _migrate(self, *args) -> None:
-        from importlib.metadata import version
-
-        marker = self.layout.airflow_home / ".migrated"
-        rev = self._db_revision()
-        stamp = f"{version('apache-airflow')} {rev}"
-        if rev and marker.exists() and marker.read_text() == stamp:
-            return
-        super()._migrate(*args)
-        marker.write_text(f"{version('apache-airflow')} {self._db_revision()}")
-
-
 # --- the runs --------------------------------------------------------------------------------------------
 def make_spec(state: Path, ports: dict, sync: int, airflow_config: dict | None = None):
     data = {
@@ -429,21 +353,22 @@ def make_spec(state: Path, ports: dict, sync: int, airflow_config: dict | None =
     }
     if airflow_config:
         data["airflow"] = {"config": airflow_config}
+        data["local"]["parallelism"] = AIRFLOW_DEFAULT_PARALLELISM
     return parse_spec(data, base_dir=state.parent)
 
 
 AIRFLOW_DEFAULTS = {
     "dag_processor": {"bundle_refresh_check_interval": 5, "parsing_processes": 2},
     "api": {"workers": 4},
-    "core": {"parallelism": 32},
 }
+AIRFLOW_DEFAULT_PARALLELISM = 32  # [core] parallelism: set through local.parallelism (the platform owns the key)
 
 
 def cli_import_seconds() -> float:
     """Wall time of `airflow version`: what every Airflow process (and `db migrate`) pays to import."""
     t0 = time.monotonic()
     subprocess.run(
-        [_bin("airflow"), "version"],
+        [venv_bin("airflow"), "version"],
         capture_output=True,
         env={**os.environ, "AIRFLOW_HOME": tempfile.mkdtemp(prefix="bench-home-")},
     )
@@ -464,7 +389,7 @@ def machine() -> dict:
         "?",
     )
     try:
-        af = subprocess.run([_bin("airflow"), "version"], capture_output=True, text=True).stdout.strip()
+        af = subprocess.run([venv_bin("airflow"), "version"], capture_output=True, text=True).stdout.strip()
     except OSError:
         af = "?"
     return {
@@ -491,12 +416,6 @@ def main() -> int:
     ap.add_argument("--state", default=None, help="state dir (default: a new /tmp/bench-platform-*)")
     ap.add_argument("--json", default=None, help="write results here (default: STATE/../results.json)")
     ap.add_argument("--seed", type=int, default=2)
-    ap.add_argument(
-        "--variant",
-        choices=["as-is", "fast"],
-        default="as-is",
-        help="fast: FastPlatform, the start-up proposals (see its docstring)",
-    )
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -510,7 +429,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
 
-    res: dict = {"machine": machine(), "variant": args.variant, "ports": ports, "state": str(state), "runs": {}}
+    res: dict = {"machine": machine(), "ports": ports, "state": str(state), "runs": {}}
     res["machine"]["airflow_cli_import_s"] = cli_import_seconds()
     log(f"machine: {json.dumps(res['machine'])}")
     log(f"state dir {state}; ports {ports}")
@@ -527,7 +446,7 @@ def main() -> int:
     for name in runs:
         cfg = configs[name]
         spec = make_spec(state, ports, cfg["sync"], cfg["airflow_config"])
-        plat = (FastPlatform if args.variant == "fast" else LocalPlatform)(spec)
+        plat = LocalPlatform(spec)
         kind = "cold" if not (state / "postgres").exists() else "warm"
         r: dict = {"sync_interval": cfg["sync"], "airflow_config": cfg["airflow_config"]}
         res["runs"][name] = r
