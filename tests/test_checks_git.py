@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,41 @@ def test_default_local_repo_is_checked_when_present(sshd_git, tmp_path, monkeypa
     bare.rename(spec.local_repo)
     rows = _rows(git.git_checks(spec))
     assert [r.status for r in rows.values()] == ["ok"] * 4, rows
+
+
+ENV_PROBE_DAG = """
+import json, os
+from datetime import datetime
+from airflow.sdk import dag, task
+
+with open(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "seen-env.json"), "w") as fh:
+    json.dump(dict(os.environ), fh)
+
+@dag(dag_id="env_probe", schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+def env_probe():
+    @task
+    def noop():
+        return 1
+    noop()
+
+env_probe()
+"""
+
+
+def test_dag_files_are_imported_without_the_operators_environment(tmp_path, monkeypatch):
+    """doctor imports DAG files on the operator's machine: they must not see its credentials."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "admin.kubeconfig"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator-secret-" + "x" * 20)
+    monkeypatch.setenv("GITHUB_TOKEN", "operator-token")
+    clone = tmp_path / "clone" / "repo"
+    (clone / "dags").mkdir(parents=True)
+    (clone / "dags" / "env_probe.py").write_text(ENV_PROBE_DAG)
+    spec = parse_spec({"local": {"state_dir": str(tmp_path / "state")}}, base_dir=tmp_path)
+    r = git.check_dag_imports(spec, clone)
+    assert r.status == "ok", r
+    seen = json.loads((tmp_path / "clone" / "seen-env.json").read_text())
+    assert not {"KUBECONFIG", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN"} & set(seen), sorted(seen)
+    assert seen["HOME"] != os.environ["HOME"] and seen["AWS_SHARED_CREDENTIALS_FILE"] == os.devnull
+    assert set(seen) - {"PATH", "HOME", "TMPDIR", "LANG"} <= {
+        k for k in seen if k.startswith(("AIRFLOW", "AWS_", "MLFLOW_", "MLOPS_", "PYTHON", "LC_", "_"))
+    }

@@ -1,7 +1,8 @@
-"""The local platform, end to end, with real parts: PostgreSQL, git, Airflow 3, MLflow, moto."""
+"""The local platform, end to end, with real parts: PostgreSQL, git, Airflow 3, MLflow, the S3 endpoint."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -112,7 +113,15 @@ def _log_mlflow_artifact(platform, tmp_path) -> tuple[str, str]:
     return run.info.run_id, text
 
 
-def test_down_up_keeps_history_encrypted_connection_and_mlflow(local_platform, tmp_path):
+def _s3(platform):
+    import boto3
+
+    lay = platform.layout
+    session = boto3.session.Session(profile_name=platform.spec.aws.profile)
+    return session.client("s3", endpoint_url=lay.s3_url)
+
+
+def test_down_up_keeps_history_encrypted_connection_mlflow_and_s3_objects(local_platform, tmp_path, monkeypatch):
     client = local_platform.client()
     secret_value = "p@ss:/word-" + uuid.uuid4().hex
     conn_id = f"{PREFIX}_conn"
@@ -129,6 +138,18 @@ def test_down_up_keeps_history_encrypted_connection_and_mlflow(local_platform, t
     run_id = client.trigger("platform_selfcheck")
     client.wait_run("platform_selfcheck", run_id, timeout=180)
     mlflow_run, artifact_text = _log_mlflow_artifact(local_platform, tmp_path)
+    # An S3 object written with the platform's own AWS files (what DAG code uses), multipart included.
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(local_platform.layout.aws_credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(local_platform.layout.aws_config))
+    s3 = _s3(local_platform)
+    bucket, key = local_platform.spec.aws.bucket, f"{PREFIX}/survives.bin"
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        pass
+    body = os.urandom(12 * 1024 * 1024)  # > 8 MiB: boto3's upload_fileobj goes multipart
+    s3.upload_fileobj(io.BytesIO(body), bucket, key)
+    assert local_platform.status().persistence["lost on down"] == []
 
     local_platform.down(quiet_console())
     assert not local_platform.supervisor.running()
@@ -146,6 +167,8 @@ def test_down_up_keeps_history_encrypted_connection_and_mlflow(local_platform, t
         run_id=mlflow_run, artifact_path="note.txt", dst_path=str(tmp_path / "d")
     )
     assert open(path).read() == artifact_text
+    # S3 objects are files under STATE_DIR/s3: they survive too.
+    assert _s3(local_platform).get_object(Bucket=bucket, Key=key)["Body"].read() == body
 
 
 def test_every_listening_socket_is_on_loopback(local_platform):
@@ -162,3 +185,42 @@ def test_every_listening_socket_is_on_loopback(local_platform):
             listening += [(name, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
     assert {n for n, _, _ in listening} >= {"postgres", "s3", "mlflow", "api-server"}
     assert [sock for sock in listening if sock[1] != "127.0.0.1"] == []
+
+
+ENV_DAG = """
+from datetime import datetime
+from airflow.sdk import dag, task
+
+@dag(dag_id="{dag_id}", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
+     tags=["test"], default_args={{"owner": "tests", "retries": 0}})
+def _d():
+    @task
+    def environment():
+        import os
+        with open("/proc/self/environ", "rb") as fh:
+            raw = fh.read().decode(errors="replace")
+        return {{"environ": dict(os.environ), "proc": raw}}
+    environment()
+
+_d()
+"""
+
+
+def test_a_task_process_sees_no_platform_secret_in_its_environment(local_platform, tmp_path):
+    """Fernet key, JWT secret, API secret and the database URL reach Airflow through 0600 files
+    (``_CMD`` settings), so a task process (forked from the scheduler's executor) has none of them."""
+    repo = DagRepo(local_platform.spec.dag_repo_url, tmp_path / "work")
+    dag_id = f"{PREFIX}_env"
+    repo.push({f"dags/{dag_id}.py": ENV_DAG.format(dag_id=dag_id)}, f"add {dag_id}")
+    client = local_platform.client()
+    wait_for(lambda: dag_id in client.dag_ids(), 90, f"{dag_id} to be listed")
+    run_id = client.trigger(dag_id)
+    assert client.wait_run(dag_id, run_id, timeout=180)["state"] == "success"
+    seen = client.xcom(dag_id, run_id, "environment")
+    text = json.dumps(seen["environ"]) + seen["proc"]
+    leaked = [v[:4] + "..." for v in keystore.all_secret_values(local_platform.spec) if v in text]
+    assert leaked == [], "platform secrets in a task's environment"
+    for name in ("FERNET_KEY", "SQL_ALCHEMY_CONN", "JWT_SECRET", "API__SECRET_KEY"):
+        assert not [k for k in seen["environ"] if k.endswith(name)], name
+    # What a task does get: the runtime contract (no secret values, only where the AWS files are).
+    assert seen["environ"]["MLOPS_DATA_BUCKET"] == local_platform.spec.aws.bucket

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def venv_bin(name: str) -> str:
-    """``name`` from this interpreter's ``bin/`` (airflow, supervisord, moto_server ...), else from PATH.
+    """``name`` from this interpreter's ``bin/`` (airflow, supervisord, rclone ...), else from PATH.
 
     The venv's copy wins so that every process runs the versions of ``uv.lock``, also when the CLI
     is called by its full path without an activated environment.

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 BUNDLE_NAME = "dags"
 GIT_CONN_ID = "airflow_gitops_dags"
 GIT_BUNDLE_CLASS = "airflow.providers.git.bundles.git.GitDagBundle"
+# `verify --probe` measures push-to-live on this bundle and branch of the local repository, never on
+# dags.branch: it holds no DAGs, only the probe's marker commits (each removed again after the probe).
+PROBE_BUNDLE = "airflow-gitops-probe"
+PROBE_BRANCH = "airflow-gitops/probe"
 
 
 def conn_env_name(conn_id: str) -> str:
@@ -30,8 +34,9 @@ def conn_env_name(conn_id: str) -> str:
     return f"AIRFLOW_CONN_{conn_id.upper()}"
 
 
-def bundle_config(spec: PlatformSpec) -> list[dict[str, Any]]:
-    """``[dag_processor] dag_bundle_config_list``: one GitDagBundle on ``dags.repo`` / ``dags.branch``."""
+def bundle_config(spec: PlatformSpec, *, probe: bool = False) -> list[dict[str, Any]]:
+    """``[dag_processor] dag_bundle_config_list``: one GitDagBundle on ``dags.repo`` / ``dags.branch``
+    (and, with ``probe``, the probe bundle: the same repository and refresh, the probe branch)."""
     kwargs: dict[str, Any] = {
         "git_conn_id": GIT_CONN_ID,
         "tracking_ref": spec.dags.branch,
@@ -39,7 +44,12 @@ def bundle_config(spec: PlatformSpec) -> list[dict[str, Any]]:
     }
     if spec.dags.sub_path not in ("", "."):
         kwargs["subdir"] = spec.dags.sub_path
-    return [{"name": BUNDLE_NAME, "classpath": GIT_BUNDLE_CLASS, "kwargs": kwargs}]
+    bundles = [{"name": BUNDLE_NAME, "classpath": GIT_BUNDLE_CLASS, "kwargs": kwargs}]
+    if probe:
+        probe_kwargs = {**kwargs, "tracking_ref": PROBE_BRANCH}
+        probe_kwargs.pop("subdir", None)
+        bundles.append({"name": PROBE_BUNDLE, "classpath": GIT_BUNDLE_CLASS, "kwargs": probe_kwargs})
+    return bundles
 
 
 def git_connection(spec: PlatformSpec, *, key_file: str | None = None, known_hosts_file: str | None = None) -> str:
@@ -65,11 +75,14 @@ def dag_runtime_env(
     mlflow_uri: str,
     s3_endpoint: str | None,
     aws_files: tuple[str, str] | None = None,
+    s3_only_endpoint: bool = False,
 ) -> dict[str, str]:
     """The environment every task gets on every target (the DAG repository template relies on it).
 
     ``aws_files`` (credentials, config) are given where the files are not at boto3's default place;
-    on Kubernetes they are mounted at ``/home/airflow/.aws`` (the seed's path) instead.
+    on Kubernetes they are mounted at ``/home/airflow/.aws`` (the seed's path) instead. An endpoint
+    that serves S3 only (the local one: no STS) is named for S3 alone, also for pyarrow's AWS SDK,
+    which ignores ``endpoint_url`` in the config file.
     """
     env = {
         "MLFLOW_TRACKING_URI": mlflow_uri,
@@ -81,7 +94,9 @@ def dag_runtime_env(
     }
     if aws_files:
         env["AWS_SHARED_CREDENTIALS_FILE"], env["AWS_CONFIG_FILE"] = aws_files
-    elif s3_endpoint:
+    if s3_endpoint and s3_only_endpoint:
+        env["AWS_ENDPOINT_URL_S3"] = s3_endpoint
+    elif s3_endpoint and not aws_files:
         env["AWS_ENDPOINT_URL"] = s3_endpoint
     return env
 
@@ -99,6 +114,7 @@ class SecretKey:
     GIT_CONNECTION = "connection"
     AWS_CREDENTIALS = "credentials"
     AWS_CONFIG = "config"
+    ADMIN_PASSWORD = "password"
 
 
 def secret_keys(spec: PlatformSpec) -> dict[str, list[str]]:
@@ -110,7 +126,10 @@ def secret_keys(spec: PlatformSpec) -> dict[str, list[str]]:
         names.api_secret_key_secret: [SecretKey.API_SECRET],
         names.jwt_secret_secret: [SecretKey.JWT],
         names.aws_secret: [SecretKey.AWS_CREDENTIALS, SecretKey.AWS_CONFIG],
+        names.admin_password_secret: [SecretKey.ADMIN_PASSWORD],
     }
+    if secret_config_keys(spec):
+        out[names.config_secret] = sorted(secret_config_keys(spec))
     git: list[str] = []
     if spec.dags.is_ssh:
         git += [SecretKey.GIT_SSH_KEY, SecretKey.KNOWN_HOSTS]
@@ -169,6 +188,21 @@ SETTINGS: dict[tuple[str, str], Setting] = {
         Setting("triggerer", "capacity", None),
     )
 }
+
+
+# An airflow.config key whose name says it holds a secret never goes into chart values (0644, in the
+# Helm release): on Kubernetes it becomes AIRFLOW__SECTION__KEY from a Secret.
+SECRET_WORDS = ("password", "secret", "token", "passwd", "credential", "private_key", "api_key")
+
+
+def secret_config_keys(spec: PlatformSpec) -> dict[str, str]:
+    """``AIRFLOW__SECTION__KEY`` -> value for every ``airflow.config`` entry that looks like a secret."""
+    return {
+        Setting(section, key, None).env: _cfg(value)
+        for section, keys in spec.airflow.config.items()
+        for key, value in keys.items()
+        if any(word in key for word in SECRET_WORDS)
+    }
 
 
 def config_collisions(config: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:

@@ -261,6 +261,10 @@ class SecretsSpec(_Model):
     aws_secret: str = "aws-credentials"
     api_secret_key_secret: str = "airflow-api-secret-key"
     jwt_secret_secret: str = "airflow-jwt-secret"
+    # The Airflow admin login's password (generated; the chart's create-user job reads it from here).
+    admin_password_secret: str = "airflow-admin-password"
+    # airflow.config entries that hold secrets (password/secret/token ... in the key's name).
+    config_secret: str = "airflow-config-secrets"
     # Where generated key material lives (0600 files). Relative to the state directory.
     dir: Path = Path("secrets")
 
@@ -271,6 +275,8 @@ class SecretsSpec(_Model):
         "aws_secret",
         "api_secret_key_secret",
         "jwt_secret_secret",
+        "admin_password_secret",
+        "config_secret",
     )(classmethod(lambda cls, v: _k8s_name(v)))
 
 
@@ -286,16 +292,20 @@ class AwsSpec(_Model):
     endpoint_url: str | None = None
     bucket: str = "mlops-data"
 
-    def config_file_text(self, endpoint_url: str | None) -> str:
-        """An AWS config file for this profile: region, and the S3/STS endpoint when one is given.
+    def config_file_text(self, endpoint_url: str | None, *, local_endpoint: bool = False) -> str:
+        """An AWS config file for this profile: region, and the S3 endpoint when one is given.
 
         Both targets write it (the local platform's ``aws/config``, the Kubernetes AWS Secret); boto3
-        >= 1.28 honours ``endpoint_url`` there, so DAG code calls plain ``boto3.client("s3")``.
+        >= 1.28 honours ``endpoint_url`` there, so DAG code calls plain ``boto3.client("s3")``. The local
+        endpoint (rclone) computes checksums only where S3 requires them, so boto3 and pyarrow's AWS SDK
+        are told to do the same (otherwise ranged GETs and pyarrow's multipart uploads are refused).
         """
         section = "default" if self.profile == "default" else f"profile {self.profile}"
         lines = [f"[{section}]", f"region = {self.region}"]
         if endpoint_url:
             lines.append(f"endpoint_url = {endpoint_url}")
+        if local_endpoint:
+            lines += ["request_checksum_calculation = when_required", "response_checksum_validation = when_required"]
         return "\n".join(lines) + "\n"
 
     @field_validator("region")

@@ -1,7 +1,8 @@
-"""AWS credentials (the seed's ``/home/airflow/.aws`` mount): file well-formed, STS identity reachable.
+"""AWS credentials (the seed's ``/home/airflow/.aws`` mount): file well-formed, identity proven.
 
-The STS call goes to the configured endpoint (``aws.endpoint_url``, the local S3-compatible endpoint,
-or real AWS), with the keys from the credentials file, the way boto3 inside a task would use them.
+Real AWS or ``aws.endpoint_url``: STS GetCallerIdentity with the keys from the credentials file, the
+way boto3 inside a task would use them. The local S3 endpoint has no STS: there a signed ListBuckets
+must pass and the same request with a wrong secret must be refused (so the endpoint really checks).
 Only the access key id's last 4 characters and the caller ARN are shown; never the secret key.
 """
 
@@ -97,6 +98,50 @@ def check_sts(values: dict[str, str], endpoint: str | None, region: str, *, loca
     return ok(name, f"{where} answers: {ident.get('Arn')} (account {ident.get('Account')})")
 
 
+def check_local_s3(values: dict[str, str], endpoint: str, region: str) -> CheckResult:
+    """The local endpoint serves S3 only (no STS): a signed ListBuckets must pass, a wrong secret must not."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+    name = "aws.s3_credentials"
+    cfg = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1})
+
+    def client(secret: str):
+        return boto3.client(
+            "s3",
+            region_name=region,
+            endpoint_url=endpoint,
+            aws_access_key_id=values["aws_access_key_id"],
+            aws_secret_access_key=secret,
+            config=cfg,
+        )
+
+    try:
+        client(values["aws_secret_access_key"]).list_buckets()
+    except EndpointConnectionError:
+        return skip(name, f"the local S3 endpoint {endpoint} is not running: `up` starts it")
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        return fail(
+            name,
+            f"the local S3 endpoint {endpoint} refused the generated credentials ({code})",
+            "`airflow-gitops down` then `up` rewrites aws/credentials from STATE_DIR/secrets",
+        )
+    except BotoCoreError as err:
+        return fail(name, f"{endpoint}: {type(err).__name__}", "`airflow-gitops logs s3`")
+    try:
+        client(values["aws_secret_access_key"] + "-wrong").list_buckets()
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "refused")
+        return ok(name, f"{endpoint} accepts the credentials (signed ListBuckets) and refuses a wrong secret ({code})")
+    return fail(
+        name,
+        f"{endpoint} accepted a wrong secret: it does not check credentials",
+        "`airflow-gitops down` then `up` restarts it with its credentials",
+    )
+
+
 def aws_checks(spec: PlatformSpec) -> list[CheckResult]:
     layout = Layout(spec)
     creds = layout.aws_credentials
@@ -110,5 +155,8 @@ def aws_checks(spec: PlatformSpec) -> list[CheckResult]:
     if values is None:
         rows.append(skip("aws.sts", "not checked: fix the credentials file first"))
         return rows
-    rows.append(check_sts(values, layout.s3_url, spec.aws.region, local_endpoint=layout.runs_local_s3))
+    if layout.runs_local_s3:
+        rows.append(check_local_s3(values, layout.s3_url, spec.aws.region))
+    else:
+        rows.append(check_sts(values, layout.s3_url, spec.aws.region, local_endpoint=False))
     return rows

@@ -100,21 +100,43 @@ def _error_location(path: str, trace: str) -> tuple[str, str]:
     return (f"{path}:{line_no}" if line_no else path), message[:200]
 
 
+def parse_env(spec: PlatformSpec, home: Path, folder: Path) -> dict[str, str]:
+    """The environment DAG files are imported in on the operator's machine: nothing of the operator's.
+
+    DAG top-level code runs here, so it gets no credentials, no kubeconfig, no ssh agent and no home
+    with dotfiles: only PATH, a throwaway HOME/AIRFLOW_HOME, Airflow's parse settings and the
+    non-secret part of the runtime contract (the AWS files point nowhere; instance metadata is off).
+    """
+    runtime = {
+        k: v
+        for k, v in dag_runtime_env(Layout(spec)).items()
+        if k not in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
+    }
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "TMPDIR": str(home),
+        "LANG": "C.UTF-8",
+        **runtime,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(folder),
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "30",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
 def check_dag_imports(spec: PlatformSpec, clone: Path) -> CheckResult:
     name = "git.dag_imports"
     folder = clone / (spec.dags.sub_path or ".")
     if not folder.is_dir():
         return skip(name, "not checked: sub_path missing")
     with tempfile.TemporaryDirectory(prefix="airflow-gitops-parse-") as home:
-        env = {
-            **os.environ,
-            **dag_runtime_env(Layout(spec)),
-            "AIRFLOW_HOME": home,
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(folder),
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
+        env = parse_env(spec, Path(home), folder)
         try:
             proc = subprocess.run(
                 [sys.executable, "-c", _PARSE_SCRIPT, str(clone), str(folder)],

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 import time
@@ -19,8 +18,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..contract import PROBE_BRANCH, PROBE_BUNDLE
 from ..dburl import connect, explain_connect_error
-from ..gitremote import git_env
+from ..gitremote import clone_url, git_env
 from ..kubernetes.target import KubernetesTarget
 from ..local.platform import LocalPlatform, PlatformStatus
 from ..local.target import LocalTarget
@@ -32,7 +32,6 @@ from .result import CheckResult, emit, fail, ok, skip, warn
 SELFCHECK_DAG = "platform_selfcheck"
 SELFCHECK_TASK = "selfcheck"
 PROBE_FILE = ".airflow-gitops-probe"
-PROBE_BRANCH_ENV = "AIRFLOW_GITOPS_PROBE_BRANCH"
 
 
 def _components(status: PlatformStatus) -> list[CheckResult]:
@@ -99,12 +98,14 @@ def _dag_sync(platform: LocalPlatform, status: PlatformStatus, spec: PlatformSpe
 
 
 def _probe(platform: LocalPlatform, spec: PlatformSpec) -> CheckResult:
-    branch = spec.dags.branch
-    if spec.dags.repo is not None and os.environ.get(PROBE_BRANCH_ENV) != branch:
+    """Push a marker commit to the probe branch (never dags.branch), time until Airflow's DAG processor
+    has it, then move the branch back so the marker commit is referenced by nothing."""
+    if spec.dags.repo is not None:
         return skip(
             "verify.probe",
-            f"not probed: {spec.dags.repo} is a shared repository and {branch!r} is not named as a scratch branch",
-            f"point dags.branch at a scratch branch and set {PROBE_BRANCH_ENV}=<that branch> to allow a marker commit",
+            f"not probed: the probe pushes to the branch {PROBE_BRANCH!r}, which only the local repository "
+            f"carries; {spec.dags.repo} is yours (verify.dag_sync above shows it is in sync)",
+            "probe with the local repository (dags.repo unset)",
         )
     env = {
         **git_env(spec),
@@ -125,36 +126,34 @@ def _probe(platform: LocalPlatform, spec: PlatformSpec) -> CheckResult:
             return proc.stdout.strip()
 
         try:
-            git("clone", "-q", "--depth", "1", "--branch", branch, spec.dag_repo_url, str(work))
-            marker = work / (spec.dags.sub_path or ".") / PROBE_FILE
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"verify --probe at {time.time():.3f}\n")
-            git("add", "-f", str(marker.relative_to(work)))
+            git("clone", "-q", "--depth", "1", "--branch", PROBE_BRANCH, clone_url(spec.dag_repo_url), str(work))
+            base = git("rev-parse", "HEAD")
+            (work / PROBE_FILE).write_text(f"verify --probe at {time.time():.3f}\n")
+            git("add", "-f", PROBE_FILE)
             git("commit", "-q", "-m", "airflow-gitops verify --probe marker")
             sha = git("rev-parse", "HEAD")
-            git("push", "-q", "origin", f"HEAD:{branch}")
+            git("push", "-q", "origin", f"HEAD:refs/heads/{PROBE_BRANCH}")
         except RuntimeError as err:
+            return fail("verify.probe", f"could not push the marker commit: {err}", "`airflow-gitops up` recreates it")
+        try:
+            pushed = time.monotonic()
+            timeout = 10 * spec.dags.sync_interval + 60
+            while time.monotonic() - pushed < timeout:
+                if platform.parsed_commit(PROBE_BUNDLE) == sha:
+                    seconds = time.monotonic() - pushed
+                    return ok(
+                        "verify.probe",
+                        f"marker {sha[:12]} live {seconds:.1f} s after push to {PROBE_BRANCH} "
+                        f"(dags.sync_interval {spec.dags.sync_interval} s; {spec.dags.branch} untouched)",
+                    )
+                time.sleep(0.5)
             return fail(
                 "verify.probe",
-                f"could not push the marker commit: {err}",
-                "the deploy key is read-only (good): probe with the local repository or a scratch branch "
-                "you may push to",
+                f"marker {sha[:12]} not synced {timeout} s after push",
+                "`airflow-gitops logs dag-processor`; check dags.sync_interval",
             )
-    pushed = time.monotonic()
-    timeout = 10 * spec.dags.sync_interval + 60
-    while time.monotonic() - pushed < timeout:
-        if platform.parsed_commit() == sha:
-            seconds = time.monotonic() - pushed
-            return ok(
-                "verify.probe",
-                f"marker {sha[:12]} live {seconds:.1f} s after push (dags.sync_interval {spec.dags.sync_interval} s)",
-            )
-        time.sleep(0.5)
-    return fail(
-        "verify.probe",
-        f"marker {sha[:12]} not parsed {timeout} s after push",
-        "`airflow-gitops logs dag-processor`; check dags.sync_interval",
-    )
+        finally:
+            git("push", "-q", "--force", "origin", f"{base}:refs/heads/{PROBE_BRANCH}")
 
 
 def _postgres(platform: LocalPlatform) -> CheckResult:

@@ -9,6 +9,7 @@ which is also what makes a colliding ``airflow.config`` key an error.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from .. import contract, keystore
@@ -65,7 +66,10 @@ def airflow_config(layout: Layout, database_url: str) -> dict[tuple[str, str], s
         ("api", "secret_key"): keystore.api_secret_key(spec),
         ("api_auth", "jwt_secret"): keystore.jwt_secret(spec),
         ("api_auth", "jwt_issuer"): "airflow-gitops",
-        ("dag_processor", "dag_bundle_config_list"): json.dumps(contract.bundle_config(spec)),
+        # The local repository also carries the probe branch `verify --probe` measures push-to-live on.
+        ("dag_processor", "dag_bundle_config_list"): json.dumps(
+            contract.bundle_config(spec, probe=spec.dags.repo is None)
+        ),
         ("dag_processor", "dag_bundle_storage_path"): str(layout.bundles),
         ("dag_processor", "refresh_interval"): str(spec.dags.sync_interval),
         ("logging", "base_log_folder"): str(layout.task_logs),
@@ -73,11 +77,27 @@ def airflow_config(layout: Layout, database_url: str) -> dict[tuple[str, str], s
     return config
 
 
+# Read through Airflow's ``_CMD`` variants from 0600 files, so that the values are in no process's
+# environment: not the components', and so not the task processes LocalExecutor forks from them.
+SECRET_SETTINGS = {
+    ("core", "fernet_key"),
+    ("database", "sql_alchemy_conn"),
+    ("api", "secret_key"),
+    ("api_auth", "jwt_secret"),
+}
+
+
 def airflow_env(layout: Layout, database_url: str) -> dict[str, str]:
     env = {}
     for (section, key), value in airflow_config(layout, database_url).items():
-        declared = contract.SETTINGS.get((section, key))
-        env[declared.env if declared else contract.Setting(section, key, None).env] = value
+        declared = contract.SETTINGS.get((section, key)) or contract.Setting(section, key, None)
+        if (section, key) in SECRET_SETTINGS:
+            path = layout.secrets / "runtime" / f"{section}__{key}"
+            if not path.exists() or keystore.read_private(path).decode() != value:
+                keystore.write_private(path, value)  # the exact value: Airflow does not strip a newline
+            env[declared.env + "_CMD"] = shlex.join(["cat", str(path)])  # run without a shell (shlex.split)
+        else:
+            env[declared.env] = value
     env.update(
         {
             contract.conn_env_name(GIT_CONN_ID): git_connection(layout),

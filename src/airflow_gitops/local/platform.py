@@ -29,7 +29,7 @@ from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
 from .aws import write_local_aws_files
 from .components import Phase
-from .dag_repo import seed_local_repo
+from .dag_repo import ensure_probe_branch, seed_local_repo
 from .layout import HOST, Layout
 from .postgres import LocalPostgres, wait_until
 from .supervisor import Supervisor
@@ -185,8 +185,10 @@ class LocalPlatform:
         for make in (keystore.fernet_key, keystore.jwt_secret, keystore.api_secret_key, keystore.admin_password):
             make(self.spec)
         write_local_aws_files(lay)
-        if self.spec.dags.repo is None and seed_local_repo(lay):
-            step(f"seeded the DAG repository {self.spec.local_repo}")
+        if self.spec.dags.repo is None:
+            if seed_local_repo(lay):
+                step(f"seeded the DAG repository {self.spec.local_repo}")
+            ensure_probe_branch(lay)
         if lay.runs_local_postgres and not self.postgres.initialized:
             step("creating the PostgreSQL cluster (first start)")
             self.postgres.initdb(lay.logs / "initdb.log")
@@ -305,7 +307,7 @@ class LocalPlatform:
         if lost:
             console.print("Lost on down: " + "; ".join(lost), soft_wrap=True)
 
-    def parsed_commit(self) -> str | None:
+    def parsed_commit(self, bundle: str = contract.BUNDLE_NAME) -> str | None:
         """The bundle version (Git commit) Airflow's DAG processor last parsed."""
         import sqlalchemy
 
@@ -313,7 +315,7 @@ class LocalPlatform:
             engine = sqlalchemy.create_engine(self.database_url(), connect_args={"connect_timeout": 3})
             with engine.connect() as conn:
                 row = conn.execute(
-                    sqlalchemy.text("SELECT version FROM dag_bundle WHERE name = :n"), {"n": contract.BUNDLE_NAME}
+                    sqlalchemy.text("SELECT version FROM dag_bundle WHERE name = :n"), {"n": bundle}
                 ).first()
             engine.dispose()
             return row[0] if row else None

@@ -2,7 +2,9 @@
 
 Runs where tasks run (on Kubernetes: in a worker pod) and checks:
 
-* ``aws_identity``   the AWS identity boto3 resolves (STS GetCallerIdentity) and where its credentials come from
+* ``aws_identity``   the AWS identity boto3 resolves (STS GetCallerIdentity) and where its credentials come from;
+                     against an S3-only endpoint (the local platform's: no STS), that its signed requests
+                     are accepted AND that the same request with a wrong secret is refused
 * ``s3_write_read``  write, read back and delete an object in s3://$MLOPS_DATA_BUCKET (bucket created if missing)
 * ``mlflow``         the MLflow tracking server answers ($MLFLOW_TRACKING_URI: /health and the REST API)
 * ``metadata_db``    Airflow 3 tasks never connect to the metadata database themselves: they talk to the
@@ -36,14 +38,36 @@ def _aws_hint() -> str:
 
 def _check_aws() -> str:
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     session = boto3.session.Session()
     creds = session.get_credentials()
     if creds is None:
         raise RuntimeError("boto3 found no AWS credentials" + _aws_hint())
-    ident = session.client("sts").get_caller_identity()
+    where = f"credentials from {creds.method}, region {session.region_name}"
+    s3 = session.client("s3")
+    if "amazonaws.com" in s3.meta.endpoint_url:
+        ident = session.client("sts").get_caller_identity()
+        return f"account={ident['Account']} arn={ident['Arn']} ({where})"
+    try:
+        ident = session.client("sts").get_caller_identity()
+        return f"account={ident['Account']} arn={ident['Arn']} ({where})"
+    except (ClientError, BotoCoreError):
+        pass  # an S3-only endpoint: no STS; prove the credentials with signed S3 requests instead
+    s3.list_buckets()  # signed with these credentials: accepted
+    frozen = creds.get_frozen_credentials()
+    wrong = session.client(
+        "s3", aws_access_key_id=frozen.access_key, aws_secret_access_key=frozen.secret_key + "-wrong"
+    )
+    try:
+        wrong.list_buckets()
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "refused")
+    else:
+        raise RuntimeError(f"{s3.meta.endpoint_url} accepted a wrong secret: it does not check credentials")
     return (
-        f"account={ident['Account']} arn={ident['Arn']} (credentials from {creds.method}, region {session.region_name})"
+        f"access key ...{frozen.access_key[-4:]} accepted by {s3.meta.endpoint_url} (signed ListBuckets; the "
+        f"endpoint has no STS) and a wrong secret refused ({code}) ({where})"
     )
 
 
