@@ -91,13 +91,13 @@ def test_kubernetes_deploy_mock_k8s_api_is_idempotent_and_never_prints_secrets(
     dry = runner.invoke(app, ["deploy", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert mock_k8s_api.writes == []  # dry run: nothing written
-    assert dry.output.count("would create") == 8  # namespace, PVC, 6 Secrets
+    assert dry.output.count("would create") == 9  # namespace, PVC, 7 Secrets (one: the admin password)
     assert "helm: would install" in dry.output
 
     first = runner.invoke(app, ["deploy"])
     assert first.exit_code == 0, first.output
     created = sorted(w for w in mock_k8s_api.writes if w.startswith("create"))
-    assert len([w for w in created if "/secrets/" in w]) == 6
+    assert len([w for w in created if "/secrets/" in w]) == 7  # 6 + the admin password Secret
     assert any(w.endswith("/namespaces/airflow") for w in created)
     assert any("/persistentvolumeclaims/airflow-logs" in w for w in created)
     assert helm_calls[-1]["dry_run"] is False
@@ -106,7 +106,7 @@ def test_kubernetes_deploy_mock_k8s_api_is_idempotent_and_never_prints_secrets(
     second = runner.invoke(app, ["deploy"])
     assert second.exit_code == 0, second.output
     assert mock_k8s_api.writes == []  # same keys reused: nothing to change
-    assert second.output.count(": unchanged") == 6
+    assert second.output.count(": unchanged") == 7
 
     # A Secret changed behind our back is replaced, not duplicated.
     path = next(p for p in mock_k8s_api.store if p.endswith("/secrets/airflow-jwt-secret"))

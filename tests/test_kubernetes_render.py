@@ -64,7 +64,12 @@ def test_kubernetes_values_validate_against_chart_schema(tmp_path, delivery):
     assert values["postgresql"] == {"enabled": False}
     assert values["data"] == {"metadataSecretName": "airflow-metadata"}
     assert values["fernetKeySecretName"] and values["jwtSecretName"] and values["apiSecretKeySecretName"]
-    assert values["config"]["core"] == {"load_examples": "False", "dags_are_paused_at_creation": "False"}
+    assert values["config"]["core"] == {
+        "load_examples": "False",
+        "dags_are_paused_at_creation": "False",
+        # explicit: the login (createUserJob) is FAB's, with our generated password
+        "auth_manager": "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager",
+    }
     assert values["logs"]["persistence"] == {"enabled": True, "existingClaim": "airflow-logs"}
     assert values["ingress"]["apiServer"]["hosts"][0]["name"] == "airflow.example.com"
     assert values["volumeMounts"][0] == {"name": "aws-credentials", "mountPath": "/home/airflow/.aws", "readOnly": True}
@@ -89,7 +94,7 @@ def test_kubernetes_values_validate_against_chart_schema(tmp_path, delivery):
         assert bundle["classpath"] == "airflow.providers.git.bundles.git.GitDagBundle"
         assert bundle["kwargs"]["tracking_ref"] == "release" and bundle["kwargs"]["subdir"] == "pipelines/dags"
         assert values["secret"][0]["envName"] == "AIRFLOW_CONN_AIRFLOW_GITOPS_DAGS"
-    assert r.warnings == [w for w in r.warnings if "aws.credentials_file" in w]
+    assert r.warnings == [w for w in r.warnings if "aws.credentials_file" in w or "has no TLS" in w]
 
 
 @pytest.mark.parametrize("delivery", ["git-sync", "bundle"])
@@ -261,3 +266,45 @@ def test_kubernetes_property_manifests_validate_for_variants(tmp_path):
         render(spec_in(d, delivery="bundle" if i % 2 else "git-sync", **over), d / "out")
         files += [d / "out" / "secrets.yaml", d / "out" / "manifests.yaml"]
     validate_k8s(*files)
+
+
+def test_kubernetes_ingress_without_tls_warns_and_with_tls_does_not(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = render(spec_in(tmp_path / "a"), tmp_path / "a" / "out")
+    assert [w for w in plain.warnings if "has no TLS" in w and "ingress.tls_secret" in w]
+    tls = render(spec_in(tmp_path / "b", ingress={"tls_secret": "airflow-tls"}), tmp_path / "b" / "out")
+    assert not [w for w in tls.warnings if "TLS" in w]
+    assert tls.values["ingress"]["apiServer"]["hosts"][0]["tls"] == {"enabled": True, "secretName": "airflow-tls"}
+
+
+def test_kubernetes_login_is_ours_never_the_charts_admin_admin(tmp_path):
+    r = render(spec_in(tmp_path), tmp_path / "out")
+    job = r.values["createUserJob"]
+    assert job["enabled"] and job["defaultUser"]["password"] == ""
+    (env,) = job["env"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "airflow-admin-password", "key": "password"}
+    script = job["args"][-1]
+    # The password reaches `airflow users create` on stdin, never as an argument.
+    assert "--password" not in script and " -p " not in script and "users create" in script
+    assert f'"${env["name"]}"' in script.split("|")[0]
+    admin = next(s for s in r.secrets.secrets if s["metadata"]["name"] == "airflow-admin-password")
+    password = admin["stringData"]["password"]
+    assert len(password) >= 20 and password != "admin"
+    rendered = (tmp_path / "out" / "values.yaml").read_text() + (tmp_path / "out" / "manifests.yaml").read_text()
+    assert password not in rendered and "password: admin" not in rendered
+
+
+def test_kubernetes_secret_looking_airflow_config_goes_to_a_secret_not_values(tmp_path):
+    token = secrets.token_urlsafe(24)
+    spec = spec_in(tmp_path, airflow={"config": {"smtp": {"smtp_password": token, "smtp_host": "mail.example.com"}}})
+    r = render(spec, tmp_path / "out")
+    assert token not in (tmp_path / "out" / "values.yaml").read_text()
+    assert r.values["config"]["smtp"] == {"smtp_host": "mail.example.com"}
+    assert {
+        "envName": "AIRFLOW__SMTP__SMTP_PASSWORD",
+        "secretName": "airflow-config-secrets",
+        "secretKey": "AIRFLOW__SMTP__SMTP_PASSWORD",
+    } in r.values["secret"]
+    cfg = next(s for s in r.secrets.secrets if s["metadata"]["name"] == "airflow-config-secrets")
+    assert cfg["stringData"] == {"AIRFLOW__SMTP__SMTP_PASSWORD": token}

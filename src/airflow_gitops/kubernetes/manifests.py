@@ -11,7 +11,7 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import dburl
+from .. import contract, dburl
 from .. import keystore as keys
 from ..contract import SecretKey
 from ..errors import PlatformError
@@ -135,6 +135,12 @@ def build_secrets(spec: PlatformSpec) -> SecretBundle:
     out.secrets.append(_secret(spec, names.api_secret_key_secret, {SecretKey.API_SECRET: keys.api_secret_key(spec)}))
     out.secrets.append(_secret(spec, names.jwt_secret_secret, {SecretKey.JWT: keys.jwt_secret(spec)}))
     out.secrets.append(_secret(spec, names.aws_secret, _aws_files(spec, out.warnings)))
+    out.secrets.append(
+        _secret(spec, names.admin_password_secret, {SecretKey.ADMIN_PASSWORD: keys.admin_password(spec)})
+    )
+    config_secrets = contract.secret_config_keys(spec)
+    if config_secrets:
+        out.secrets.append(_secret(spec, names.config_secret, config_secrets))
 
     git: dict[str, str] = {}
     key = deploy_key(spec)

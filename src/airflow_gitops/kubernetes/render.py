@@ -144,6 +144,11 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
         chart_defaults=chart_obj.values if chart_obj is not None else None,
         warnings=warnings,
     )
+    if spec.ingress.enabled and not spec.ingress.tls_secret:
+        warnings.append(
+            f"ingress {spec.ingress.host} has no TLS: the login and its session cookie cross the network in clear; "
+            "set ingress.tls_secret to a kubernetes.io/tls Secret (see docs/platform-yaml.md)"
+        )
     docs = manifests.namespace_and_pvc(spec)
     dockerfile, reqs = image.dockerfile(spec), image.requirements_txt(spec)
     rendered_chart = render_chart(chart_obj, values, spec) if chart_obj is not None else None
@@ -196,6 +201,16 @@ def render_command(spec: PlatformSpec, out: Path, *, chart: str | None, console)
         console.print(f"  {name:<15} {what}", highlight=False)
     if r.chart_version:
         console.print(f"  {'chart.yaml':<15} the whole chart {r.chart_version} rendered with these values")
+    ns, admin = spec.kubernetes.namespace, spec.secrets.admin_password_secret
+    console.print(
+        f"Login: admin; the password is in Secret {ns}/{admin} (the same as STATE_DIR/secrets/admin_password):",
+        highlight=False,
+    )
+    console.print(
+        f"  kubectl -n {ns} get secret {admin} -o jsonpath='{{.data.password}}' | base64 -d; echo",
+        highlight=False,
+        soft_wrap=True,
+    )
     for w in r.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if r.secrets.deploy_public_key:

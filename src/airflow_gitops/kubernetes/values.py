@@ -29,6 +29,8 @@ GIT_SSH_MOUNT = "/opt/airflow/git-ssh"
 AWS_VOLUME = "aws-credentials"
 GIT_SSH_VOLUME = "git-ssh"
 MLFLOW_PLACEHOLDER = "http://mlflow.mlflow.svc.cluster.local:5000"
+ADMIN_USER = "admin"
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 
 
 def require_repo(spec: PlatformSpec) -> str:
@@ -56,11 +58,60 @@ def runtime_env(spec: PlatformSpec, warnings: list[str] | None = None) -> dict[s
 
 
 def airflow_config(spec: PlatformSpec) -> dict[str, dict[str, str]]:
-    """The chart's ``config``: the settings common to both targets and ``airflow.config``."""
-    config: dict[str, dict[str, str]] = {}
+    """The chart's ``config``: the settings common to both targets and ``airflow.config`` (minus the
+    entries that hold secrets: those come from a Secret, see ``secret_env``)."""
+    secret = contract.secret_config_keys(spec)
+    config: dict[str, dict[str, str]] = {"core": {"auth_manager": FAB_AUTH_MANAGER}}
     for (section, key), value in {**contract.user_config(spec), **contract.common_config(spec)}.items():
-        config.setdefault(section, {})[key] = value
+        if contract.Setting(section, key, None).env not in secret:
+            config.setdefault(section, {})[key] = value
     return config
+
+
+def secret_env(spec: PlatformSpec) -> list[dict[str, str]]:
+    """The chart's ``secret``: ``AIRFLOW__*`` variables read from our Secrets on every Airflow pod."""
+    names = spec.secrets
+    out = [
+        {"envName": env, "secretName": names.config_secret, "secretKey": env}
+        for env in contract.secret_config_keys(spec)
+    ]
+    if spec.dags.delivery == "bundle":
+        out.append(
+            {
+                "envName": contract.conn_env_name(GIT_CONN_ID),
+                "secretName": names.git_ssh_secret,
+                "secretKey": SecretKey.GIT_CONNECTION,
+            }
+        )
+    return out
+
+
+def create_user_job(spec: PlatformSpec) -> dict[str, Any]:
+    """The chart's create-user job, with OUR generated password instead of the chart's admin/admin.
+
+    The password comes from the admin Secret as an env var and reaches ``airflow users create`` on its
+    standard input (``printf`` is a shell builtin): it is in no rendered object and no process's argv.
+    """
+    password_env = "AIRFLOW_GITOPS_ADMIN_PASSWORD"
+    script = (
+        f'printf \'%s\\n%s\\n\' "${password_env}" "${password_env}" | '
+        f"airflow users create --role Admin --username {ADMIN_USER} --email {ADMIN_USER}@localhost "
+        "--firstname Airflow --lastname Admin"
+    )
+    return {
+        "enabled": True,
+        # Never the chart's default: nothing reads it (the args below do not), and it is not 'admin'.
+        "defaultUser": {"username": ADMIN_USER, "password": ""},
+        "env": [
+            {
+                "name": password_env,
+                "valueFrom": {
+                    "secretKeyRef": {"name": spec.secrets.admin_password_secret, "key": SecretKey.ADMIN_PASSWORD}
+                },
+            }
+        ],
+        "args": ["bash", "-c", script],
+    }
 
 
 def build_values(
@@ -116,6 +167,9 @@ def build_values(
             )
         },
     }
+    if secret_env(spec):
+        values["secret"] = secret_env(spec)
+    values["createUserJob"] = create_user_job(spec)
     if spec.airflow.executor == "CeleryExecutor":
         values["redis"] = {"enabled": True}
 
@@ -160,14 +214,7 @@ def build_values(
         else:
             values["dagProcessor"] = {"dagBundleConfigList": bundles}
         # The git connection (repo URL, key file path, known_hosts path: no key material) comes from the
-        # git Secret as AIRFLOW_CONN_*; the key and known_hosts are mounted from the same Secret.
-        values["secret"] = [
-            {
-                "envName": contract.conn_env_name(GIT_CONN_ID),
-                "secretName": names.git_ssh_secret,
-                "secretKey": SecretKey.GIT_CONNECTION,
-            }
-        ]
+        # git Secret as AIRFLOW_CONN_* (secret_env); the key and known_hosts are mounted from it.
         if ssh:
             volumes.append(
                 {"name": GIT_SSH_VOLUME, "secret": {"secretName": names.git_ssh_secret, "defaultMode": 0o440}}
