@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
 from .errors import PlatformError
 from .keystore import generate_deploy_key
-from .spec import load_spec
+from .spec import parse_spec
 
 TEMPLATE = """\
 # platform.yaml: the one declarative file of airflow-gitops. Every key is optional; the values shown
@@ -63,21 +66,70 @@ local:
 """
 
 
+def _writable_folder(directory: Path) -> None:
+    """Refuse a folder that is a file, or lies under a file, before anything is written."""
+    for p in (directory, *directory.absolute().parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = f"{directory} is a file" if p == directory else f"{p} (a parent of {directory}) is a file"
+                raise PlatformError(
+                    f"{what}, not a folder; init writes platform.yaml into a folder",
+                    "pass a folder: `airflow-gitops init DIR` (the default is the current folder)",
+                )
+            return
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path``, never through a symbolic link (O_NOFOLLOW)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), mode)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _symlink_error(path) from None
+        raise PlatformError(f"cannot write {path} ({err.strerror})", "choose a folder you can write to") from None
+
+
+def _symlink_error(path: Path) -> PlatformError:
+    return PlatformError(
+        f"{path} is a symbolic link; init does not write through it (that would overwrite its target)",
+        f"remove the link (rm {path}) and run init again, or edit the real file it points to",
+    )
+
+
 def init_project(directory: Path, *, deploy_key: bool, force: bool, console: Console) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    _writable_folder(directory)
     target = directory / "platform.yaml"
-    if target.exists() and not force:
+    write = force or not target.exists()
+    if write and target.is_symlink():
+        raise _symlink_error(target)
+    if target.exists() and not target.is_file():
+        raise PlatformError(f"{target} exists and is not a file", "move it away, then run init again")
+    if write:  # the template must always validate, here too (e.g. a '%' in the folder's name): check first
+        parse_spec(yaml.safe_load(TEMPLATE), source=str(target), base_dir=directory.absolute())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PlatformError(f"cannot create {directory} ({err.strerror})", "choose a folder you can write to") from None
+    if not write:
         console.print(f"{target} exists; keeping it (use --force to overwrite).")
     else:
-        target.write_text(TEMPLATE)
-        load_spec(target)  # the template must always validate
+        _write(target, TEMPLATE)
         console.print(f"Wrote {target}.")
     gitignore = directory / ".gitignore"
-    lines = gitignore.read_text().splitlines() if gitignore.exists() else []
+    try:
+        text = gitignore.read_text(encoding="utf-8", errors="surrogateescape") if gitignore.exists() else ""
+    except OSError as err:
+        raise PlatformError(f"cannot read {gitignore} ({err.strerror})", "make it a readable file") from None
+    lines = text.splitlines()
     wanted = [".airflow-gitops/", "secrets/", "rendered/", "deploy_key", "deploy_key.pub"]
     missing = [w for w in wanted if w not in lines]
     if missing:
-        gitignore.write_text("\n".join(lines + missing) + "\n")
+        try:
+            gitignore.write_text("\n".join(lines + missing) + "\n", encoding="utf-8", errors="surrogateescape")
+        except OSError as err:
+            raise PlatformError(f"cannot write {gitignore} ({err.strerror})", "make it a writable file") from None
     if deploy_key:
         key = directory / "deploy_key"
         if key.exists() and key.stat().st_mode & 0o077:

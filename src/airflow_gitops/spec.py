@@ -14,7 +14,10 @@ path and the fix; the CLI prints it and exits without starting anything.
 
 from __future__ import annotations
 
+import os
 import re
+import reprlib
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -38,6 +41,71 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 Port = Annotated[int, Field(ge=1024, le=65535)]
 
+# Bounds on the file (a real platform.yaml is a few KiB, a few levels deep, with no or few aliases).
+MAX_SPEC_BYTES = 1 << 20
+MAX_ALIASES = 100
+MAX_NODES = 10_000  # values in the document once every alias is expanded
+MAX_DEPTH = 32
+MAX_LISTED = 20  # problems listed in one message
+SHORT = 80  # characters of an input value echoed in a message
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = SHORT
+_repr.maxlevel = 2
+# Git's check-ref-format rules for a branch (git help check-ref-format).
+_BAD_REF = re.compile(r"(^|/)\.|\.lock(/|$)|\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{|//|^-|^/|/$|\.$|^@$|^HEAD$")
+# Paths Airflow's git hook puts unquoted into GIT_SSH_COMMAND (run by a shell).
+_SHELL_SAFE_PATH = re.compile(r"^[\w./@+,=:~-]+$")
+_GIT_URL_FORMS = (
+    "use 'git@host:org/repo.git', 'ssh://git@host:port/org/repo.git', 'https://host/org/repo.git' or an absolute path"
+)
+_SYSTEM_DIRS = {
+    Path(p)
+    for p in (
+        "/ /bin /boot /dev /etc /home /lib /lib32 /lib64 /media /mnt /opt /proc /root /run /sbin /srv /sys /tmp "
+        "/usr /usr/bin /usr/lib /usr/local /usr/sbin /usr/share /var /var/lib /var/log /var/tmp /Users /Library "
+        "/System /Applications /Volumes /private /private/etc /private/tmp /private/var"
+    ).split()
+}
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value from the file, at most ~SHORT characters: messages never grow with the input."""
+    text = _repr.repr(value)
+    return text if len(text) <= SHORT else text[: SHORT - 3] + "..."
+
+
+def _printable(value: str, what: str) -> None:
+    if any(not c.isprintable() for c in value):
+        raise ValueError(f"{what} contains a newline, tab, NUL or other control character; remove it")
+
+
+def _config_safe(value: str) -> None:
+    """A path that ends up in supervisord.conf, where a newline starts a new key and '%' is expanded."""
+    _printable(value, "the path")
+    if "%" in value:
+        raise ValueError("the path contains '%' (supervisord.conf would expand it); rename the folder")
+
+
+def _ssh_safe(path: str) -> None:
+    if not _SHELL_SAFE_PATH.match(path):
+        raise ValueError(
+            f"the path {_short(path)} contains whitespace, a quote or another shell character: Airflow's git hook "
+            "puts it unquoted into the ssh command (GIT_SSH_COMMAND); move or rename the file to a path of "
+            "letters, digits and ._-/"
+        )
+
+
+def _looks_like_token(user: str) -> bool:
+    """A user name in an https URL that is really an access token (GitHub, GitLab, or any long secret)."""
+    return bool(
+        re.match(r"^(gh[opsur]_|github_pat_|glpat-|x-access-token|x-token-auth|oauth2)", user) or len(user) >= 32
+    )
+
+
+def _redact(url: str) -> str:
+    """``url`` without whatever precedes an '@' in its authority (a user, a password or a token)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/@]*@", lambda m: f"{m[1] or ''}***@", url)
+
 
 class SpecError(PlatformError):
     """``platform.yaml`` is invalid. ``problems`` holds one ``(key path, message)`` per problem."""
@@ -46,7 +114,9 @@ class SpecError(PlatformError):
         self.source = source
         self.problems = problems
         lines = [f"{source} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
-        lines += [f"  - {path}: {msg}" for path, msg in problems]
+        lines += [f"  - {path}: {msg}" for path, msg in problems[:MAX_LISTED]]
+        if len(problems) > MAX_LISTED:
+            lines.append(f"  - ... and {len(problems) - MAX_LISTED} more")
         super().__init__("\n".join(lines), "correct the keys named above; nothing was started")
 
 
@@ -58,7 +128,7 @@ class _Model(BaseModel):
 def _k8s_name(value: str) -> str:
     if len(value) > 253 or not DNS_SUBDOMAIN.match(value):
         raise ValueError(
-            f"{value!r} is not a valid Kubernetes name; use lower-case letters, digits, '-' and '.', "
+            f"{_short(value)} is not a valid Kubernetes name; use lower-case letters, digits, '-' and '.', "
             "starting and ending with a letter or digit"
         )
     return value
@@ -83,14 +153,16 @@ class ImageSpec(_Model):
     @classmethod
     def _repo(cls, v: str) -> str:
         if not re.match(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$", v):
-            raise ValueError(f"{v!r} is not an image repository; use e.g. 'registry.example.com/team/airflow-mlops'")
+            raise ValueError(
+                f"{_short(v)} is not an image repository; use e.g. 'registry.example.com/team/airflow-mlops'"
+            )
         return v
 
     @field_validator("tag")
     @classmethod
     def _tag(cls, v: str) -> str:
         if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", v):
-            raise ValueError(f"{v!r} is not a valid image tag; use letters, digits, '_', '.', '-'")
+            raise ValueError(f"{_short(v)} is not a valid image tag; use letters, digits, '_', '.', '-'")
         return v
 
 
@@ -110,10 +182,12 @@ class AirflowSpec(_Model):
     def _config(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for section, keys in v.items():
             if not re.match(r"^[a-z_][a-z0-9_.]*$", section):
-                raise ValueError(f"section {section!r} is not an Airflow config section name (e.g. 'core')")
+                raise ValueError(f"section {_short(section)} is not an Airflow config section name (e.g. 'core')")
             for key in keys:
                 if not re.match(r"^[a-z_][a-z0-9_]*$", key):
-                    raise ValueError(f"key {section}.{key} is not an Airflow config key (lower_snake_case)")
+                    raise ValueError(
+                        f"key {_short(section)}.{_short(key)} is not an Airflow config key (lower_snake_case)"
+                    )
         collisions = contract.config_collisions(v)
         if collisions:
             raise ValueError("; ".join(f"{path.removeprefix('airflow.config.')} {msg}" for path, msg in collisions))
@@ -127,7 +201,8 @@ class DagsSpec(_Model):
     repo: str | None = None
     branch: str = "main"
     sub_path: str = "dags"
-    depth: int = Field(default=1, ge=0)
+    # 0: the full history.
+    depth: int = Field(default=1, ge=0, le=1_000_000)
     # Seconds between syncs (git-sync `period`, GitDagBundle `refresh_interval`). Unset: 10 s for a
     # remote repository (the seed's git-sync period), 1 s for the local bare repository, where a
     # fetch is a few milliseconds of local I/O and push-to-live is then ~1-2 s instead of ~5.
@@ -148,16 +223,21 @@ class DagsSpec(_Model):
     @field_validator("branch")
     @classmethod
     def _branch(cls, v: str) -> str:
-        if not v or v.startswith(("-", "/")) or ".." in v or " " in v or v.endswith((".lock", "/")):
-            raise ValueError(f"{v!r} is not a valid branch name; use e.g. 'main'")
+        if not v or len(v) > 255 or _BAD_REF.search(v):
+            raise ValueError(
+                f"{_short(v)} is not a valid branch name (git check-ref-format: at most 255 characters, no "
+                "whitespace or control characters, none of ~^:?*[\\ '..' '@{' '//', no leading '-' or '.'); "
+                "use e.g. 'main'"
+            )
         return v
 
     @field_validator("sub_path")
     @classmethod
     def _sub_path(cls, v: str) -> str:
+        _printable(v, "the path")
         v = v.strip("/")
         if v.startswith(".") and v != "." or ".." in v.split("/"):
-            raise ValueError(f"{v!r} must be a path inside the repository, e.g. 'dags'")
+            raise ValueError(f"{_short(v)} must be a path inside the repository, e.g. 'dags'")
         return v
 
     @field_validator("repo")
@@ -165,13 +245,21 @@ class DagsSpec(_Model):
     def _repo(cls, v: str | None) -> str | None:
         if v is None:
             return v
+        if any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError(f"contains whitespace, a newline or a control character; {_GIT_URL_FORMS}")
+        userinfo = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/@]*)@", v)
+        if userinfo and (":" in userinfo[1] or _looks_like_token(userinfo[1])):
+            raise ValueError(
+                f"{_redact(v)} carries credentials (redacted here); never put a password or token in "
+                "platform.yaml: use an SSH deploy key (repo: git@HOST:ORG/REPO.git with dags.ssh_key_file), or "
+                "an https URL without credentials and a git credential helper holding the token"
+            )
+        if re.match(r"^-|^[^/:]*@-|^[A-Za-z][A-Za-z0-9+.-]*://([^/@]*@)?-", v):
+            raise ValueError("the host or user starts with '-' (ssh would read it as an option); correct the URL")
         if not (
             re.match(r"^(ssh|https?|file|git)://", v) or re.match(r"^[\w.-]+@[\w.-]+:[^/].*", v) or v.startswith("/")
         ):
-            raise ValueError(
-                f"{v!r} is not a Git URL; use 'git@host:org/repo.git', 'ssh://git@host:port/org/repo.git', "
-                "'https://host/org/repo.git' or an absolute path"
-            )
+            raise ValueError(f"{_short(_redact(v))} is not a Git URL; {_GIT_URL_FORMS}")
         return v
 
     @property
@@ -187,6 +275,14 @@ class DagsSpec(_Model):
             parts = urlsplit(self.repo)
             return parts.hostname or "", parts.port or 22
         return self.repo.split("@", 1)[1].split(":", 1)[0], 22
+
+    @field_validator("ssh_key_file", "known_hosts_file")
+    @classmethod
+    def _ssh_file(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            _printable(str(v), "the path")
+            _ssh_safe(str(v))
+        return v
 
     @model_validator(mode="after")
     def _ssh_needs_key(self) -> DagsSpec:
@@ -215,30 +311,41 @@ class DatabaseSpec(_Model):
     def _url(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        if dburl.VAR_REF.fullmatch(v):
+        if "${" in v:
+            if v.count("${") != len(dburl.references(v)):
+                raise ValueError(
+                    "'${' must start an environment variable reference ${NAME} (letters, digits, '_'); "
+                    "write a literal '$' as %24"
+                )
+            if dburl.VAR_REF.fullmatch(v):
+                return v
+            _url_problem(dburl.VAR_REF.sub("x", v))
             return v
-        scheme = v.split("://", 1)[0]
-        if "://" not in v or not scheme.startswith("postgres"):
-            raise ValueError(
-                "must be a PostgreSQL URL 'postgresql://USER:PASSWORD@HOST:5432/DB' "
-                "(put the password in an environment variable and write '${AIRFLOW_DB_URL}')"
-            )
-        netloc = v.split("://", 1)[1].split("/", 1)[0]
-        if netloc.count("@") > 1:
-            raise ValueError(
-                "the password contains '@' that is not URL-encoded; write it as %40 "
-                "(python -c 'import urllib.parse,sys;print(urllib.parse.quote(sys.argv[1],safe=\"\"))' PASS)"
-            )
+        _url_problem(v)
         return v
 
     def expanded_url(self) -> str | None:
         """The URL with every ``${VAR}`` resolved from the environment (not validated: doctor explains it)."""
-        if not self.url or not dburl.references(self.url):
+        if not self.url or "${" not in self.url:
             return self.url
-        try:
-            return dburl.expand(self.url)
-        except dburl.UnsetVariable as err:
-            raise SpecError("platform.yaml", [("database.url", str(err))]) from None
+        names = list(dict.fromkeys(dburl.references(self.url)))
+        missing = [n for n in names if not os.environ.get(n)]
+        if missing:
+            listed = ", ".join(f"${{{n}}}" for n in missing)
+            raise SpecError(
+                "platform.yaml",
+                [("database.url", f"refers to {listed} but that environment variable is not set; export it")],
+            )
+        value = dburl.expand(self.url)
+        if "${" in value:
+            raise SpecError(
+                "platform.yaml",
+                [(self._where(), "a variable's value contains '${' (not expanded again); write '$' as %24")],
+            )
+        return value
+
+    def _where(self) -> str:
+        return f"database.url ({', '.join(f'${{{n}}}' for n in dict.fromkeys(dburl.references(self.url or '')))})"
 
     def resolved_url(self) -> str | None:
         """The URL with every ``${VAR}`` reference resolved from the environment, then validated."""
@@ -246,10 +353,27 @@ class DatabaseSpec(_Model):
         if value == self.url:
             return value
         try:
-            return DatabaseSpec(url=value).url
-        except ValidationError as err:
-            names = ", ".join(f"${{{n}}}" for n in dburl.references(self.url))
-            raise SpecError("platform.yaml", [(f"database.url ({names})", p[1]) for p in _problems(err)]) from None
+            _url_problem(value)
+        except ValueError as err:
+            raise SpecError("platform.yaml", [(self._where(), str(err))]) from None
+        return value
+
+
+def _url_problem(v: str) -> None:
+    """Raise ValueError if ``v`` is not a PostgreSQL URL. Never echoes ``v`` (it holds a password)."""
+    _printable(v, "the URL")
+    scheme = v.split("://", 1)[0]
+    if "://" not in v or not scheme.startswith("postgres"):
+        raise ValueError(
+            "must be a PostgreSQL URL 'postgresql://USER:PASSWORD@HOST:5432/DB' "
+            "(put the password in an environment variable and write '${AIRFLOW_DB_URL}')"
+        )
+    netloc = v.split("://", 1)[1].split("/", 1)[0]
+    if netloc.count("@") > 1:
+        raise ValueError(
+            "the password contains '@' that is not URL-encoded; write it as %40 "
+            "(python -c 'import urllib.parse,sys;print(urllib.parse.quote(sys.argv[1],safe=\"\"))' PASS)"
+        )
 
 
 class SecretsSpec(_Model):
@@ -278,6 +402,24 @@ class SecretsSpec(_Model):
         "admin_password_secret",
         "config_secret",
     )(classmethod(lambda cls, v: _k8s_name(v)))
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: Path) -> Path:
+        _config_safe(str(v))
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SecretsSpec:
+        seen: dict[str, str] = {}
+        for key, name in self.model_dump(exclude={"dir"}).items():
+            if name in seen:
+                raise ValueError(
+                    f"secrets.{key} and secrets.{seen[name]} are both {_short(name)}; one would overwrite the "
+                    "other: give each Secret its own name"
+                )
+            seen[name] = key
+        return self
 
 
 class AwsSpec(_Model):
@@ -308,25 +450,44 @@ class AwsSpec(_Model):
             lines += ["request_checksum_calculation = when_required", "response_checksum_validation = when_required"]
         return "\n".join(lines) + "\n"
 
+    @field_validator("credentials_file", "config_file")
+    @classmethod
+    def _file(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            _printable(str(v), "the path")
+        return v
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str) -> str:
+        # It becomes an INI section header in the AWS files: '[', ']' or a newline would inject sections.
+        if not re.match(r"^[A-Za-z0-9_.+-]{1,64}$", v):
+            raise ValueError(
+                f"{_short(v)} is not an AWS profile name; use 1-64 letters, digits, '_', '.', '+', '-' (e.g. 'default')"
+            )
+        return v
+
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:
         if not re.match(r"^[a-z]{2}(-[a-z]+)+-\d$", v):
-            raise ValueError(f"{v!r} is not an AWS region; use e.g. 'us-east-1' or 'ap-northeast-2'")
+            raise ValueError(f"{_short(v)} is not an AWS region; use e.g. 'us-east-1' or 'ap-northeast-2'")
         return v
 
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, v: str) -> str:
         if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", v):
-            raise ValueError(f"{v!r} is not a valid S3 bucket name (3-63 chars: a-z, 0-9, '.', '-')")
+            raise ValueError(f"{_short(v)} is not a valid S3 bucket name (3-63 chars: a-z, 0-9, '.', '-')")
         return v
 
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://", v):
-            raise ValueError(f"{v!r} must be an http(s) URL, e.g. 'https://s3.ap-northeast-2.amazonaws.com'")
+        if v is not None and (not re.match(r"^https?://\S+$", v) or not v.isprintable()):
+            raise ValueError(
+                f"{_short(v)} must be an http(s) URL without spaces, e.g. 'https://s3.ap-northeast-2.amazonaws.com'"
+            )
         return v
 
 
@@ -340,8 +501,10 @@ class MlflowSpec(_Model):
     @field_validator("tracking_uri")
     @classmethod
     def _uri(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^(https?|databricks|file)://|^databricks$", v):
-            raise ValueError(f"{v!r} must be an MLflow tracking URI, e.g. 'http://mlflow.mlflow.svc:5000'")
+        if v is not None and (
+            not re.match(r"^(https?|databricks|file)://|^databricks$", v) or re.search(r"\s", v) or not v.isprintable()
+        ):
+            raise ValueError(f"{_short(v)} must be an MLflow tracking URI, e.g. 'http://mlflow.mlflow.svc:5000'")
         return v
 
 
@@ -355,7 +518,7 @@ class LogsSpec(_Model):
     @classmethod
     def _size(cls, v: str) -> str:
         if not re.match(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", v):
-            raise ValueError(f"{v!r} is not a Kubernetes quantity; use e.g. '10Gi'")
+            raise ValueError(f"{_short(v)} is not a Kubernetes quantity; use e.g. '10Gi'")
         return v
 
     _claim = field_validator("existing_claim")(classmethod(lambda cls, v: _k8s_name(v)))
@@ -382,7 +545,7 @@ class KubernetesSpec(_Model):
     @classmethod
     def _label(cls, v: str) -> str:
         if len(v) > 53 or not DNS_LABEL.match(v):
-            raise ValueError(f"{v!r} must be a DNS label: lower-case letters, digits and '-', at most 53")
+            raise ValueError(f"{_short(v)} must be a DNS label: lower-case letters, digits and '-', at most 53")
         return v
 
 
@@ -409,6 +572,12 @@ class LocalSpec(_Model):
     ports: Ports = Field(default_factory=Ports)
     # Task slots ([core] parallelism). Airflow's default 32 pre-forks 32 workers: too much for a laptop.
     parallelism: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, v: Path) -> Path:
+        _config_safe(str(v))
+        return v
 
 
 class PlatformSpec(_Model):
@@ -455,7 +624,8 @@ class PlatformSpec(_Model):
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith("function-after")) or "(top level)"
+    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
+    return ".".join(p if len(p) <= SHORT else p[: SHORT - 3] + "..." for p in parts) or "(top level)"
 
 
 def _problems(err: ValidationError) -> list[tuple[str, str]]:
@@ -467,9 +637,69 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = "unknown key; remove it or check its spelling (see docs/platform-yaml.md)"
         elif e["type"] == "literal_error":
             msg = msg.replace("Input should be", "must be one of:")
-        elif e["type"] in ("int_parsing", "int_type", "bool_parsing", "bool_type", "string_type"):
-            msg = f"{msg} (got {e.get('input')!r})"
-        out.append((_loc(loc), msg))
+        elif e["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            msg = f"must be a mapping of keys (e.g. 'key: value' lines indented under it), got {_short(e.get('input'))}"
+        elif e["type"] in ("int_parsing", "int_type", "bool_parsing", "bool_type", "string_type", "list_type"):
+            msg = f"{msg} (got {_short(e.get('input'))})"
+        out.append((_loc(loc), msg if len(msg) <= 600 else msg[:597] + "..."))
+    return out
+
+
+def _cross_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
+    """Checks that need several keys or the spec file's folder (relative paths resolve against it)."""
+    out: list[tuple[str, str]] = []
+    try:
+        state = spec.state_dir
+        secrets_dir = spec.secrets_dir.resolve()
+    except (OSError, RuntimeError, ValueError) as err:  # e.g. '~nosuchuser/x'
+        return [("local.state_dir", f"cannot be resolved ({_short(str(err))}); use a plain relative path")]
+    try:
+        home = Path.home().resolve()
+    except (OSError, RuntimeError):
+        home = None
+    if state in _SYSTEM_DIRS or any(state.is_relative_to(d) for d in (Path("/proc"), Path("/sys"), Path("/dev"))):
+        out.append(
+            (
+                "local.state_dir",
+                f"resolves to {_short(str(state))}, a system folder; the state dir holds the platform's database, "
+                "keys and logs: use a folder of its own, e.g. '.airflow-gitops' (the default) next to platform.yaml",
+            )
+        )
+    elif state == home:
+        out.append(
+            (
+                "local.state_dir",
+                "is your home folder itself; use a folder of its own, e.g. '.airflow-gitops' (the default)",
+            )
+        )
+    else:
+        try:
+            _config_safe(str(state))
+        except ValueError as err:
+            out.append(("local.state_dir", f"resolves to {_short(str(state))}: {err}"))
+    if not secrets_dir.is_relative_to(state):
+        out.append(
+            (
+                "secrets.dir",
+                f"resolves to {_short(str(secrets_dir))}, outside the state dir {_short(str(state))}; leave it a "
+                "relative path inside the state dir, e.g. 'secrets' (the default)",
+            )
+        )
+    for key, value in (
+        ("dags.ssh_key_file", spec.dags.ssh_key_file),
+        ("dags.known_hosts_file", spec.dags.known_hosts_file),
+    ):
+        if value is not None:
+            try:
+                _ssh_safe(str(spec.path(value)))
+            except (OSError, RuntimeError) as err:
+                out.append((key, f"cannot be resolved ({_short(str(err))})"))
+            except ValueError as err:
+                out.append((key, str(err)))
+    names = {f"secrets.{k}": v for k, v in spec.secrets.model_dump(exclude={"dir"}).items()}
+    for key, name in names.items():
+        if spec.ingress.tls_secret == name:
+            out.append(("ingress.tls_secret", f"is {_short(name)}, the name of {key}; give it its own name"))
     return out
 
 
@@ -478,29 +708,218 @@ def parse_spec(data: Any, *, source: str = DEFAULT_SPEC_FILE, base_dir: Path | N
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SpecError(source, [("(top level)", "must be a mapping of keys such as 'dags:' and 'aws:'")])
+        raise SpecError(
+            source, [("(top level)", f"must be a mapping of keys such as 'dags:' and 'aws:', got {_short(data)}")]
+        )
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise SpecError(source, [(_short(k), "keys must be text such as 'dags'; correct this key") for k in bad])
     try:
-        return PlatformSpec(**data, base_dir=base_dir or Path.cwd())
+        spec = PlatformSpec(**data, base_dir=base_dir or Path.cwd())
     except ValidationError as err:
         raise SpecError(source, _problems(err)) from None
     except TypeError as err:  # e.g. a non-string key
-        raise SpecError(source, [("(top level)", str(err))]) from None
+        raise SpecError(source, [("(top level)", _short(str(err)))]) from None
+    problems = _cross_problems(spec)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+# --- reading the file ----------------------------------------------------------------------------
+
+
+class _Problem(yaml.YAMLError):
+    """A problem met while reading the YAML: ``where`` (key path or line) and the message."""
+
+    def __init__(self, where: str, message: str):
+        super().__init__(message)
+        self.where = where
+        self.message = message
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` semantics, plus: duplicate keys are errors, and the document is bounded (aliases,
+    values once aliases are expanded, nesting depth) so a hostile file fails at once instead of hanging."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._key_path: list[str] = []
+        self._aliases = 0
+        self._count = 0
+        self._sizes: dict[int, int] = {}  # node id -> values in it, aliases expanded
+        self._paths: dict[int, str] = {}  # node id -> its key path
+
+    def _here(self) -> str:
+        here = ".".join(self._key_path) or "(top level)"
+        return here if len(here) <= 2 * SHORT else "..." + here[-2 * SHORT :]
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        if isinstance(index, yaml.ScalarNode):
+            segment: str | None = index.value if len(index.value) <= SHORT else index.value[: SHORT - 3] + "..."
+        elif isinstance(index, int):
+            segment = str(index)
+        elif parent is not None:
+            segment = "(a key)"
+        else:
+            segment = None
+        if segment is not None:
+            self._key_path.append(segment)
+        try:
+            event = self.peek_event()
+            line = f"line {event.start_mark.line + 1}"
+            if len(self._key_path) > MAX_DEPTH:
+                raise _Problem(self._here(), f"nested more than {MAX_DEPTH} levels deep ({line}); flatten it")
+            self._count += 1
+            if self._count > MAX_NODES:
+                raise _Problem(self._here(), f"the file holds more than {MAX_NODES:,} values ({line}); shorten it")
+            is_alias = isinstance(event, yaml.AliasEvent)
+            if is_alias:
+                self._aliases += 1
+                if self._aliases > MAX_ALIASES:
+                    raise _Problem(
+                        self._here(), f"more than {MAX_ALIASES} aliases (*name) ({line}); write the values out"
+                    )
+            node = super().compose_node(parent, index)
+            size = self._sizes.get(id(node))
+            if size is None:
+                if is_alias:
+                    raise _Problem(
+                        self._here(),
+                        f"the alias *{event.anchor[:SHORT]} refers to a value containing it ({line}); remove the cycle",
+                    )
+                if isinstance(node, yaml.SequenceNode):
+                    children = node.value
+                elif isinstance(node, yaml.MappingNode):
+                    children = [n for pair in node.value for n in pair]
+                else:
+                    children = []
+                size = 1 + sum(self._sizes[id(c)] for c in children)
+                self._sizes[id(node)] = size
+                self._paths[id(node)] = self._here()
+            if size > MAX_NODES:
+                raise _Problem(
+                    self._here(),
+                    f"expands to more than {MAX_NODES:,} values through YAML aliases ({line}); write the values out",
+                )
+            return node
+        finally:
+            if segment is not None:
+                self._key_path.pop()
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    parent = self._paths.get(id(node), "(top level)")
+                    name = str(key) if len(str(key)) <= SHORT else str(key)[: SHORT - 3] + "..."
+                    raise _Problem(
+                        name if parent == "(top level)" else f"{parent}.{name}",
+                        f"duplicate key (lines {first} and {line}); YAML would silently keep the last one: "
+                        "delete one of them",
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+    def construct_object(self, node, deep=False):  # noqa: ANN001, ANN201
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as err:  # e.g. a 5,000-digit number, the date 2024-13-45
+            value = node.value if isinstance(node, yaml.ScalarNode) else node.tag
+            raise _Problem(
+                self._paths.get(id(node), "(top level)"),
+                f"{_short(value)} cannot be read ({_short(str(err))}, line {node.start_mark.line + 1}); "
+                "quote it to make it text, or correct it",
+            ) from None
+
+    def construct_undefined(self, node):  # noqa: ANN001, ANN201
+        raise _Problem(
+            self._paths.get(id(node), "(top level)"),
+            f"the tag {_short(node.tag)} is not allowed (line {node.start_mark.line + 1}); platform.yaml holds "
+            "plain values: remove the tag",
+        )
+
+
+_SpecLoader.add_constructor(None, _SpecLoader.construct_undefined)
+
+
+def _read(path: Path) -> str:
+    """The file's text: a regular, readable, UTF-8 file of at most MAX_SPEC_BYTES (checked before reading)."""
+
+    def fail(message: str) -> SpecError:
+        return SpecError(str(path), [("(file)", message)])
+
+    try:
+        # O_NONBLOCK: opening a named pipe must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise fail("not found; create it with `airflow-gitops init`") from None
+    except PermissionError:
+        raise fail(f"cannot be read (permission denied); make it readable: chmod u+r {path}") from None
+    except OSError as err:
+        raise fail(f"cannot be opened ({err.strerror}); point -f at a platform.yaml file") from None
+    too_big = fail(f"is larger than {MAX_SPEC_BYTES // 1024} KiB (a platform.yaml is a few KiB); is -f the right file?")
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise fail(f"is a folder, not a file; point -f at the file: -f {path / DEFAULT_SPEC_FILE}")
+        if not stat.S_ISREG(info.st_mode):
+            raise fail("is not a regular file (a pipe or a device?); point -f at a platform.yaml file")
+        if info.st_size > MAX_SPEC_BYTES:  # before reading any of it
+            raise too_big
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as err:
+        raise fail(f"cannot be read ({err.strerror}); point -f at a platform.yaml file") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SPEC_BYTES:
+        raise too_big
+    try:
+        if b"\0" in data:
+            raise UnicodeError
+        return data.decode("utf-8-sig")
+    except UnicodeError:
+        raise fail("is not UTF-8 text (binary, or UTF-16?); save it as UTF-8") from None
 
 
 def load_spec(path: Path | str | None = None) -> PlatformSpec:
     """Read ``platform.yaml`` (or the embedded defaults when ``path`` is None and no file exists)."""
     if path is None:
         candidate = Path.cwd() / DEFAULT_SPEC_FILE
-        if not candidate.exists():
+        if not (candidate.exists() or candidate.is_symlink()):
             return parse_spec({}, source="(embedded defaults)", base_dir=Path.cwd())
         path = candidate
     path = Path(path)
-    if not path.exists():
-        raise SpecError(str(path), [("(file)", "not found; create it with `airflow-gitops init`")])
+    text = _read(path)
+    loader = None
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loader = _SpecLoader(text)  # the reader refuses control characters here
+        data = loader.get_single_data()
+    except yaml.reader.ReaderError as err:
+        line = text[: err.position].count("\n") + 1
+        raise SpecError(
+            str(path), [(f"line {line}", f"contains the control character #x{err.character:04x}; remove it")]
+        ) from None
+    except _Problem as err:
+        raise SpecError(str(path), [(err.where, err.message)]) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise SpecError(str(path), [(where, f"not valid YAML: {getattr(err, 'problem', err)}")]) from None
+        problem = ", ".join(filter(None, (getattr(err, "context", None), getattr(err, "problem", None)))) or str(err)
+        raise SpecError(str(path), [(where, f"not valid YAML: {_short(problem)[1:-1]}")]) from None
+    except RecursionError:
+        raise SpecError(str(path), [("(file)", "nested too deeply; flatten it")]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     return parse_spec(data, source=str(path), base_dir=path.resolve().parent)
