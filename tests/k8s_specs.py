@@ -3,7 +3,10 @@ an external database whose password needs URL-encoding, a remote MLflow and S3 e
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from airflow_gitops.spec import PlatformSpec, parse_spec
 
@@ -35,3 +38,24 @@ def platform(tmp: Path, *, delivery: str = "git-sync", **over) -> dict:
 
 def spec_in(tmp: Path, **kw) -> PlatformSpec:
     return parse_spec(platform(tmp, **kw), base_dir=tmp)
+
+
+REPO = Path(__file__).resolve().parents[1]
+CHART_TGZ = "reference/airflow-helm-chart-1.21.0/airflow-1.21.0.tgz"
+
+
+def shared_dir() -> Path:
+    env = os.environ.get("AIRFLOW_GITOPS_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+def shared_file(rel: str) -> Path:
+    """A file of the shared/ folder; a skip with the reason printed, or a failure under CI (it has shared/)."""
+    path = shared_dir() / rel
+    if not path.is_file():
+        reason = f"{path} not found: set AIRFLOW_GITOPS_SHARED to the shared/ folder"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    return path

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform as pyplatform
 import secrets
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from k8s_specs import DB_URL, KNOWN_HOSTS, platform, spec_in
+from k8s_specs import DB_URL, KNOWN_HOSTS, platform, shared_file, spec_in
 from typer.testing import CliRunner
 
 from airflow_gitops.cli import app
@@ -31,18 +32,8 @@ from airflow_gitops.spec import parse_spec
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_dir() -> Path:
-    env = os.environ.get("AIRFLOW_GITOPS_SHARED")
-    return Path(env) if env else REPO.parent / "shared"
-
-
 def chart_schema() -> dict:
-    path = shared_dir() / "reference" / "airflow-helm-chart-1.21.0" / "values.schema.json"
-    if not path.is_file():
-        reason = f"{path} not found: set AIRFLOW_GITOPS_SHARED to the shared/ folder"
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
-    return json.loads(path.read_text())
+    return json.loads(shared_file("reference/airflow-helm-chart-1.21.0/values.schema.json").read_text())
 
 
 def validate_k8s(*files: Path) -> None:
@@ -158,13 +149,80 @@ def test_kubernetes_no_key_material_in_values_or_cli_output(tmp_path, monkeypatc
     assert "Deploy key" in result.output
 
 
-def test_kubernetes_image_pins_from_uv_lock(tmp_path):
+def _lock_for(python_full: str) -> dict[str, str]:
+    """The lock's version of every package for CPython ``python_full`` on Linux (read independently of image.py)."""
+    from packaging.markers import Marker
+
+    env = {"python_full_version": python_full, "python_version": python_full.rsplit(".", 1)[0], "sys_platform": "linux"}
+    out = {}
+    for p in tomllib.loads((REPO / "uv.lock").read_text())["package"]:
+        markers = p.get("resolution-markers")
+        if "version" in p and (not markers or any(Marker(m).evaluate(env) for m in markers)):
+            out[p["name"]] = p["version"]
+    return out
+
+
+def test_kubernetes_image_pins_every_package_from_uv_lock(tmp_path):
     render(spec_in(tmp_path), tmp_path / "out")
-    lock = {p["name"]: p["version"] for p in tomllib.loads((REPO / "uv.lock").read_text())["package"]}
-    dockerfile = (tmp_path / "out" / "image" / "Dockerfile").read_text()
-    assert f"FROM apache/airflow:{lock['apache-airflow']}-python3.12\n" in dockerfile
-    reqs = (tmp_path / "out" / "image" / "requirements.txt").read_text().split()
-    assert reqs == [f"{n}=={lock[n]}" for n in ["mlflow", "pandas", "pyarrow", "scikit-learn", "boto3"]]
+    lock = _lock_for(pyplatform.python_version())
+    image_dir = tmp_path / "out" / "image"
+    dockerfile = (image_dir / "Dockerfile").read_text()
+    # The Python the local platform and these tests run: the lock's versions for it are the tested ones.
+    assert (
+        f"FROM apache/airflow:{lock['apache-airflow']}-python{sys.version_info.major}.{sys.version_info.minor}\n"
+        in dockerfile
+    )
+    assert "-r /tmp/requirements.txt -c /tmp/constraints.txt" in dockerfile
+    reqs = dict(line.split("==") for line in (image_dir / "requirements.txt").read_text().split())
+    # the five named packages and what they pull in (mlflow -> sqlalchemy, pandas -> numpy, boto3 -> botocore ...)
+    assert {"mlflow", "pandas", "pyarrow", "scikit-learn", "boto3", "sqlalchemy", "numpy", "botocore"} <= set(reqs)
+    assert {n: v for n, v in reqs.items() if lock.get(n) != v} == {}
+    cons = dict(ln.split("==") for ln in (image_dir / "constraints.txt").read_text().splitlines() if "==" in ln)
+    assert {n: v for n, v in cons.items() if lock.get(n) != v} == {} and len(cons) > 200
+
+
+def test_kubernetes_image_requirements_resolve_to_exactly_the_lock(tmp_path):
+    """What pip would install in the image: resolve requirements + constraints (uv's resolver against
+    the package index) and find no version that differs from uv.lock."""
+    render(spec_in(tmp_path), tmp_path / "out")
+    image_dir = tmp_path / "out" / "image"
+    lock = _lock_for(pyplatform.python_version())
+    (tmp_path / "all.txt").write_text(
+        f"apache-airflow=={lock['apache-airflow']}\n" + (image_dir / "requirements.txt").read_text()
+    )
+    uv = os.environ.get("UV") or shutil.which("uv") or str(Path.home() / ".cache/airflow-gitops/uv/bin/uv")
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    proc = subprocess.run(
+        [
+            uv,
+            "pip",
+            "compile",
+            str(tmp_path / "all.txt"),
+            "-c",
+            str(image_dir / "constraints.txt"),
+            "--python-version",
+            py,
+            "--python-platform",
+            "x86_64-manylinux_2_28",
+            "--no-header",
+            "--no-annotate",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    resolved = dict(line.split("==") for line in proc.stdout.split() if "==" in line)
+    assert len(resolved) > 100
+    assert {n: (v, lock.get(n)) for n, v in resolved.items() if lock.get(n) != v} == {}
+
+
+def test_kubernetes_image_for_another_python_warns_with_the_drifting_packages(tmp_path):
+    other = "3.12" if pyplatform.python_version().startswith("3.11") else "3.11"
+    r = render(spec_in(tmp_path, image={"python": other}), tmp_path / "out")
+    (warning,) = [w for w in r.warnings if "image.python" in w]
+    assert "numpy" in warning and "set image.python to match" in warning
 
 
 def test_kubernetes_render_errors_are_clear(tmp_path):

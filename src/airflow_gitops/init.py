@@ -20,7 +20,7 @@ TEMPLATE = """\
 image:                       # the custom image (kubernetes target): apache/airflow + extra packages
   repository: airflow-gitops/airflow-mlops
   tag: latest
-  python: "3.12"
+  python: "3.11"               # the Python the local platform runs: the image gets the tested versions
   extra_requirements: [mlflow, pandas, pyarrow, scikit-learn, boto3]   # pinned from uv.lock on render
 
 airflow:

@@ -143,7 +143,9 @@ class ImageSpec(_Model):
     repository: str = "airflow-gitops/airflow-mlops"
     tag: str = "latest"
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    python: Literal["3.10", "3.11", "3.12", "3.13"] = "3.12"
+    # The Python the local platform (and its tests) run: uv.lock pins some packages differently per Python,
+    # so another one means an image with versions nothing was tested with (render warns).
+    python: Literal["3.10", "3.11", "3.12", "3.13"] = "3.11"
     # Package names; versions are pinned from the local platform's lock (one source of truth).
     extra_requirements: list[str] = Field(
         default_factory=lambda: ["mlflow", "pandas", "pyarrow", "scikit-learn", "boto3"]

@@ -5,13 +5,15 @@ Output folder (default ``rendered/``)::
     values.yaml         Helm values for the official chart (Secret names only, no key material)
     secrets.yaml        the Secrets, 0600, git-ignored: applied by `airflow-gitops deploy`
     manifests.yaml      the namespace and the logs PVC (ReadWriteMany)
-    image/Dockerfile    apache/airflow:<version>-python<X.Y> + requirements.txt pinned from uv.lock
+    image/Dockerfile    apache/airflow:<version>-python<X.Y> + requirements.txt (the extra packages and
+                        everything they pull in) + constraints.txt (every package), pinned from uv.lock
     NOTES.md            what you still create yourself (PostgreSQL, RWX storage, ingress controller, ...)
     chart.yaml          with --chart: the whole chart rendered with these values
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +130,20 @@ airflow-gitops creates the namespace `{ns}`, the logs PVC `{claim}` and the Secr
 
 `secrets.yaml` holds key material: it is written 0600 and git-ignored. Keep the state directory
 (`{state}`): it holds the Fernet key, and a new key makes stored Connections unreadable.
+
+## Versions tested together
+
+- Chart **{chart}** (its `appVersion` is {app_version}) with Airflow **{airflow}** (from `uv.lock`; the chart
+  runs the image's Airflow, `airflowVersion`/`defaultAirflowTag` in values.yaml say which). The project's
+  tests render this chart with these values, validate them against its schema and install it on a real
+  Kubernetes API server.
+- The image: `apache/airflow:{airflow}-python{python}` plus `image/requirements.txt` (the extra packages
+  and every package they pull in) with `image/constraints.txt` (every package of `uv.lock` for Python
+  {python}): the versions the local platform and its tests run.
+
+To pick another Airflow: change it in the project (`uv add "apache-airflow==X.Y.Z"`, run the tests), then
+render again. To pick another chart: set `kubernetes.chart_version` (or `--chart`), render with
+`--chart` to see the whole chart with these values, and run the tests against it.
 """
 
 
@@ -151,6 +167,13 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
         )
     docs = manifests.namespace_and_pvc(spec)
     dockerfile, reqs = image.dockerfile(spec), image.requirements_txt(spec)
+    drift = image.python_drift(spec)
+    if drift:
+        warnings.append(
+            f"image.python {spec.image.python} is not the Python the local platform and its tests run "
+            f"({sys.version_info.major}.{sys.version_info.minor}); uv.lock resolves {len(drift)} packages differently "
+            f"for it ({', '.join(drift[:4])}{' ...' if len(drift) > 4 else ''}): set image.python to match"
+        )
     rendered_chart = render_chart(chart_obj, values, spec) if chart_obj is not None else None
 
     out.mkdir(parents=True, exist_ok=True)
@@ -164,6 +187,7 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
     (out / "image").mkdir(exist_ok=True)
     (out / "image" / "Dockerfile").write_text(dockerfile)
     (out / "image" / "requirements.txt").write_text(reqs)
+    (out / "image" / "constraints.txt").write_text(image.constraints_txt(spec))
     (out / "NOTES.md").write_text(
         NOTES.format(
             ns=spec.kubernetes.namespace,
@@ -173,6 +197,10 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
             image=f"{spec.image.repository}:{spec.image.tag}",
             mlflow=values["env"][0]["value"],
             state=spec.state_dir,
+            chart=spec.kubernetes.chart_version,
+            app_version=chart_obj.metadata.get("appVersion", "?") if chart_obj is not None else "3.2.0 for 1.21.0",
+            airflow=image.airflow_version(),
+            python=spec.image.python,
         )
     )
     chart_version = None
@@ -195,7 +223,7 @@ def render_command(spec: PlatformSpec, out: Path, *, chart: str | None, console)
         ("values.yaml", f"values for the official chart {spec.kubernetes.chart_version}"),
         ("secrets.yaml", f"{len(r.secrets.secrets)} Secrets (0600, git-ignored; never printed)"),
         ("manifests.yaml", "namespace and logs PVC (ReadWriteMany)"),
-        ("image/", f"Dockerfile + requirements.txt (Airflow {image.airflow_version()}, pinned from uv.lock)"),
+        ("image/", f"Dockerfile, requirements.txt, constraints.txt (Airflow {image.airflow_version()}, from uv.lock)"),
         ("NOTES.md", "what you still create yourself"),
     ]:
         console.print(f"  {name:<15} {what}", highlight=False)
