@@ -6,9 +6,11 @@ Tests that change it (stop a component, ``down``/``up``) must leave it healthy a
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -59,10 +61,60 @@ def cleanup_platform(platform: LocalPlatform) -> None:
         shutil.rmtree(Path(marker.read_text().strip()).parent, ignore_errors=True)
 
 
+def seed_legacy_mlflow(spec: PlatformSpec, tmp: Path) -> dict:
+    """A state dir as the platform left it before MLflow moved to PostgreSQL + S3: a SQLite store and
+    artifacts on disk, written through the MLflow server the platform ran then (same module, old store)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    lay = LocalPlatform(spec).layout
+    lay.mlflow.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW_GITOPS_MLFLOW_STORE": f"sqlite:///{lay.mlflow / 'mlflow.db'}",
+        "AIRFLOW_GITOPS_MLFLOW_ARTIFACTS": str(lay.mlflow / "artifacts"),
+    }
+    cmd = [sys.executable, "-m", "airflow_gitops.local.mlflow_server", "127.0.0.1", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=lay.mlflow)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{uri}/health"), 120, "the legacy MLflow server")
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("legacy-experiment")
+        text = f"legacy artifact {time.time()}"
+        (tmp / "legacy.txt").write_text(text)
+        with mlflow.start_run() as run:
+            mlflow.log_metric("legacy_metric", 0.75)
+            mlflow.log_artifact(str(tmp / "legacy.txt"))
+        client = MlflowClient(uri)
+        client.create_registered_model("legacy-model")
+        version = client.create_model_version("legacy-model", f"runs:/{run.info.run_id}/legacy.txt", run.info.run_id)
+        client.set_registered_model_alias("legacy-model", "champion", version.version)
+    finally:
+        server.terminate()
+        server.wait(30)
+        mlflow.set_tracking_uri(None)
+    return {"run_id": run.info.run_id, "text": text, "model": "legacy-model", "version": version.version}
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def local_platform(tmp_path_factory) -> LocalPlatform:
     spec = make_spec(tmp_path_factory.mktemp("platform"))
+    # The session platform is an UPGRADED one: it starts on a state dir with a legacy MLflow store,
+    # which `up` carries over (test_platform_local checks it); fresh starts are covered elsewhere.
+    legacy = seed_legacy_mlflow(spec, tmp_path_factory.mktemp("legacy-mlflow"))
     platform = LocalPlatform(spec)
+    platform.legacy_mlflow = legacy
     try:
         platform.up(quiet_console())
     except BaseException:

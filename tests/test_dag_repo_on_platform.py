@@ -130,6 +130,21 @@ def test_pipeline_tags_the_commit_and_promotes_only_better_models(local_platform
     assert reg3["value"] > reg1["value"]
     assert mlflow_client.get_model_version_by_alias(model, "champion").version == reg3["version"]
 
+    # The champion is served back the way step 5's FastAPI server loads it: models:/NAME@champion,
+    # through the tracking server, whose artifacts live in the platform's S3 bucket.
+    import mlflow
+
+    mlflow.set_tracking_uri(local_platform.layout.mlflow_url)
+    try:
+        champion_model = mlflow.pyfunc.load_model(f"models:/{model}@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    frame = pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=ingest["key"])["Body"].read()))
+    predictions = champion_model.predict(frame.drop(columns=["target"]).head(5))
+    assert len(predictions) == 5 and set(predictions) <= set(frame["target"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="mlflow-artifacts/")["Contents"]]
+    assert [k for k in keys if "MLmodel" in k], keys[:20]
+
 
 def test_selfcheck_passes_and_fails_naming_aws_without_credentials(local_platform):
     client = local_platform.client()

@@ -114,14 +114,18 @@ def _log_mlflow_artifact(platform, tmp_path) -> tuple[str, str]:
 
 
 def _s3(platform):
+    """An S3 client with the platform's own AWS files, whatever the environment says."""
     import boto3
+    import botocore.session
 
     lay = platform.layout
-    session = boto3.session.Session(profile_name=platform.spec.aws.profile)
-    return session.client("s3", endpoint_url=lay.s3_url)
+    core = botocore.session.Session(profile=platform.spec.aws.profile)
+    core.set_config_variable("credentials_file", str(lay.aws_credentials))
+    core.set_config_variable("config_file", str(lay.aws_config))
+    return boto3.session.Session(botocore_session=core).client("s3", endpoint_url=lay.s3_url)
 
 
-def test_down_up_keeps_history_encrypted_connection_mlflow_and_s3_objects(local_platform, tmp_path, monkeypatch):
+def test_down_up_keeps_history_encrypted_connection_mlflow_and_s3_objects(local_platform, tmp_path):
     client = local_platform.client()
     secret_value = "p@ss:/word-" + uuid.uuid4().hex
     conn_id = f"{PREFIX}_conn"
@@ -139,8 +143,6 @@ def test_down_up_keeps_history_encrypted_connection_mlflow_and_s3_objects(local_
     client.wait_run("platform_selfcheck", run_id, timeout=180)
     mlflow_run, artifact_text = _log_mlflow_artifact(local_platform, tmp_path)
     # An S3 object written with the platform's own AWS files (what DAG code uses), multipart included.
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(local_platform.layout.aws_credentials))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(local_platform.layout.aws_config))
     s3 = _s3(local_platform)
     bucket, key = local_platform.spec.aws.bucket, f"{PREFIX}/survives.bin"
     try:
@@ -198,7 +200,7 @@ def _d():
     def environment():
         import os
         with open("/proc/self/environ", "rb") as fh:
-            raw = fh.read().decode(errors="replace")
+            raw = fh.read().replace(b"\\0", b"\\n").decode(errors="replace")  # NUL-separated; JSON-safe
         return {{"environ": dict(os.environ), "proc": raw}}
     environment()
 
@@ -207,15 +209,16 @@ _d()
 
 
 def test_a_task_process_sees_no_platform_secret_in_its_environment(local_platform, tmp_path):
-    """Fernet key, JWT secret, API secret and the database URL reach Airflow through 0600 files
-    (``_CMD`` settings), so a task process (forked from the scheduler's executor) has none of them."""
+    """Fernet key, JWT secret, API secret and the database URL reach Airflow through AIRFLOW_HOME/airflow.cfg
+    (0600), so a task process (forked from the scheduler's executor) has none of them in its environment."""
     repo = DagRepo(local_platform.spec.dag_repo_url, tmp_path / "work")
     dag_id = f"{PREFIX}_env"
     repo.push({f"dags/{dag_id}.py": ENV_DAG.format(dag_id=dag_id)}, f"add {dag_id}")
     client = local_platform.client()
     wait_for(lambda: dag_id in client.dag_ids(), 90, f"{dag_id} to be listed")
     run_id = client.trigger(dag_id)
-    assert client.wait_run(dag_id, run_id, timeout=180)["state"] == "success"
+    state = client.wait_run(dag_id, run_id, timeout=180)["state"]
+    assert state == "success", client.task_log(dag_id, run_id, "environment")[-3000:]
     seen = client.xcom(dag_id, run_id, "environment")
     text = json.dumps(seen["environ"]) + seen["proc"]
     leaked = [v[:4] + "..." for v in keystore.all_secret_values(local_platform.spec) if v in text]
@@ -224,3 +227,28 @@ def test_a_task_process_sees_no_platform_secret_in_its_environment(local_platfor
         assert not [k for k in seen["environ"] if k.endswith(name)], name
     # What a task does get: the runtime contract (no secret values, only where the AWS files are).
     assert seen["environ"]["MLOPS_DATA_BUCKET"] == local_platform.spec.aws.bucket
+
+
+def test_a_legacy_mlflow_store_was_carried_over_to_postgresql_and_s3(local_platform, tmp_path):
+    """The session platform started on a state dir with MLflow's old SQLite store and on-disk artifacts."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    legacy = local_platform.legacy_mlflow
+    lay = local_platform.layout
+    client = MlflowClient(lay.mlflow_url)
+    run = client.get_run(legacy["run_id"])
+    assert run.data.metrics["legacy_metric"] == 0.75
+    assert client.get_model_version_by_alias(legacy["model"], "champion").version == legacy["version"]
+    path = mlflow.artifacts.download_artifacts(
+        run_id=legacy["run_id"], artifact_path="legacy.txt", dst_path=str(tmp_path), tracking_uri=lay.mlflow_url
+    )
+    assert open(path).read() == legacy["text"]
+    # The old files are kept aside, not used: the store is PostgreSQL, the artifact is in S3.
+    assert (lay.mlflow / "mlflow.db.migrated").exists() and not (lay.mlflow / "mlflow.db").exists()
+    assert (lay.mlflow / "artifacts.migrated").is_dir() and not (lay.mlflow / "artifacts").exists()
+    keys = [o["Key"] for o in _s3(local_platform).list_objects_v2(Bucket=local_platform.spec.aws.bucket)["Contents"]]
+    assert [k for k in keys if k.startswith("mlflow-artifacts/") and k.endswith("legacy.txt")], keys
+    # New runs get ids after the carried-over ones (PostgreSQL's sequences were moved on).
+    exp = client.create_experiment(f"{PREFIX}-after-migration")
+    assert int(exp) > int(run.info.experiment_id)

@@ -179,12 +179,13 @@ def deploy(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the rendered files.")] = Path("rendered"),
     chart: Annotated[str | None, typer.Option(help="Chart folder or REPO_URL@VERSION.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; apply nothing.")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait until the workloads are ready and the Jobs finished.")] = True,
     file: SpecOption = None,
 ) -> None:
     """Apply the Secrets and `helm upgrade --install` the official chart with the rendered values."""
     from .kubernetes.deploy import deploy_command
 
-    deploy_command(_spec(file), out, chart=chart, dry_run=dry_run, console=console)
+    deploy_command(_spec(file), out, chart=chart, dry_run=dry_run, console=console, wait=wait)
 
 
 @app.command()

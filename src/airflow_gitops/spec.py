@@ -604,8 +604,8 @@ class PlatformSpec(_Model):
     def path(self, p: Path | str) -> Path:
         """Resolve a path from the spec against the spec file's folder."""
         p = Path(p).expanduser()
-        # normpath, not resolve(): a key file that is a symbolic link must be seen as one (and refused).
-        return Path(os.path.normpath(p if p.is_absolute() else self.base_dir / p))
+        # abspath, not resolve(): a key file that is a symbolic link must be seen as one (and refused).
+        return Path(os.path.abspath(p if p.is_absolute() else self.base_dir / p))
 
     @property
     def state_dir(self) -> Path:

@@ -13,6 +13,32 @@ from ..spec import PlatformSpec
 from .result import CheckResult, fail, ok, skip
 
 
+def _expected(spec: PlatformSpec) -> dict[str, dict[str, str]]:
+    """Secret name -> {key: value} as `deploy` would write them, when every key already exists locally
+    (a read-only check generates nothing); {} otherwise. Values stay in memory: compared, never shown."""
+    from .. import keystore
+
+    needed = [keystore.FERNET_KEY, keystore.API_SECRET_KEY, keystore.JWT_SECRET, keystore.ADMIN_PASSWORD]
+    key_files = [spec.secrets_dir / n for n in needed]
+    if spec.dags.is_ssh:
+        key_files.append(spec.path(spec.dags.ssh_key_file))
+    if not all(f.is_file() for f in key_files):
+        return {}
+    from ..kubernetes.manifests import build_secrets
+
+    try:
+        return {s["metadata"]["name"]: s["stringData"] for s in build_secrets(spec).secrets}
+    except PlatformError:
+        return {}
+
+
+def _differs(secret, want: dict[str, str]) -> list[str]:
+    import base64
+
+    have = secret.data or {}
+    return sorted(k for k, v in want.items() if k in have and base64.b64decode(have[k]).decode(errors="replace") != v)
+
+
 def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
     if not kubeconfig_path().exists():
         return [
@@ -53,6 +79,7 @@ def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
         )
         return rows
     rows.append(ok("kube.namespace", f"namespace {ns} exists"))
+    expected = _expected(spec)
     for name, keys in contract.secret_keys(spec).items():
         row = f"kube.secret.{name}"
         try:
@@ -95,8 +122,18 @@ def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
                     "`airflow-gitops deploy` rewrites it with the values from STATE_DIR/secrets",
                 )
             )
+        elif name in expected and (changed := _differs(secret, expected[name])):
+            rows.append(
+                fail(
+                    row,
+                    f"Secret {ns}/{name} key {', '.join(changed)} differs from what `deploy` writes from "
+                    "STATE_DIR/secrets (edited by hand, or deployed from another state dir)",
+                    "`airflow-gitops deploy` writes it back; if the cluster's value is the right one (a Fernet "
+                    "key that encrypted stored values), copy it into STATE_DIR/secrets first",
+                )
+            )
         else:
-            rows.append(ok(row, f"Secret {ns}/{name} has {', '.join(keys)}"))
+            rows.append(ok(row, f"Secret {ns}/{name} has {', '.join(keys)}, as deployed"))
     if spec.logs.persistence:
         claim = spec.logs.existing_claim
         row = "kube.logs_pvc"

@@ -27,7 +27,7 @@ from ..local.target import LocalTarget
 from ..spec import PlatformSpec
 from ..target import Target
 from .kube import kube_checks
-from .result import CheckResult, emit, fail, ok, skip, warn
+from .result import CheckResult, emit, fail, ok, skip
 
 SELFCHECK_DAG = "platform_selfcheck"
 SELFCHECK_TASK = "selfcheck"
@@ -242,14 +242,59 @@ def run_verify_local(target: LocalTarget, *, probe: bool) -> list[CheckResult]:
 def run_verify_kubernetes(target: KubernetesTarget, *, probe: bool) -> list[CheckResult]:
     spec = target.spec
     rows = kube_checks(spec)
+    if all(r.status != "fail" for r in rows if r.name == "kube.cluster"):
+        rows += _release_rows(spec)
     rows.append(
-        warn(
-            "verify.kubernetes",
-            "the in-cluster rows (health, DAG sync, selfcheck) are not automated for Kubernetes yet",
-            f"kubectl -n {spec.kubernetes.namespace} port-forward svc/{spec.kubernetes.release}-api-server 8080, "
-            f"then trigger {SELFCHECK_DAG} in the UI",
+        skip(
+            "task.selfcheck",
+            f"not run from here: it runs in a worker pod; kubectl -n {spec.kubernetes.namespace} port-forward "
+            f"svc/{spec.kubernetes.release}-api-server 8080, then trigger {SELFCHECK_DAG} in the UI",
         )
     )
+    return rows
+
+
+def _release_rows(spec: PlatformSpec) -> list[CheckResult]:
+    """Every workload of the release has its pods ready; the migrate and create-user Jobs completed."""
+    from kubernetes import client
+
+    from ..kubernetes.cluster import connect
+
+    try:
+        api = connect(spec)
+    except Exception:  # noqa: BLE001 - kube.cluster above already says why
+        return []
+    ns, release = spec.kubernetes.namespace, spec.kubernetes.release
+    apps, batch = client.AppsV1Api(api), client.BatchV1Api(api)
+    selector = f"release={release}"
+    workloads = [("Deployment", d) for d in apps.list_namespaced_deployment(ns, label_selector=selector).items]
+    workloads += [("StatefulSet", d) for d in apps.list_namespaced_stateful_set(ns, label_selector=selector).items]
+    if not workloads:
+        return [fail("verify.release", f"no workload of release {release} in {ns}", "`airflow-gitops deploy`")]
+    rows = []
+    for kind, w in workloads:
+        want, ready = w.spec.replicas or 0, (w.status.ready_replicas or 0)
+        name = f"verify.workload.{w.metadata.name}"
+        if ready >= want:
+            rows.append(ok(name, f"{kind} {w.metadata.name}: {ready}/{want} pods ready"))
+        else:
+            rows.append(
+                fail(
+                    name,
+                    f"{kind} {w.metadata.name}: {ready}/{want} pods ready",
+                    f"kubectl -n {ns} describe {kind.lower()} {w.metadata.name}; kubectl -n {ns} logs ...",
+                )
+            )
+    for job in batch.list_namespaced_job(ns, label_selector=selector).items:
+        name = f"verify.job.{job.metadata.name}"
+        if job.status.succeeded:
+            rows.append(ok(name, f"Job {job.metadata.name} completed"))
+        else:
+            rows.append(
+                fail(
+                    name, f"Job {job.metadata.name} has not completed", f"kubectl -n {ns} logs job/{job.metadata.name}"
+                )
+            )
     return rows
 
 

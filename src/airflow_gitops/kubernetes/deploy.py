@@ -1,12 +1,15 @@
 """``airflow-gitops deploy``: render, check the cluster, apply the Secrets, ``helm upgrade --install``.
 
-Order matters for "nothing half-applied": everything local (render, kubeconfig, reachability, the
-namespace's permissions) is checked before the first write to the cluster. Secret values are never
-printed: only names and key names.
+Order matters for "nothing half-applied": everything local (render, kubeconfig), the API server's
+reachability and every permission the deploy needs (SelfSubjectAccessReview) are checked before the
+first write to the cluster. Secrets are applied server-side (field manager airflow-gitops); helm waits
+for the workloads to be ready and the Jobs to finish. Secret values are never printed: only names and
+key names.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,10 +21,61 @@ from .cluster import connect
 from .render import CHART_NAME, ChartRef, Rendered, render
 
 HELM_TIMEOUT = 600
+FIELD_MANAGER = "airflow-gitops"
+# What `deploy` writes itself (namespaced) and what the official chart creates with our values: the
+# kubeconfig's user must be allowed all of it before anything is written.
+NEEDED = [
+    ("", "secrets", ("get", "create", "patch")),
+    ("", "persistentvolumeclaims", ("get", "create")),
+    ("", "configmaps", ("create", "patch")),
+    ("", "services", ("create", "patch")),
+    ("", "serviceaccounts", ("create", "patch")),
+    ("apps", "deployments", ("create", "patch")),
+    ("apps", "statefulsets", ("create", "patch")),
+    ("batch", "jobs", ("create", "delete")),
+    ("rbac.authorization.k8s.io", "roles", ("create", "patch")),
+    ("rbac.authorization.k8s.io", "rolebindings", ("create", "patch")),
+    ("networking.k8s.io", "ingresses", ("create", "patch")),
+]
+
+
+def missing_permissions(api, namespace: str, *, namespace_exists: bool) -> list[str]:
+    """Every verb/resource this deploy needs that the kubeconfig's user may NOT do (SelfSubjectAccessReview)."""
+    from kubernetes import client
+
+    authz = client.AuthorizationV1Api(api)
+    wanted = [(g, r, v, namespace) for g, r, verbs in NEEDED for v in verbs]
+    if not namespace_exists:
+        wanted.append(("", "namespaces", "create", None))
+    missing = []
+    for group, resource, verb, ns in wanted:
+        review = client.V1SelfSubjectAccessReview(
+            spec=client.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=client.V1ResourceAttributes(group=group, resource=resource, verb=verb, namespace=ns)
+            )
+        )
+        if not authz.create_self_subject_access_review(review, _request_timeout=10).status.allowed:
+            missing.append(f"{verb} {resource}{'.' + group if group else ''}")
+    return missing
+
+
+def _namespace_exists(api, name: str) -> bool:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        client.CoreV1Api(api).read_namespace(name, _request_timeout=10)
+        return True
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        if err.status == 403:
+            return False  # cannot even read it: the permission check names what is missing
+        raise
 
 
 def _apply(api, doc: dict[str, Any], *, dry_run: bool) -> str:
-    """Create or replace one Namespace/PVC/Secret; return 'created', 'replaced', 'unchanged' or 'would ...'."""
+    """Create a Namespace/PVC if missing; server-side apply a Secret. Returns what happened."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -43,24 +97,25 @@ def _apply(api, doc: dict[str, Any], *, dry_run: bool) -> str:
             ) from None
         current = None
     try:
-        if current is None:
+        if kind != "Secret":
+            if current is not None:
+                return "exists"  # namespaces and PVC specs are immutable enough: never replace them
             if dry_run:
                 return "would create"
             if kind == "Namespace":
                 core.create_namespace(doc)
-            elif kind == "PersistentVolumeClaim":
-                core.create_namespaced_persistent_volume_claim(ns, doc)
             else:
-                core.create_namespaced_secret(ns, doc)
+                core.create_namespaced_persistent_volume_claim(ns, doc)
             return "created"
-        if kind != "Secret":
-            return "exists"  # namespaces and PVC specs are immutable enough: never replace them
-        if _secret_unchanged(current, doc):
+        if current is not None and _secret_unchanged(current, doc):
             return "unchanged"
         if dry_run:
-            return "would replace"
-        core.replace_namespaced_secret(name, ns, doc)
-        return "replaced"
+            return "would create" if current is None else "would update"
+        # Server-side apply: the API server merges and records airflow-gitops as the keys' manager.
+        core.patch_namespaced_secret(
+            name, ns, doc, field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml"
+        )
+        return "created" if current is None else "updated"
     except ApiException as err:
         # Never echo err.body: for a Secret it could quote the request.
         raise PlatformError(
@@ -77,7 +132,9 @@ def _secret_unchanged(current, doc: dict[str, Any]) -> bool:
     return data == want
 
 
-def helm_upgrade(spec: PlatformSpec, r: Rendered, chart: str | None, *, dry_run: bool, console) -> str:
+def helm_upgrade(
+    spec: PlatformSpec, r: Rendered, chart: str | None, *, dry_run: bool, console, wait: bool = True
+) -> str:
     ref = ChartRef.parse(chart or spec.kubernetes.chart, spec)
     k = spec.kubernetes
     helm_bin = shutil.which("helm")
@@ -90,11 +147,21 @@ def helm_upgrade(spec: PlatformSpec, r: Rendered, chart: str | None, *, dry_run:
             cmd += ["--kube-context", k.context]
         if dry_run:
             cmd += ["--dry-run=server"]
+        elif wait:
+            cmd += ["--wait", "--wait-for-jobs"]
+        cmd += ["--output", "json"]  # the release as JSON: its manifest is summarised, its notes never printed
         console.print(f"$ {' '.join(cmd)}", highlight=False)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=HELM_TIMEOUT + 60)
         if proc.returncode != 0:
-            raise PlatformError(f"helm upgrade --install failed: {proc.stderr.strip()}", "fix the error above")
-        return _summary(proc.stdout, dry_run)
+            raise PlatformError(
+                f"helm upgrade --install failed: {proc.stderr.strip()[-1500:]}",
+                "fix the error above; `kubectl -n NAMESPACE get pods,jobs` shows what is not ready",
+            )
+        try:
+            manifest = json.loads(proc.stdout).get("manifest", "")
+        except ValueError:
+            manifest = ""
+        return _summary(manifest, dry_run)
     import helm_python as helm
 
     cfg = helm.Config(kube_context=k.context, namespace=k.namespace)
@@ -131,9 +198,19 @@ def _summary(manifest: str, dry_run: bool) -> str:
     return f"{verb} {len(items)} chart resources" + (f": {', '.join(items[:40])}" if items else "")
 
 
-def deploy_command(spec: PlatformSpec, out: Path, *, chart: str | None, dry_run: bool, console) -> None:
+def deploy_command(
+    spec: PlatformSpec, out: Path, *, chart: str | None, dry_run: bool, console, wait: bool = True
+) -> None:
     r = render(spec, out, chart=chart)  # local and pure: fails before touching the cluster
     api = connect(spec)  # reachability before any write
+    ns = spec.kubernetes.namespace
+    missing = missing_permissions(api, ns, namespace_exists=_namespace_exists(api, ns))
+    if missing:
+        raise PlatformError(
+            f"the kubeconfig's user may not {', '.join(missing)} in namespace {ns}; nothing was applied",
+            f"ask a cluster admin for a Role/RoleBinding in {ns} granting these "
+            f"(check with `kubectl auth can-i create secrets -n {ns}`), or use another kubernetes.context",
+        )
     new_namespace = False
     for doc in r.manifests + r.secrets.secrets:
         state = _apply(api, doc, dry_run=dry_run)
@@ -147,6 +224,40 @@ def deploy_command(spec: PlatformSpec, out: Path, *, chart: str | None, dry_run:
     if dry_run and new_namespace:
         console.print("helm: would install the release (server-side dry run needs the namespace; skipped)")
         return
-    console.print(helm_upgrade(spec, r, chart, dry_run=dry_run, console=console), highlight=False)
+    console.print(helm_upgrade(spec, r, chart, dry_run=dry_run, console=console, wait=wait), highlight=False)
     if r.secrets.deploy_public_key:
         console.print(f"Deploy key (public half): {r.secrets.deploy_public_key}", highlight=False, soft_wrap=True)
+
+
+def restart_airflow(api, spec: PlatformSpec) -> list[str]:
+    """Roll every Deployment/StatefulSet of the release (as `kubectl rollout restart` does): pods then
+    read the Secrets again (a new Fernet key list, say). Returns what was restarted."""
+    import datetime
+
+    from kubernetes import client
+
+    apps = client.AppsV1Api(api)
+    ns, release = spec.kubernetes.namespace, spec.kubernetes.release
+    stamp = datetime.datetime.now(datetime.UTC).isoformat()
+    patch = {"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}}
+    selector = f"release={release}"
+    done = []
+    for item in apps.list_namespaced_deployment(ns, label_selector=selector).items:
+        apps.patch_namespaced_deployment(item.metadata.name, ns, patch)
+        done.append(f"Deployment/{item.metadata.name}")
+    for item in apps.list_namespaced_stateful_set(ns, label_selector=selector).items:
+        apps.patch_namespaced_stateful_set(item.metadata.name, ns, patch)
+        done.append(f"StatefulSet/{item.metadata.name}")
+    return done
+
+
+def apply_fernet_secret(spec: PlatformSpec, console) -> None:
+    """Write STATE_DIR/secrets/fernet.key's key list into the cluster's Secret and restart the pods."""
+    from .manifests import fernet_secret
+
+    api = connect(spec)
+    doc = fernet_secret(spec)
+    state = _apply(api, doc, dry_run=False)
+    console.print(f"  Secret/{doc['metadata']['name']}: {state}", highlight=False)
+    restarted = restart_airflow(api, spec)
+    console.print(f"  restarted: {', '.join(restarted) or 'nothing (no release yet)'}", highlight=False)

@@ -120,6 +120,10 @@ def deploy_key(spec: PlatformSpec) -> tuple[str, str] | None:
     return keys.read_private(path).decode("utf-8"), public
 
 
+def fernet_secret(spec: PlatformSpec) -> dict[str, Any]:
+    return _secret(spec, spec.secrets.fernet_key_secret, {SecretKey.FERNET: keys.fernet_key(spec)})
+
+
 def build_secrets(spec: PlatformSpec) -> SecretBundle:
     out = SecretBundle()
     names = spec.secrets
@@ -130,7 +134,7 @@ def build_secrets(spec: PlatformSpec) -> SecretBundle:
             "set database.url to your PostgreSQL, e.g. '${AIRFLOW_DB_URL}' with "
             "AIRFLOW_DB_URL=postgresql://USER:PASSWORD@HOST:5432/airflow in the environment",
         )
-    out.secrets.append(_secret(spec, names.fernet_key_secret, {SecretKey.FERNET: keys.fernet_key(spec)}))
+    out.secrets.append(fernet_secret(spec))
     out.secrets.append(_secret(spec, names.metadata_secret, {SecretKey.METADATA: dburl.encoded(url)}))
     out.secrets.append(_secret(spec, names.api_secret_key_secret, {SecretKey.API_SECRET: keys.api_secret_key(spec)}))
     out.secrets.append(_secret(spec, names.jwt_secret_secret, {SecretKey.JWT: keys.jwt_secret(spec)}))

@@ -10,6 +10,7 @@ from ..dburl import connect, explain_connect_error
 from ..errors import PlatformError
 from ..fernetkeys import key_file, read_keys, undecryptable
 from ..target import Target
+from .deploy import apply_fernet_secret
 
 
 class KubernetesTarget(Target):
@@ -29,7 +30,14 @@ class KubernetesTarget(Target):
         return refs
 
     def rotate_fernet_key(self, console: Console) -> None:
-        """Two runs around a deploy: the Secret is written by `deploy` from STATE_DIR/secrets/fernet.key."""
+        """Two runs of this command around the in-cluster re-encryption:
+
+        1. a new key goes FIRST in STATE_DIR/secrets/fernet.key (NEW,OLD), into the cluster's Secret, and
+           the Airflow pods restart with both keys (the old one still decrypts);
+        2. (you) `kubectl exec deploy/RELEASE-scheduler -- airflow rotate-fernet-key` re-encrypts;
+        3. this command again: proves every stored value decrypts with NEW alone (it reads the metadata
+           database at database.url), drops OLD, updates the Secret, restarts the pods.
+        """
         path = key_file(self.spec)
         keys = read_keys(path)
         k8s = self.spec.kubernetes
@@ -37,12 +45,12 @@ class KubernetesTarget(Target):
         rotate = f"kubectl -n {ns} exec deploy/{release}-scheduler -- airflow rotate-fernet-key"
         if len(keys) == 1:
             keystore.write_private(path, Fernet.generate_key().decode() + "," + keys[0].decode() + "\n")
+            console.print(f"Step 1 of 2: a new key is FIRST in {path} (the old key still decrypts).")
+            apply_fernet_secret(self.spec, console)
             console.print(
-                f"Step 1 of 2 done: a new key is FIRST in {path} (the old key still decrypts).\n"
-                f"Now:\n  1. `airflow-gitops deploy`   (updates Secret {ns}/{secret}; pods restart with NEW,OLD)\n"
-                f"  2. `{rotate}`   (re-encrypts every Connection and Variable)\n"
-                "  3. `airflow-gitops rotate-fernet-key --target kubernetes` again (drops the old key after proving "
-                "every value decrypts with the new one), then `airflow-gitops deploy`."
+                f"Now:\n  `{rotate}`   (re-encrypts every Connection and Variable with the new key)\n"
+                "then run `airflow-gitops rotate-fernet-key --target kubernetes` again: it drops the old key "
+                "after proving every value decrypts with the new one."
             )
             return
         url = self.spec.database.resolved_url()
@@ -63,11 +71,9 @@ class KubernetesTarget(Target):
         if bad:
             raise PlatformError(
                 f"{len(bad)} of {total} values are not re-encrypted with the new key yet ({', '.join(bad[:5])}); "
-                f"{path} keeps both keys",
-                f"`airflow-gitops deploy` (pods must have NEW,OLD), then `{rotate}`, then run this again",
+                f"{path} and Secret {ns}/{secret} keep both keys",
+                f"run `{rotate}`, then this command again",
             )
         keystore.write_private(path, keys[0].decode() + "\n")
-        console.print(
-            f"All {total} encrypted values decrypt with the new key alone; the old key is dropped from {path}.\n"
-            f"Run `airflow-gitops deploy` to update Secret {ns}/{secret} (pods restart with the new key only)."
-        )
+        console.print(f"Step 2 of 2: all {total} encrypted values decrypt with the new key alone; old key dropped.")
+        apply_fernet_secret(self.spec, console)

@@ -8,8 +8,9 @@ which is also what makes a colliding ``airflow.config`` key an error.
 
 from __future__ import annotations
 
+import configparser
+import io
 import json
-import shlex
 from pathlib import Path
 
 from .. import contract, keystore
@@ -77,8 +78,11 @@ def airflow_config(layout: Layout, database_url: str) -> dict[tuple[str, str], s
     return config
 
 
-# Read through Airflow's ``_CMD`` variants from 0600 files, so that the values are in no process's
-# environment: not the components', and so not the task processes LocalExecutor forks from them.
+# Given to Airflow in AIRFLOW_HOME/airflow.cfg (0600), read once when a process starts, so that the
+# values are in no process's environment: not the components', and so not the task processes
+# LocalExecutor forks from them. (Airflow's ``_CMD`` variants were measured first: they run the
+# command on every read, and the API server reads the JWT secret per request: 36 s per task start
+# on a loaded 2-core machine.)
 SECRET_SETTINGS = {
     ("core", "fernet_key"),
     ("database", "sql_alchemy_conn"),
@@ -87,17 +91,24 @@ SECRET_SETTINGS = {
 }
 
 
+def config_file(layout: Layout) -> Path:
+    return layout.airflow_home / "airflow.cfg"
+
+
 def airflow_env(layout: Layout, database_url: str) -> dict[str, str]:
-    env = {}
+    """The environment of every Airflow process; the secret settings go into ``config_file`` (0600)."""
+    env, secret = {}, configparser.ConfigParser(interpolation=None)
     for (section, key), value in airflow_config(layout, database_url).items():
         declared = contract.SETTINGS.get((section, key)) or contract.Setting(section, key, None)
         if (section, key) in SECRET_SETTINGS:
-            path = layout.secrets / "runtime" / f"{section}__{key}"
-            if not path.exists() or keystore.read_private(path).decode() != value:
-                keystore.write_private(path, value)  # the exact value: Airflow does not strip a newline
-            env[declared.env + "_CMD"] = shlex.join(["cat", str(path)])  # run without a shell (shlex.split)
+            if not secret.has_section(section):
+                secret.add_section(section)
+            secret.set(section, key, value.replace("%", "%%"))  # Airflow interpolates '%'
         else:
             env[declared.env] = value
+    buf = io.StringIO()
+    secret.write(buf)
+    keystore.write_private(config_file(layout), buf.getvalue())
     env.update(
         {
             contract.conn_env_name(GIT_CONN_ID): git_connection(layout),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ..binaries import venv_bin
+from . import mlflow_store
 from .aws import s3_env_file
 from .layout import HOST, Layout
 from .supervisor import Program
@@ -26,9 +27,10 @@ if TYPE_CHECKING:
 
 
 class Phase(IntEnum):
-    """Start order: the database, then services Airflow's tasks use, then (after migrations) Airflow."""
+    """Start order: the database, storage, the services that use both, then (after migrations) Airflow."""
 
     DATABASE = 10
+    STORAGE = 15
     SERVICES = 20
     AIRFLOW = 30
 
@@ -46,6 +48,11 @@ class Component:
     loses: str | None = None  # what of its data is lost on down
     # (label, URL that DAG code and users reach it at, local or external) for `status`
     url: tuple[str, Callable[[Layout], str | None]] | None = None
+    # Before it starts (e.g. carry old data over), and once it answers (e.g. create its database):
+    # `up` runs them in order, so a component of a later phase finds these done.
+    prepare: Callable[[LocalPlatform, Callable[[str], None]], None] | None = None
+    on_ready: Callable[[LocalPlatform], None] | None = None
+    ready_timeout: float = 60
 
 
 def http_ok(url: str) -> bool:
@@ -79,16 +86,16 @@ def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None,
 
 def _mlflow_program(platform: LocalPlatform) -> Program:
     lay = platform.layout
-    command = [
-        sys.executable,
-        "-m",
-        "airflow_gitops.local.mlflow_server",
-        HOST,
-        str(lay.ports.mlflow),
-        f"sqlite:///{lay.mlflow / 'mlflow.db'}",
-        str(lay.mlflow / "artifacts"),
-    ]
-    return Program("mlflow", command, directory=lay.mlflow)
+    launch = [sys.executable, "-m", "airflow_gitops.local.launch", mlflow_store.env_file(platform), "--"]
+    serve = [sys.executable, "-m", "airflow_gitops.local.mlflow_server", HOST, str(lay.ports.mlflow)]
+    return Program("mlflow", [*launch, *serve], directory=lay.mlflow)
+
+
+def _postgres_ready(platform: LocalPlatform) -> None:
+    platform.postgres.ensure_database()
+    platform.postgres.ensure_database(
+        mlflow_store.DB_NAME, mlflow_store.DB_USER, mlflow_store.db_password(platform.layout)
+    )
 
 
 def _s3_program(platform: LocalPlatform) -> Program:
@@ -110,7 +117,8 @@ COMPONENTS: list[Component] = [
         program=lambda p: Program("postgres", p.postgres.command(), user=p.postgres.run_as, stopwaitsecs=30),
         healthy=lambda p, _: p.postgres.ready(),
         port_key="postgres",
-        keeps="metadata database (DAG runs, Connections, Variables)",
+        keeps="metadata database (DAG runs, Connections, Variables) and MLflow's runs and models",
+        on_ready=_postgres_ready,
     ),
     Component(
         "mlflow",
@@ -119,19 +127,20 @@ COMPONENTS: list[Component] = [
         program=_mlflow_program,
         healthy=lambda p, _: http_ok(f"{p.layout.mlflow_url}/health"),
         port_key="mlflow",
-        keeps="MLflow runs, models, artifacts",
         url=("MLflow", lambda layout: layout.mlflow_url),
+        prepare=mlflow_store.migrate_legacy,
     ),
     Component(
         "s3",
-        Phase.SERVICES,
+        Phase.STORAGE,
         enabled=lambda layout: layout.runs_local_s3,
         program=_s3_program,
         # Any HTTP answer (an unsigned GET / is refused with 403) means the endpoint serves.
         healthy=lambda p, _: http_ok(f"{p.layout.s3_url}/"),
         port_key="s3",
-        keeps="S3 objects (pipeline datasets and models, files under s3/)",
+        keeps="S3 objects (pipeline datasets and models, MLflow artifacts; files under s3/)",
         url=("S3 endpoint", lambda layout: layout.s3_url),
+        on_ready=lambda p: mlflow_store.ensure_bucket(p.layout),
     ),
     _airflow_component(
         "api-server",
@@ -175,6 +184,8 @@ def persistence(layout: Layout) -> dict[str, list[str]]:
     keeps = [c.keeps for c in comps if c.keeps]
     if not layout.runs_local_postgres:
         keeps.insert(0, "metadata database (your database.url)")
+        if layout.runs_local_mlflow:
+            keeps.append("MLflow runs and models (SQLite under mlflow/)")
     return {
         "survives down/up": keeps + PLATFORM_KEEPS,
         "lost on down": [c.loses for c in comps if c.loses],

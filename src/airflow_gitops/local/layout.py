@@ -6,7 +6,7 @@ One state directory holds everything (default ``.airflow-gitops/``)::
     postgres/         PostgreSQL data directory                                    survives down/up
     dags.git/         the bare DAG repository (when dags.repo is unset)            survives down/up
     airflow/          AIRFLOW_HOME: logs, bundle clones                            survives down/up
-    mlflow/           MLflow SQLite store (mlflow.db) and artifacts/               survives down/up
+    mlflow/           MLflow's working dir (its store is in PostgreSQL, artifacts in S3)
     aws/              credentials + config (the seed's /home/airflow/.aws)         survives down/up
     s3/               the local S3 endpoint's objects: one folder a bucket          survives down/up
     supervisor/       supervisord.conf, the 0600 environment files, socket, pid

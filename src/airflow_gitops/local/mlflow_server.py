@@ -1,11 +1,14 @@
-"""MLflow's tracking server in ONE process: ``python -m airflow_gitops.local.mlflow_server HOST PORT STORE DIR``.
+"""MLflow's tracking server in ONE process: ``python -m airflow_gitops.local.mlflow_server HOST PORT``.
+
+The backend/registry store URI and the artifacts destination come from the environment
+(``AIRFLOW_GITOPS_MLFLOW_STORE``, ``AIRFLOW_GITOPS_MLFLOW_ARTIFACTS``): the store URI holds a password.
 
 ``mlflow server`` imports MLflow, then spawns ``uvicorn mlflow.server.fastapi_app:app`` as a child that
 imports it all again, and stays resident only to forward signals: ~195 MiB PSS and ~10 CPU-seconds
 per start for nothing (measured in docs/performance.md). We do what its CLI does — set the server
 variables MLflow's CLI passes to its workers (names imported from ``mlflow.server.constants``, so a
 rename fails loudly here), initialise the stores, and serve the same FastAPI app with uvicorn in
-this process: SQLite store, artifacts proxied to a folder on disk, background job runner off.
+this process: PostgreSQL store, artifacts proxied to S3 (``local/mlflow_store.py``), job runner off.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import os
 import sys
 import uuid
 
+from airflow_gitops.local.mlflow_store import ARTIFACTS_ENV, STORE_ENV
+
 ARTIFACT_ROOT = "mlflow-artifacts:/"  # what `mlflow server --serve-artifacts` resolves the root to
 
 
 def main(argv: list[str]) -> None:
-    host, port, store, artifacts = argv
+    host, port = argv
+    store, artifacts = os.environ[STORE_ENV], os.environ[ARTIFACTS_ENV]
     from mlflow.environment_variables import (
         _MLFLOW_IN_JOB_EXECUTOR,
         _MLFLOW_SERVER_BOOT_ID,

@@ -198,19 +198,26 @@ class LocalPlatform:
         for phase in Phase:
             if phase is Phase.AIRFLOW:
                 self._migrate(step)
-            for c in components.enabled(lay):
-                if c.phase is phase:
-                    step(f"starting {c.name}")
-                    self.supervisor.start(c.name)
-            if phase is Phase.DATABASE and lay.runs_local_postgres:
-                if not wait_until(self.postgres.ready, 60):
-                    raise PlatformError(
-                        "PostgreSQL did not accept connections within 60 s",
-                        "read its log: `airflow-gitops logs postgres`",
-                        log=str(self.supervisor.log_of("postgres")),
-                    )
-                self.postgres.ensure_database()
+            started = [c for c in components.enabled(lay) if c.phase is phase]
+            for c in started:
+                if c.prepare:
+                    c.prepare(self, step)
+                step(f"starting {c.name}")
+                self.supervisor.start(c.name)
+            for c in started:
+                if c.on_ready:
+                    self._wait_ready(c)
+                    c.on_ready(self)
         self._wait_healthy(step)
+
+    def _wait_ready(self, c) -> None:
+        """Until ``c`` answers its health probe (its ``on_ready`` needs it), or fail naming its log."""
+        if not wait_until(lambda: c.healthy(self, None), c.ready_timeout):
+            raise PlatformError(
+                f"{c.name} did not answer within {c.ready_timeout:.0f} s",
+                f"read its log: `airflow-gitops logs {c.name}`",
+                log=str(self.supervisor.log_of(c.name)),
+            )
 
     def _names(self) -> list[str]:
         return [c.name for c in components.enabled(self.layout)]

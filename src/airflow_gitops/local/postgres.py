@@ -163,23 +163,23 @@ class LocalPostgres:
         except Exception:
             return False
 
-    def ensure_database(self) -> None:
-        """Create the ``airflow`` role and database (idempotent); keep the role's password in sync."""
-        password = keystore.db_password(self.layout.spec)
+    def ensure_database(self, name: str = DB_NAME, user: str = DB_USER, password: str | None = None) -> None:
+        """Create a role and its database (idempotent); keep the role's password in sync."""
+        password = password or keystore.db_password(self.layout.spec)
         conn = self._connect("postgres", keystore.pg_superuser_password(self.layout.spec), "postgres")
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_USER,))
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
             verb = "ALTER" if cur.fetchone() else "CREATE"
-            cur.execute(f"{verb} ROLE {DB_USER} WITH LOGIN PASSWORD %s", (password,))
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))
+            cur.execute(f"{verb} ROLE {user} WITH LOGIN PASSWORD %s", (password,))
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if not cur.fetchone():
-                cur.execute(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}")
+                cur.execute(f"CREATE DATABASE {name} OWNER {user}")
         conn.close()
 
-    def url(self) -> str:
-        password = keystore.db_password(self.layout.spec)
-        return f"postgresql+psycopg2://{DB_USER}:{password}@{HOST}:{self.port}/{DB_NAME}"
+    def url(self, name: str = DB_NAME, user: str = DB_USER, password: str | None = None) -> str:
+        password = password or keystore.db_password(self.layout.spec)
+        return f"postgresql+psycopg2://{user}:{password}@{HOST}:{self.port}/{name}"
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.25) -> bool:
