@@ -7,10 +7,16 @@ fixtures): each Airflow start costs seconds on a busy machine. The good reposito
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from airflow_gitops import cli
@@ -215,3 +221,56 @@ def test_missing_dag_folder_names_folders_with_python(tmp_path, monkeypatch):
     code, out = _check(str(repo), cwd=tmp_path, monkeypatch=monkeypatch)
     assert code == 1 and "Traceback" not in out
     assert "no DAG folder 'dags'" in out and "pipelines" in out and "--dags-folder" in out
+
+
+def _locked() -> dict[str, str]:
+    lock = tomllib.loads((Path(__file__).resolve().parent.parent / "uv.lock").read_text())
+    return {p["name"]: p["version"] for p in lock["package"]}
+
+
+def test_ci_workflow_pins_the_platforms_versions_and_runs_check():
+    workflow = yaml.safe_load((template_dir() / ".github" / "workflows" / "dag-ci.yml").read_text())
+    steps = workflow["jobs"]["check"]["steps"]
+    runs = " ".join(s.get("run", "") for s in steps)
+    assert any(s.get("with", {}).get("python-version") == "3.11" for s in steps)
+    assert "-r requirements.txt" in runs and "pytest" in runs and '"airflow-gitops @ git+https://' in runs
+    assert "airflow-gitops check --json" in runs
+    pins = dict(re.findall(r'"([a-z0-9-]+)==([^"]+)"', runs))
+    locked = _locked()
+    assert pins["apache-airflow"] == locked["apache-airflow"]
+    assert {name: locked.get(name) for name in pins} == pins  # every pin is the lock's version
+    readme = (template_dir() / "README.md").read_text()
+    assert f'"apache-airflow=={locked["apache-airflow"]}"' in readme
+    assert "git config core.hooksPath hooks" in readme and "YOUR-ORG" in readme
+
+
+def test_pre_push_hook_blocks_a_push_with_a_broken_dag(tmp_path):
+    """The hook as git runs it: core.hooksPath=hooks, `git push` to a bare repository is refused."""
+    repo = tmp_path / "dag-repo"
+    shutil.copytree(template_dir(), repo, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    assert os.access(repo / "hooks" / "pre-push", os.X_OK)
+    (repo / "dags" / "broken.py").write_text("from airflow.sdk import dag\nimport package_that_does_not_exist\n")
+    bare = tmp_path / "remote.git"
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # airflow-gitops of this venv
+        "HOME": str(tmp_path),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "AIRFLOW_GITOPS_CHECK_ARGS": "--no-tests",
+        "COLUMNS": "200",  # rich wraps at 80 columns when not on a terminal
+    }
+    for args in (
+        ["init", "-q", "--bare", str(bare)],
+        ["-C", str(repo), "init", "-q", "-b", "main"],
+        ["-C", str(repo), "config", "core.hooksPath", "hooks"],
+        ["-C", str(repo), "add", "-A"],
+        ["-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dags"],
+    ):
+        subprocess.run(["git", *args], env=env, check=True, capture_output=True)
+    push = subprocess.run(
+        ["git", "-C", str(repo), "push", str(bare), "main"], env=env, capture_output=True, text=True, timeout=300
+    )
+    out = push.stdout + push.stderr
+    assert push.returncode != 0, out
+    assert "dags/broken.py:2" in out and "package_that_does_not_exist" in out and "failed to push" in out
+    refs = subprocess.run(["git", "-C", str(bare), "show-ref"], capture_output=True, text=True)
+    assert refs.stdout == ""  # nothing reached the remote
