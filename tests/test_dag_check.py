@@ -209,6 +209,37 @@ def test_table_output_and_exit_code(broken_repo, tmp_path, monkeypatch):
     assert "6 failed: dags/cycle.py, dags/dup.py, dags/good.py, dags/missing.py, dags/snow.py, dags/syntax.py" in out
 
 
+def test_platform_yaml_gives_the_dag_folder_and_the_import_timeout(tmp_path, monkeypatch):
+    """-f platform.yaml: dags.sub_path is the folder, airflow.config's dagbag_import_timeout the limit."""
+    spec = "dags:\n  sub_path: pipelines\nairflow:\n  config:\n    core:\n      dagbag_import_timeout: 2\n"
+    dag = GOOD.format(dag_id="slowish").replace(
+        "from datetime import datetime", "import time\ntime.sleep(0.8)\n" + "from datetime import datetime"
+    )
+    repo = _write(
+        tmp_path / "repo",
+        {
+            "platform.yaml": spec,
+            "pipelines/sleepy.py": "import time\nfrom airflow.sdk import dag\ntime.sleep(5)  # line 3\n",
+            "pipelines/slowish.py": dag,
+        },
+    )
+    code, out = _check(str(repo), "-f", str(repo / "platform.yaml"), "--json", cwd=tmp_path, monkeypatch=monkeypatch)
+    report = json.loads(out)
+    assert code == 1 and report["dags_folder"] == "pipelines" and report["import_timeout"] == 2
+    sleepy, slowish = report["files"]
+    assert sleepy["file"] == "pipelines/sleepy.py" and sleepy["status"] == "fail"
+    assert sleepy["problems"] == [
+        "pipelines/sleepy.py:3: still importing when [core] dagbag_import_timeout (2 s) ran out; "
+        "Airflow stopped it here"
+    ]
+    assert 2 <= sleepy["parse_seconds"] < 5
+    assert slowish["status"] == "warn" and slowish["dags"] == ["slowish"], slowish
+    assert (
+        slowish["problems"][0].startswith("parsed in ")
+        and "over 25% of [core] dagbag_import_timeout" in slowish["problems"][0]
+    )
+
+
 def test_path_that_does_not_exist_is_one_clean_message(tmp_path, monkeypatch):
     code, out = _check(str(tmp_path / "nowhere"), cwd=tmp_path, monkeypatch=monkeypatch)
     assert code == 1
@@ -221,6 +252,8 @@ def test_missing_dag_folder_names_folders_with_python(tmp_path, monkeypatch):
     code, out = _check(str(repo), cwd=tmp_path, monkeypatch=monkeypatch)
     assert code == 1 and "Traceback" not in out
     assert "no DAG folder 'dags'" in out and "pipelines" in out and "--dags-folder" in out
+    code, out = _check(str(repo), "--dags-folder", "flows", cwd=tmp_path, monkeypatch=monkeypatch)
+    assert code == 1 and "no DAG folder 'flows'" in out and "(--dags-folder)" in out
 
 
 def _locked() -> dict[str, str]:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import PlatformError
@@ -151,9 +152,23 @@ def missing_package(message: str, trace: str) -> tuple[str, str] | None:
     return module, _DISTRIBUTIONS.get(top, top)
 
 
-def _error_problem(file: str, trace: str) -> tuple[str, str, str | None]:
+def _timed_out(trace: str) -> bool:
+    return "DagBag import timeout" in trace or trace.startswith("killed after ")
+
+
+def _error_problem(file: str, trace: str, timeout: float) -> tuple[str, str, str | None]:
     """(problem, fix, missing distribution) for one file's import error."""
     where, message = _error_location(file, trace)
+    slow_fix = "move slow work (queries, downloads, heavy imports) out of module level into tasks"
+    if trace.startswith("killed after "):
+        return f"{file}: {trace}", slow_fix, None
+    if _timed_out(trace):
+        return (
+            f"{where}: still importing when [core] dagbag_import_timeout ({timeout:g} s) ran out; "
+            "Airflow stopped it here",
+            slow_fix,
+            None,
+        )
     missing = missing_package(message, trace)
     if missing:
         module, dist = missing
@@ -168,12 +183,6 @@ def _error_problem(file: str, trace: str) -> tuple[str, str, str | None]:
         return (
             f"{where}: {message}",
             "remove the dependency that closes the loop (the named task is on it); Airflow refuses the DAG",
-            None,
-        )
-    if "AirflowTaskTimeout" in message or "DagBag import timeout" in trace:
-        return (
-            f"{where}: import timed out ({message})",
-            "move slow work (queries, downloads, heavy imports) out of module level into tasks",
             None,
         )
     if "SyntaxError" in message or "IndentationError" in message:
@@ -198,10 +207,12 @@ def _file_report(raw: dict, timeout: float) -> FileReport:
             row.status = status
 
     if raw.get("error"):
-        problem, fix, row.missing_package = _error_problem(raw["file"], raw["error"])
+        problem, fix, row.missing_package = _error_problem(raw["file"], raw["error"], timeout)
         add(Status.fail, problem, fix)
     seconds = raw["seconds"]
-    if seconds > timeout:
+    if raw.get("error") and _timed_out(raw["error"]):
+        pass  # said above
+    elif seconds > timeout:
         add(
             Status.fail,
             f"parsed in {seconds:.1f} s, above [core] dagbag_import_timeout ({timeout:g} s): Airflow drops the file",
@@ -421,7 +432,7 @@ def check_repo(
 
 def print_report(report: CheckReport, console: Console) -> None:
     table = Table(
-        title=f"DAG check: {report.path} ({report.dags_folder}/, Airflow {report.airflow_version or '?'})",
+        title=escape(f"DAG check: {report.path} ({report.dags_folder}/, Airflow {report.airflow_version or '?'})"),
         expand=False,
     )
     table.add_column("file", no_wrap=True)
@@ -430,12 +441,16 @@ def print_report(report: CheckReport, console: Console) -> None:
     table.add_column("status", no_wrap=True)
     table.add_column("problem / fix", overflow="fold")
     for f in report.files:
-        text = "\n".join(f.problems + [f"fix: {x}" for x in f.fixes])
+        text = escape("\n".join(f.problems + [f"fix: {x}" for x in f.fixes]))
         table.add_row(
-            f.file, ", ".join(f.dags) or "-", f"{f.parse_seconds:.2f}", f"[{STYLE[f.status]}]{f.status}[/]", text
+            escape(f.file),
+            escape(", ".join(f.dags)) or "-",
+            f"{f.parse_seconds:.2f}",
+            f"[{STYLE[f.status]}]{f.status}[/]",
+            text,
         )
     t = report.tests
-    text = t.summary + (f"\nfix: {t.fix}" if t.fix else "")
+    text = escape(t.summary + (f"\nfix: {t.fix}" if t.fix else ""))
     seconds = f"{t.seconds:.1f}" if t.status is not Status.skip else "-"
     table.add_row("tests/ (pytest)", "", seconds, f"[{STYLE[t.status]}]{t.status}[/]", text)
     console.print(table)
@@ -448,10 +463,10 @@ def print_report(report: CheckReport, console: Console) -> None:
         + (f" (slowest {slowest.file} {slowest.parse_seconds:.2f} s)" if slowest else "")
         + f"; tests: {t.summary.split(':')[0]}; total {report.seconds:.1f} s"
     )
-    console.print(line, highlight=False)
+    console.print(escape(line), highlight=False)
     failed = [f.file for f in report.files if f.status is Status.fail] + (["tests"] if t.status is Status.fail else [])
     if failed:
-        console.print(f"[bold red]{len(failed)} failed:[/] {', '.join(failed)}", highlight=False)
+        console.print(f"[bold red]{len(failed)} failed:[/] {escape(', '.join(failed))}", highlight=False)
     else:
         w = counts["warn"] + (t.status is Status.warn)
         console.print(f"[green]no failures[/] ({w} warning{'s' * (w != 1)})", highlight=False)

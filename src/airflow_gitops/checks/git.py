@@ -78,13 +78,15 @@ def check_sub_path(spec: PlatformSpec, clone: Path) -> CheckResult:
 
 # One child-process parser for doctor's ``git.dag_imports`` row and ``airflow-gitops check``. It runs in
 # this platform's Python (so its exact Airflow and providers) and does what the DAG processor does per
-# file: pre-import the file's ``airflow.*`` imports in the parent (``parsing_pre_import_modules``), then
-# fork and parse the one file with a ``BundleDagBag`` whose bundle path (on ``sys.path``) is the DAG
-# folder, under ``[core] dagbag_import_timeout``. Each file's DAG ids, parse seconds, import error,
-# top-level imports slower than the threshold (timed by wrapping ``__import__`` for calls made from the
-# file itself) and Airflow's DAG-version-inflation findings come back as one JSON document.
+# file: with the processor's own modules loaded, pre-import the file's ``airflow.*`` imports in the
+# parent (``parsing_pre_import_modules``; here also the names taken from them), then fork and parse
+# the one file with a ``BundleDagBag`` whose bundle path (on ``sys.path``) is the DAG folder, under
+# ``[core] dagbag_import_timeout``. One file at a time by default, so a file's seconds are its own,
+# not shared with a neighbour's. Each file's DAG ids, parse seconds, import error, top-level imports
+# slower than the threshold (timed by wrapping ``__import__`` for calls made from the file itself)
+# and Airflow's DAG-version-inflation findings come back as one JSON document.
 _PARSE_SCRIPT = r"""
-import builtins, importlib, json, os, re, select, signal, sys, time, traceback
+import ast, builtins, importlib, json, os, re, select, signal, sys, time, traceback
 from pathlib import Path
 root, folder, opts = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 os.environ.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_ERROR_TRACEBACK_DEPTH", "50")
@@ -92,6 +94,10 @@ import airflow
 from airflow.configuration import conf
 from airflow.dag_processing.dagbag import BundleDagBag
 import airflow.sdk  # every DAG file imports it; the DAG processor has it loaded before parsing
+try:  # what the DAG processor has loaded before it forks the child that parses a file
+    import airflow.dag_processing.processor
+except Exception:
+    pass
 try:
     from airflow.dag_processing.importers import get_importer_registry
     def list_files():
@@ -100,10 +106,6 @@ except ImportError:  # Airflow < 3.3
     from airflow.utils.file import list_py_file_paths
     def list_files():
         return list_py_file_paths(str(folder), safe_mode=True, include_examples=False)
-try:
-    from airflow.utils.file import iter_airflow_imports
-except ImportError:
-    iter_airflow_imports = lambda path: ()
 try:
     from airflow.utils.dag_version_inflation_checker import check_dag_file_stability
 except ImportError:
@@ -147,7 +149,10 @@ def parse(path):
         try:
             result = check_dag_file_stability(path)
             level = result.check_level.value
-            inflation = [f"line {w.line}: {w.message} ({w.code})" for w in result.warnings.values()]
+            inflation = [
+                f"line {w.line}: {w.message}" + (f" ({w.code[:80]}...)" if len(w.code) > 80 else f" ({w.code})")
+                for w in result.warnings.values()
+            ]
         except Exception:
             pass
     return {
@@ -162,7 +167,33 @@ def parse(path):
     }
 
 
-def in_child(path):
+def pre_import(path):
+    # [dag_processor] parsing_pre_import_modules, and the names the file takes from them: Airflow
+    # resolves `from airflow.sdk import Param` lazily, a cost no DAG file can avoid; the file's time
+    # is then its own.
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except Exception:
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            wanted = [(a.name, ()) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            wanted = [(node.module, [a.name for a in node.names])]
+        else:
+            continue
+        for module, names in wanted:
+            if module != "airflow" and not module.startswith("airflow."):
+                continue
+            try:
+                mod = importlib.import_module(module)
+                for name in names:
+                    getattr(mod, name, None)
+            except Exception:
+                pass
+
+
+def fork(path):
     # One forked child per file, as the DAG processor does: nothing leaks from one file to the next.
     sys.stdout.flush()
     sys.stderr.flush()
@@ -178,38 +209,57 @@ def in_child(path):
             out.write(payload.encode())
         os._exit(0)
     os.close(write)
-    start = time.monotonic()
-    deadline, data = start + timeout + 15, b""
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([read], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                return {"file": rel(path), "dags": [], "seconds": round(time.monotonic() - start, 3),
-                        "error": f"killed after {time.monotonic() - start:.0f} s: the file did not finish importing "
-                                 f"within Airflow's {timeout:g} s import timeout"}
-            chunk = os.read(read, 1 << 16)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(read)
-    _, status = os.waitpid(pid, 0)
-    if not data:
-        return {"file": rel(path), "dags": [], "seconds": round(time.monotonic() - start, 3),
+    return read, {"pid": pid, "path": path, "start": time.monotonic(), "data": b""}
+
+
+def parse_in_children(paths, workers):
+    # Up to `workers` files at once (as [dag_processor] parsing_processes would); each one is killed
+    # when it outlives the import timeout by 15 s (Airflow's own SIGALRM timeout normally ends it first).
+    results, running, todo = {}, {}, list(paths)
+    while todo or running:
+        while todo and len(running) < workers:
+            path = todo.pop(0)
+            pre_import(path)
+            fd, job = fork(path)
+            running[fd] = job
+        now = time.monotonic()
+        wait = max(0.0, min(job["start"] + timeout + 15 - now for job in running.values()))
+        ready = select.select(list(running), [], [], wait)[0]
+        for fd in ready:
+            job = running[fd]
+            chunk = os.read(fd, 1 << 16)
+            if chunk:
+                job["data"] += chunk
+                continue
+            os.close(fd)
+            del running[fd]
+            _, status = os.waitpid(job["pid"], 0)
+            seconds = round(time.monotonic() - job["start"], 3)
+            results[job["path"]] = json.loads(job["data"]) if job["data"] else {
+                "file": rel(job["path"]), "dags": [], "seconds": seconds,
                 "error": f"the parsing process died (wait status {status}) while importing the file"}
-    return json.loads(data)
+        for fd, job in list(running.items()):
+            seconds = time.monotonic() - job["start"]
+            if seconds > timeout + 15:
+                os.kill(job["pid"], signal.SIGKILL)
+                os.waitpid(job["pid"], 0)
+                os.close(fd)
+                del running[fd]
+                results[job["path"]] = {
+                    "file": rel(job["path"]), "dags": [], "seconds": round(seconds, 3),
+                    "error": f"killed after {seconds:.0f} s: the file did not finish importing within "
+                             f"Airflow's {timeout:g} s import timeout"}
+    return [results[p] for p in paths]
 
 
-files = []
-for path in sorted(list_files()):
-    for module in iter_airflow_imports(path):  # [dag_processor] parsing_pre_import_modules
-        try:
-            importlib.import_module(module)
-        except Exception:
-            pass
-    files.append(in_child(path) if hasattr(os, "fork") else parse(path))
+paths = sorted(list_files())
+if hasattr(os, "fork"):
+    files = parse_in_children(paths, max(1, int(opts.get("workers", 1))))
+else:
+    files = []
+    for path in paths:
+        pre_import(path)
+        files.append(parse(path))
 print("\n@@RESULT@@" + json.dumps({
     "airflow_version": airflow.__version__,
     "python": sys.executable,
@@ -284,7 +334,13 @@ class ParseError(Exception):
 
 
 def parse_dag_files(
-    spec: PlatformSpec, root: Path, folder: Path, *, timeout: float = 180, slow_import_seconds: float = 0.5
+    spec: PlatformSpec,
+    root: Path,
+    folder: Path,
+    *,
+    timeout: float = 180,
+    slow_import_seconds: float = 0.5,
+    workers: int = 1,
 ) -> dict:
     """Parse every DAG file under ``folder`` in a child process of this platform's Python.
 
@@ -293,7 +349,7 @@ def parse_dag_files(
     relative to ``root`` (the repository). Raises :class:`ParseError` when the parser cannot run or
     takes longer than ``timeout`` seconds in all.
     """
-    opts = json.dumps({"slow_import_seconds": slow_import_seconds})
+    opts = json.dumps({"slow_import_seconds": slow_import_seconds, "workers": workers})
     with tempfile.TemporaryDirectory(prefix="airflow-gitops-parse-") as home:
         env = parse_env(spec, Path(home), folder)
         try:
