@@ -200,6 +200,28 @@ def doctor(target: TargetOption = TargetName.local, as_json: JsonOption = False,
 
 @app.command()
 @_friendly
+def check(
+    path: Annotated[Path, typer.Argument(help="The DAG repository's working tree (its root).")] = Path("."),
+    dags_folder: Annotated[
+        Path | None,
+        typer.Option("--dags-folder", help="DAG folder, relative to PATH (default: dags.sub_path of -f, 'dags')."),
+    ] = None,
+    tests: Annotated[bool, typer.Option("--tests/--no-tests", help="Also run the repository's pytest tests/.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds each phase (parsing, tests) may take.")] = 600,
+    as_json: JsonOption = False,
+    file: SpecOption = None,
+) -> None:
+    """DAG CI before a push: parse every DAG file as the platform does, then run the repo's tests."""
+    from .checks.dag_check import check_command
+
+    code = check_command(
+        _spec(file), path, dags_folder=dags_folder, run_tests=tests, timeout=timeout, as_json=as_json, console=console
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+@_friendly
 def verify(
     target: TargetOption = TargetName.local,
     probe: Annotated[
