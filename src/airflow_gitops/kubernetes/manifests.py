@@ -11,7 +11,7 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import contract, dburl
+from .. import contract, dburl, managed
 from .. import keystore as keys
 from ..contract import SecretKey
 from ..errors import PlatformError
@@ -141,6 +141,9 @@ def build_secrets(spec: PlatformSpec) -> SecretBundle:
     config_secrets = contract.secret_config_keys(spec)
     if config_secrets:
         out.secrets.append(_secret(spec, names.config_secret, config_secrets))
+    if contract.declared_env_names(spec):
+        # Every ${VAR} and from_file read now; each becomes AIRFLOW_CONN_* / AIRFLOW_VAR_* on every pod.
+        out.secrets.append(_secret(spec, names.connections_secret, managed.resolve(spec).env()))
 
     git: dict[str, str] = {}
     key = deploy_key(spec)
