@@ -808,6 +808,26 @@ class PlatformSpec(_Model):
     def dag_repo_url(self) -> str:
         return self.dags.repo or str(self.local_repo)
 
+    def env_references(self) -> set[str]:
+        """Every environment variable a ``${NAME}`` in platform.yaml refers to (database.url, connections,
+        variables): read by airflow-gitops when it applies the file."""
+        texts: list[str] = [self.database.url or ""]
+
+        def walk(value: Any) -> None:
+            if isinstance(value, str):
+                texts.append(value)
+            elif isinstance(value, dict):
+                for v in value.values():
+                    walk(v)
+            elif isinstance(value, list):
+                for v in value:
+                    walk(v)
+
+        for conn in self.connections.values():
+            walk([conn.description, conn.host, conn.login, conn.password, conn.schema_, conn.extra])
+        walk(list(self.variables.values()))
+        return {name for text in texts for name in dburl.references(text)}
+
     def declared_files(self) -> dict[str, Path]:
         """Key path -> file of every ``{from_file: PATH}`` under connections and variables (resolved)."""
         found: dict[str, Path] = {}

@@ -247,7 +247,9 @@ class LocalPlatform:
             self.postgres.initdb(lay.logs / "initdb.log")
         keystore.write_private(self.env_file, json.dumps(self.airflow_env()))
         self.supervisor.write_conf(self.programs())
-        self.supervisor.start_daemon()
+        # The ${VAR}s platform.yaml refers to are read by airflow-gitops (database.url, connections,
+        # variables), never by Airflow: they stay out of every component's and task's environment.
+        self.supervisor.start_daemon(hide=self.spec.env_references())
         for phase in Phase:
             if phase is Phase.AIRFLOW:
                 self._migrate(step)
