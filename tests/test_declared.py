@@ -4,6 +4,7 @@ Kubernetes render (a Secret read through the chart's `secret` list; pools throug
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -310,11 +311,28 @@ def test_kubernetes_render_puts_connections_and_variables_into_a_secret_never_va
     assert "airflow pools import" in script and '"pools", "delete"' in script and "{{" not in script
 
 
+def test_kubernetes_pods_roll_when_a_declared_value_changes_and_the_checksum_reveals_nothing(tmp_path, monkeypatch):
+    data = {**platform(tmp_path), **declared(tmp_path, "t" * 20)}
+    spec = parse_spec(data, base_dir=tmp_path)
+    sums = []
+    for password in ("first-" + secrets.token_urlsafe(8), "second-" + secrets.token_urlsafe(8)):
+        monkeypatch.setenv("WAREHOUSE_PASSWORD", password)
+        r = render(spec, tmp_path / "out")
+        sums.append(r.values["airflowPodAnnotations"]["airflow-gitops/connections-checksum"])
+        assert password not in (tmp_path / "out" / "values.yaml").read_text()
+    assert sums[0] != sums[1] and render(spec, tmp_path / "out").values["airflowPodAnnotations"] == {
+        "airflow-gitops/connections-checksum": sums[1]
+    }
+    env = managed.resolve(spec).env()
+    assert hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()[:32] != sums[1]
+
+
 def test_kubernetes_without_declarations_has_no_connections_secret(tmp_path):
     spec = parse_spec(platform(tmp_path), base_dir=tmp_path)
     r = render(spec, tmp_path / "out")
     assert "airflow-connections" not in {s["metadata"]["name"] for s in r.secrets.secrets}
     assert "airflow-connections" not in contract.secret_keys(spec)
+    assert "airflowPodAnnotations" not in r.values
     # An emptied `pools:` still runs the pool step: it deletes the pools it managed.
     assert next(e["value"] for e in r.values["createUserJob"]["env"] if e["name"] == "AIRFLOW_GITOPS_POOLS") == "{}"
 

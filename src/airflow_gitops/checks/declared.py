@@ -54,8 +54,9 @@ def drift_checks(spec: PlatformSpec, conn, keys: list[bytes] | None) -> list[Che
         wanted, by_hand = result.managed[kind], result.hand_made[kind]
         row = f"declared.{kind}"
         if not changes:
-            left = f"; {len(by_hand)} made by hand, left alone" if by_hand else ""
-            rows.append(ok(row, f"{len(wanted)} managed, as platform.yaml declares them{left}"))
+            if wanted or by_hand:
+                left = f"; {len(by_hand)} made by hand, left alone" if by_hand else ""
+                rows.append(ok(row, f"{len(wanted)} managed, as platform.yaml declares them{left}"))
             continue
         parts = []
         for action, label in (
@@ -69,4 +70,4 @@ def drift_checks(spec: PlatformSpec, conn, keys: list[bytes] | None) -> list[Che
                 named = ", ".join(f"{c.name} ({', '.join(c.fields)})" if c.fields else c.name for c in items)
                 parts.append(f"{label}: {named}")
         rows.append(warn(row, "; ".join(parts), SYNC))
-    return rows
+    return rows or [ok(name, "platform.yaml declares no connections, variables or pools, and none are managed")]

@@ -93,6 +93,7 @@ def secret_env(spec: PlatformSpec) -> list[dict[str, str]]:
 
 
 POOLS_ENV = "AIRFLOW_GITOPS_POOLS"
+CONNECTIONS_CHECKSUM = "airflow-gitops/connections-checksum"
 # The chart has no pools setting and runs no hook of ours, so the create-user job (a post-install /
 # post-upgrade hook, after the migration job) applies them with Airflow's own CLI: import the declared
 # pools (created or updated), then delete the ones carrying the marker that platform.yaml no longer
@@ -148,6 +149,7 @@ def build_values(
     known_hosts: str | None = None,
     chart_defaults: dict[str, Any] | None = None,
     warnings: list[str] | None = None,
+    connections_checksum: str | None = None,
 ) -> dict[str, Any]:
     """The chart values. ``known_hosts`` is the pinned known_hosts text (public, not a secret).
 
@@ -197,6 +199,9 @@ def build_values(
     }
     if secret_env(spec):
         values["secret"] = secret_env(spec)
+    if connections_checksum:
+        # Pods read AIRFLOW_CONN_*/AIRFLOW_VAR_* when they start: a changed value must roll them.
+        values["airflowPodAnnotations"] = {CONNECTIONS_CHECKSUM: connections_checksum}
     values["createUserJob"] = create_user_job(spec)
     if spec.airflow.executor == "CeleryExecutor":
         values["redis"] = {"enabled": True}

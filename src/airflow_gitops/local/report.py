@@ -50,7 +50,7 @@ def print_status(report: PlatformStatus, console: Console) -> None:
     for label, items in report.persistence.items():
         if items:
             console.print(f"  {label.capitalize():15} {'; '.join(items)}")
-    if report.declared:
+    if any(n for counts in report.declared.values() for n in counts.values()):
         parts = [
             f"{kind} {c['managed']} managed" + (f", {c['hand_made']} made by hand" if c["hand_made"] else "")
             for kind, c in report.declared.items()
