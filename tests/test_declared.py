@@ -197,6 +197,14 @@ def test_invalid_declarations_through_the_cli_one_line_each_no_traceback(tmp_pat
     assert not (tmp_path / ".airflow-gitops").exists() and not (tmp_path / "out").exists()
 
 
+def test_an_unquoted_reference_in_flow_style_gets_a_hint(tmp_path):
+    spec_file = tmp_path / "platform.yaml"
+    spec_file.write_text("connections:\n  w: {conn_type: postgres, password: ${WAREHOUSE_PASSWORD}, schema: a}\n")
+    result = runner.invoke(app, ["status", "-f", str(spec_file)])
+    assert result.exit_code == 1 and "not valid YAML" in result.output
+    assert "password: '${DB_PASSWORD}'" in result.output and "Traceback" not in result.output
+
+
 # --- resolution --------------------------------------------------------------------------------------------
 def test_references_resolve_when_applying_and_secrets_are_listed(tmp_path):
     token, password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)

@@ -1200,7 +1200,12 @@ def load_spec(path: Path | str | None = None) -> PlatformSpec:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         problem = ", ".join(filter(None, (getattr(err, "context", None), getattr(err, "problem", None)))) or str(err)
-        raise SpecError(str(path), [(where, f"not valid YAML: {_short(problem)[1:-1]}")]) from None
+        message = f"not valid YAML: {_short(problem)[1:-1]}"
+        lines = text.splitlines()
+        if mark and mark.line < len(lines) and "${" in lines[mark.line]:
+            # Inside {...} or [...], the braces of an unquoted ${NAME} end the mapping early.
+            message += "; quote a ${NAME} reference written inside {...} or [...], e.g. password: '${DB_PASSWORD}'"
+        raise SpecError(str(path), [(where, message)]) from None
     except RecursionError:
         raise SpecError(str(path), [("(file)", "nested too deeply; flatten it")]) from None
     finally:
