@@ -19,10 +19,10 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "airflow_gitops"
 
 # Each unit may import only units of a LOWER layer (or itself). Top-level modules are units of their own.
 LAYERS = [
-    {"errors", "contract", "binaries", "dburl"},
+    {"errors", "contract", "binaries", "dburl", "providers"},
     {"spec"},
     {"keystore", "gitremote", "target"},
-    {"fernetkeys", "dag_repo"},
+    {"fernetkeys", "dag_repo", "managed"},
     {"local", "kubernetes"},
     {"checks", "init"},
     {"cli"},

@@ -340,7 +340,7 @@ def test_kubernetes_login_is_ours_never_the_charts_admin_admin(tmp_path):
     r = render(spec_in(tmp_path), tmp_path / "out")
     job = r.values["createUserJob"]
     assert job["enabled"] and job["defaultUser"]["password"] == ""
-    (env,) = job["env"]
+    env = next(e for e in job["env"] if e["name"] == "AIRFLOW_GITOPS_ADMIN_PASSWORD")
     assert env["valueFrom"]["secretKeyRef"] == {"name": "airflow-admin-password", "key": "password"}
     script = job["args"][-1]
     # The password reaches `airflow users create` on stdin, never as an argument.

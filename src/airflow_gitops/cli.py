@@ -129,6 +129,28 @@ def status(file: SpecOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 @_friendly
+def sync(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; apply nothing.")] = False,
+    as_json: JsonOption = False,
+    file: SpecOption = None,
+) -> None:
+    """Apply platform.yaml's connections, variables and pools to the running local platform.
+
+    Creates and updates what the file declares, deletes what it managed and no longer declares, and
+    leaves what was made by hand in the UI alone. Prints names and fields, never a value.
+    """
+    from .local.platform import LocalPlatform
+    from .local.sync import print_plan
+
+    result = LocalPlatform(_spec(file)).sync(console, dry_run=dry_run)
+    if as_json:
+        print(json.dumps({**result.to_dict(), "dry_run": dry_run, "summary": result.summary()}, indent=2))
+    else:
+        print_plan(result, console, dry_run=dry_run)
+
+
+@app.command()
+@_friendly
 def logs(
     component: Annotated[str | None, typer.Argument(help="Component name; all when omitted.")] = None,
     lines: Annotated[int, typer.Option("--lines", "-n")] = 40,

@@ -13,6 +13,7 @@ This module imports nothing of the package at run time (``spec`` validates ``air
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,19 @@ PROBE_BRANCH = "airflow-gitops/probe"
 def conn_env_name(conn_id: str) -> str:
     """The environment variable Airflow reads a Connection from."""
     return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def var_env_name(key: str) -> str:
+    """The environment variable Airflow reads a Variable from."""
+    return f"AIRFLOW_VAR_{key.upper()}"
+
+
+def declared_env_names(spec: PlatformSpec) -> list[str]:
+    """``AIRFLOW_CONN_*`` / ``AIRFLOW_VAR_*`` of the Connections and Variables platform.yaml declares
+    (on Kubernetes: the keys of the Secret ``secrets.connections_secret``)."""
+    return sorted(
+        [conn_env_name(c) for c in spec.connections] + [var_env_name(v) for v in spec.variables],
+    )
 
 
 def bundle_config(spec: PlatformSpec, *, probe: bool = False) -> list[dict[str, Any]]:
@@ -115,6 +129,7 @@ class SecretKey:
     AWS_CREDENTIALS = "credentials"
     AWS_CONFIG = "config"
     ADMIN_PASSWORD = "password"
+    # The connections Secret holds one key per declared Connection/Variable, named like its env var.
 
 
 def secret_keys(spec: PlatformSpec) -> dict[str, list[str]]:
@@ -130,6 +145,8 @@ def secret_keys(spec: PlatformSpec) -> dict[str, list[str]]:
     }
     if secret_config_keys(spec):
         out[names.config_secret] = sorted(secret_config_keys(spec))
+    if declared_env_names(spec):
+        out[names.connections_secret] = declared_env_names(spec)
     git: list[str] = []
     if spec.dags.is_ssh:
         git += [SecretKey.GIT_SSH_KEY, SecretKey.KNOWN_HOSTS]
@@ -193,6 +210,27 @@ SETTINGS: dict[tuple[str, str], Setting] = {
 # An airflow.config key whose name says it holds a secret never goes into chart values (0644, in the
 # Helm release): on Kubernetes it becomes AIRFLOW__SECTION__KEY from a Secret.
 SECRET_WORDS = ("password", "secret", "token", "passwd", "credential", "private_key", "api_key")
+# A Connection extra key or a Variable name that says its value is a secret (SECRET_WORDS, what Airflow's
+# own secrets masker hides, and any name ending in "key": account_key, sas_key, ...): platform.yaml
+# must give such a value by reference (${VAR} or {from_file: PATH}), never inline.
+SECRET_NAME_WORDS = (
+    *SECRET_WORDS,
+    "passphrase",
+    "apikey",
+    "access_key",
+    "keyfile",
+    "service_account",
+    "authorization",
+    "bearer",
+    "connection_string",
+    "webhook_url",
+)
+
+
+def looks_secret(name: str) -> bool:
+    """Does a Connection extra key or a Variable name say that its value is a secret?"""
+    normalized = re.sub(r"\W+", "_", name.strip().lower())
+    return any(w in normalized for w in SECRET_NAME_WORDS) or normalized == "key" or normalized.endswith("_key")
 
 
 def secret_config_keys(spec: PlatformSpec) -> dict[str, str]:

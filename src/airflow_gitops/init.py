@@ -63,6 +63,16 @@ local:
   state_dir: .airflow-gitops
   ports: {api: 8080, mlflow: 5000, s3: 5055, postgres: 5433}
   parallelism: 4
+
+# Airflow Connections, Variables and pools, applied by `up` / `airflow-gitops sync` (a Secret on
+# Kubernetes). Secrets by reference only: '${ENV_VAR}' or {from_file: PATH}, never inline.
+connections: {}
+#  warehouse: {conn_type: postgres, host: db.internal, login: etl, password: '${WAREHOUSE_PASSWORD}'}
+variables: {}
+#  model_threshold: "0.9"
+#  api_token: {from_file: secrets/api_token}
+pools: {}
+#  training: {slots: 2, description: GPU-less training slots}
 """
 
 

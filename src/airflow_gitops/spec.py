@@ -24,7 +24,9 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -32,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from . import contract, dburl
+from . import contract, dburl, providers
 from .errors import PlatformError
 
 DEFAULT_SPEC_FILE = "platform.yaml"
@@ -391,6 +393,8 @@ class SecretsSpec(_Model):
     admin_password_secret: str = "airflow-admin-password"
     # airflow.config entries that hold secrets (password/secret/token ... in the key's name).
     config_secret: str = "airflow-config-secrets"
+    # Declared Connections and Variables (AIRFLOW_CONN_* / AIRFLOW_VAR_*, one key each).
+    connections_secret: str = "airflow-connections"
     # Where generated key material lives (0600 files). Relative to the state directory.
     dir: Path = Path("secrets")
 
@@ -403,6 +407,7 @@ class SecretsSpec(_Model):
         "jwt_secret_secret",
         "admin_password_secret",
         "config_secret",
+        "connections_secret",
     )(classmethod(lambda cls, v: _k8s_name(v)))
 
     @field_validator("dir")
@@ -582,6 +587,182 @@ class LocalSpec(_Model):
         return v
 
 
+# --- Connections, Variables, pools ---------------------------------------------------------------------
+# Names become AIRFLOW_CONN_<NAME> / AIRFLOW_VAR_<NAME> (upper-cased) on Kubernetes and REST API paths
+# locally: letters, digits and '_', starting with a letter.
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,199}$")
+_SECRET_SECTIONS = ("connections", "variables")  # errors there never echo a value
+MAX_SECRET_FILE_BYTES = 256 * 1024
+
+
+def _identifier(what: str):
+    def check(v: str) -> str:
+        if not _IDENTIFIER.match(v):
+            raise ValueError(
+                f"{_short(v)} is not a valid {what}; use letters, digits and '_', starting with a letter "
+                "(at most 200 characters), e.g. 'warehouse'"
+            )
+        return v
+
+    return check
+
+
+def _refs_well_formed(v: str) -> str:
+    """Every '${' starts a ``${NAME}`` reference (resolved from the environment when applying)."""
+    if "${" in v and v.count("${") != len(dburl.references(v)):
+        raise ValueError(
+            "'${' must start an environment variable reference ${NAME} (letters, digits, '_'), read when the "
+            "platform is applied"
+        )
+    return v
+
+
+class FromFile(_Model):
+    """``{from_file: PATH}``: a value read from a file (relative to platform.yaml) when the platform is
+    applied, never when platform.yaml is read. The file must be ours and not a symbolic link."""
+
+    from_file: Path
+
+    @field_validator("from_file")
+    @classmethod
+    def _path(cls, v: Path) -> Path:
+        if not str(v) or str(v) == ".":
+            raise ValueError("from_file is empty; name the file holding the value, e.g. 'secrets/api_token'")
+        _printable(str(v), "the path")
+        return v
+
+
+def _from_file(v: dict) -> FromFile:
+    if set(v) != {"from_file"} or not isinstance(v["from_file"], str):
+        raise ValueError(
+            "a mapping here must be exactly {from_file: PATH} (a file read when the platform is applied); "
+            "write other values as text"
+        )
+    return FromFile(from_file=Path(v["from_file"]))
+
+
+def _inline_secret(hint: str) -> ValueError:
+    return ValueError(
+        "is a secret given inline; platform.yaml is committed, so secrets go in by reference only: write "
+        f"'${{{hint}}}' (an environment variable, read when the platform is applied) or "
+        "{from_file: PATH} (a file next to platform.yaml, kept out of Git)"
+    )
+
+
+_HINT = "NAME_OF_THE_SECRET"  # replaced by a name derived from the key path (see _problems)
+
+
+def _env_hint(path: tuple[Any, ...]) -> str:
+    """connections.warehouse.password -> WAREHOUSE_PASSWORD: the variable name an error suggests."""
+    parts = [str(p) for p in path[1:] if str(p) != "extra"]
+    return re.sub(r"[^A-Za-z0-9_]+", "_", "_".join(parts)).strip("_").upper()[:60] or "SECRET"
+
+
+def _secret_ref(v: Any) -> str | FromFile | None:
+    """A secret field: None, exactly ``${NAME}``, or ``{from_file: PATH}``. Never echoes the value."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, FromFile):
+        return v
+    if isinstance(v, dict):
+        return _from_file(v)
+    if isinstance(v, str) and dburl.VAR_REF.fullmatch(v):
+        return v
+    raise _inline_secret(_HINT)
+
+
+def _json_value(v: Any, depth: int = 0) -> Any:
+    """A JSON-like value (text, number, bool, null, list, mapping) in which ``{from_file: PATH}`` mappings
+    become :class:`FromFile` and every '${' starts a reference."""
+    if depth > 8:
+        raise ValueError("nested more than 8 levels deep; flatten it")
+    if isinstance(v, FromFile) or v is None or isinstance(v, bool | int | float):
+        return v
+    if isinstance(v, str):
+        return _refs_well_formed(v)
+    if isinstance(v, list):
+        return [_json_value(x, depth + 1) for x in v]
+    if isinstance(v, dict):
+        if "from_file" in v:
+            return _from_file(v)
+        bad = [k for k in v if not isinstance(k, str)]
+        if bad:
+            raise ValueError("keys must be text; quote them")
+        return {k: _json_value(x, depth + 1) for k, x in v.items()}
+    raise ValueError(f"must be text, a number, true/false, a list or a mapping (got a {type(v).__name__})")
+
+
+JsonValue = Annotated[Any, BeforeValidator(_json_value)]
+
+
+def _variable_value(v: Any) -> Any:
+    if v is None:
+        raise ValueError("has no value; give one (text, a number, JSON) or {from_file: PATH}")
+    return _json_value(v)
+
+
+class ConnectionSpec(_Model):
+    """One Airflow Connection (the fields of Airflow's Connection; ``extra`` as a mapping)."""
+
+    conn_type: str
+    description: str | None = None
+    host: str | None = None
+    login: str | None = None
+    # Secret: '${VAR}' or {from_file: PATH}, never inline.
+    password: Annotated[str | FromFile | None, BeforeValidator(_secret_ref)] = None
+    schema_: str | None = Field(default=None, alias="schema")
+    port: int | None = Field(default=None, ge=1, le=65535)
+    # Keys that name a secret (token, secret, password, *_key ...) take '${VAR}' or {from_file: PATH}.
+    extra: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("conn_type")
+    @classmethod
+    def _conn_type(cls, v: str) -> str:
+        if not providers.providers_found() or v in providers.connection_types():
+            return v
+        near = providers.closest(v)
+        hint = f"did you mean {' or '.join(repr(n) for n in near)}? " if near else ""
+        known = ", ".join(sorted(providers.connection_types()))
+        raise ValueError(
+            f"{_short(v)} is not a connection type of the installed Airflow providers; {hint}"
+            f"known: {known if len(known) <= 300 else known[:297] + '...'}; for another type install its provider "
+            "package (apache-airflow-providers-...) in this environment and in image.extra_requirements"
+        )
+
+    @field_validator("host", "login", "schema_", "description")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        return v if v is None else _refs_well_formed(v)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is not None and re.search(r"://[^/@\s]*:[^/@\s]*@", dburl.VAR_REF.sub("x", v)):
+            raise ValueError(
+                "carries a password in the URL (user:password@); put the password in 'password' as '${VAR}' or "
+                "{from_file: PATH} and leave it out of host"
+            )
+        return v
+
+    @property
+    def schema(self) -> str | None:  # type: ignore[override] - Airflow's name for the field
+        return self.schema_
+
+
+class PoolSpec(_Model):
+    """One Airflow pool."""
+
+    # -1: unlimited (Airflow's convention).
+    slots: int = Field(ge=-1, le=1_000_000)
+    description: str = ""
+    include_deferred: bool = False
+
+
+ConnId = Annotated[str, AfterValidator(_identifier("connection id"))]
+VariableKey = Annotated[str, AfterValidator(_identifier("variable key"))]
+PoolName = Annotated[str, AfterValidator(_identifier("pool name"))]
+
+
 class PlatformSpec(_Model):
     """A whole platform, as declared in ``platform.yaml``."""
 
@@ -597,6 +778,11 @@ class PlatformSpec(_Model):
     ingress: IngressSpec = Field(default_factory=IngressSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     local: LocalSpec = Field(default_factory=LocalSpec)
+    # Applied by `up`/`sync` locally (REST API), rendered into a Secret (and the create-user job's pool
+    # step) on Kubernetes. Values that are secrets go in as '${VAR}' or {from_file: PATH} only.
+    connections: dict[ConnId, ConnectionSpec] = Field(default_factory=dict)
+    variables: dict[VariableKey, Annotated[Any, BeforeValidator(_variable_value)]] = Field(default_factory=dict)
+    pools: dict[PoolName, PoolSpec] = Field(default_factory=dict)
 
     # Where the spec was read from; relative paths in it resolve against this folder.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
@@ -625,6 +811,48 @@ class PlatformSpec(_Model):
     def dag_repo_url(self) -> str:
         return self.dags.repo or str(self.local_repo)
 
+    def env_references(self) -> set[str]:
+        """Every environment variable a ``${NAME}`` in platform.yaml refers to (database.url, connections,
+        variables): read by airflow-gitops when it applies the file."""
+        texts: list[str] = [self.database.url or ""]
+
+        def walk(value: Any) -> None:
+            if isinstance(value, str):
+                texts.append(value)
+            elif isinstance(value, dict):
+                for v in value.values():
+                    walk(v)
+            elif isinstance(value, list):
+                for v in value:
+                    walk(v)
+
+        for conn in self.connections.values():
+            walk([conn.description, conn.host, conn.login, conn.password, conn.schema_, conn.extra])
+        walk(list(self.variables.values()))
+        return {name for text in texts for name in dburl.references(text)}
+
+    def declared_files(self) -> dict[str, Path]:
+        """Key path -> file of every ``{from_file: PATH}`` under connections and variables (resolved)."""
+        found: dict[str, Path] = {}
+
+        def walk(value: Any, path: str) -> None:
+            if isinstance(value, FromFile):  # not resolved: a symbolic link is refused when it is read
+                file = value.from_file.expanduser()
+                found[path] = file if file.is_absolute() else self.base_dir / file
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    walk(v, f"{path}.{k}")
+            elif isinstance(value, list):
+                for i, v in enumerate(value):
+                    walk(v, f"{path}.{i}")
+
+        for conn_id, conn in self.connections.items():
+            walk(conn.password, f"connections.{conn_id}.password")
+            walk(conn.extra, f"connections.{conn_id}.extra")
+        for key, value in self.variables.items():
+            walk(value, f"variables.{key}")
+        return found
+
 
 def _loc(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not str(p).startswith("function-after")]
@@ -644,6 +872,9 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = f"must be a mapping of keys (e.g. 'key: value' lines indented under it), got {_short(e.get('input'))}"
         elif e["type"] in ("int_parsing", "int_type", "bool_parsing", "bool_type", "string_type", "list_type"):
             msg = f"{msg} (got {_short(e.get('input'))})"
+        if loc and loc[0] in _SECRET_SECTIONS:
+            # A value there may be a secret: never echo one (pydantic's messages hold none; 'got ...' would).
+            msg = msg.split(" (got ", 1)[0].split(", got ", 1)[0].replace(_HINT, _env_hint(loc))
         out.append((_loc(loc), msg if len(msg) <= 600 else msg[:597] + "..."))
     return out
 
@@ -703,6 +934,59 @@ def _cross_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
     for key, name in names.items():
         if spec.ingress.tls_secret == name:
             out.append(("ingress.tls_secret", f"is {_short(name)}, the name of {key}; give it its own name"))
+    return out + _declared_problems(spec)
+
+
+def _inline_secrets(value: Any, path: tuple[str, ...], secret: bool) -> list[tuple[str, str]]:
+    """Key paths under ``value`` where a secret-looking key (or ``secret``) holds a literal instead of a
+    reference. Text that is exactly ``${NAME}`` and ``{from_file: PATH}`` are references; numbers and
+    true/false are not secrets."""
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            out += _inline_secrets(v, (*path, k), secret or contract.looks_secret(k))
+        return out
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _inline_secrets(v, (*path, str(i)), secret)]
+    if secret and isinstance(value, str) and value and not dburl.VAR_REF.fullmatch(value):
+        return [(_loc(path), str(_inline_secret(_env_hint(path))))]
+    return []
+
+
+def _declared_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
+    """connections / variables / pools: secrets by reference only, names that stay distinct as env vars."""
+    out: list[tuple[str, str]] = []
+    for kind, names in (("connections", spec.connections), ("variables", spec.variables)):
+        seen: dict[str, str] = {}
+        for name in names:
+            if name.upper() in seen:
+                out.append(
+                    (
+                        f"{kind}.{name}",
+                        f"differs from {kind}.{seen[name.upper()]} only in case; Airflow reads both from the same "
+                        f"environment variable (AIRFLOW_{'CONN' if kind == 'connections' else 'VAR'}_"
+                        f"{name.upper()}): rename one",
+                    )
+                )
+            seen[name.upper()] = name
+    for conn_id, conn in spec.connections.items():
+        reserved = {
+            contract.GIT_CONN_ID: "the Connection airflow-gitops pulls the DAG repository with (set by dags.*)",
+            "airflow_db": "the Connection the Helm chart points at the metadata database (set by database.url)",
+        }.get(conn_id.lower())
+        if reserved:
+            out.append((f"connections.{conn_id}", f"is {reserved}; pick another id"))
+        out += _inline_secrets(conn.extra, ("connections", conn_id, "extra"), False)
+    for key, value in spec.variables.items():
+        out += _inline_secrets(value, ("variables", key), contract.looks_secret(key))
+    if "default_pool" in spec.pools:
+        out.append(
+            (
+                "pools.default_pool",
+                "is Airflow's built-in pool, not one platform.yaml manages; size it with "
+                "airflow.config.core.default_pool_task_slot_count (used when the database is created) or in the UI",
+            )
+        )
     return out
 
 
@@ -919,7 +1203,12 @@ def load_spec(path: Path | str | None = None) -> PlatformSpec:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         problem = ", ".join(filter(None, (getattr(err, "context", None), getattr(err, "problem", None)))) or str(err)
-        raise SpecError(str(path), [(where, f"not valid YAML: {_short(problem)[1:-1]}")]) from None
+        message = f"not valid YAML: {_short(problem)[1:-1]}"
+        lines = text.splitlines()
+        if mark and mark.line < len(lines) and "${" in lines[mark.line]:
+            # Inside {...} or [...], the braces of an unquoted ${NAME} end the mapping early.
+            message += "; quote a ${NAME} reference written inside {...} or [...], e.g. password: '${DB_PASSWORD}'"
+        raise SpecError(str(path), [(where, message)]) from None
     except RecursionError:
         raise SpecError(str(path), [("(file)", "nested too deeply; flatten it")]) from None
     finally:

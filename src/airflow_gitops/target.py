@@ -42,7 +42,7 @@ class Target(ABC):
         }
         if spec.dags.repo and spec.dags.repo.startswith("/"):
             refs["dags.repo"] = spec.dags.repo
-        return {k: spec.path(v) for k, v in refs.items() if v is not None}
+        return {**{k: spec.path(v) for k, v in refs.items() if v is not None}, **spec.declared_files()}
 
     @abstractmethod
     def rotate_fernet_key(self, console: Console) -> None:

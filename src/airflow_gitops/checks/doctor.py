@@ -19,6 +19,7 @@ from ..local.target import LocalTarget
 from ..target import Target
 from .aws import aws_checks
 from .database import database_checks
+from .declared import drift_checks, resolve_checks
 from .fernet import check_decrypts, check_key
 from .git import git_checks
 from .kube import kube_checks
@@ -60,6 +61,8 @@ DOCTOR: list[Check] = [
     Check("fernet.key", _fernet_key),
     Check("database", _database),
     Check("fernet.decrypts", lambda ctx: [check_decrypts(ctx.conn, ctx.keys or [], ctx.target.spec)]),
+    Check("declared.refs", lambda ctx: resolve_checks(ctx.target.spec)),
+    Check("declared.drift", lambda ctx: drift_checks(ctx.target.spec, ctx.conn, ctx.keys), targets=(LocalTarget,)),
     Check("aws", lambda ctx: aws_checks(ctx.target.spec)),
     Check("kube", lambda ctx: kube_checks(ctx.target.spec), targets=(KubernetesTarget,)),
 ]

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import contract, dburl
+from .. import contract, dburl, managed
 from .. import keystore as keys
 from ..contract import SecretKey
 from ..errors import PlatformError
@@ -30,6 +33,8 @@ class SecretBundle:
     deploy_public_key: str | None = None
     known_hosts: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # Changes whenever a declared Connection/Variable does (a pod annotation: pods read env at start only).
+    connections_checksum: str | None = None
 
     def values(self) -> list[str]:
         """Every secret value (to prove none leaks)."""
@@ -145,6 +150,11 @@ def build_secrets(spec: PlatformSpec) -> SecretBundle:
     config_secrets = contract.secret_config_keys(spec)
     if config_secrets:
         out.secrets.append(_secret(spec, names.config_secret, config_secrets))
+    if contract.declared_env_names(spec):
+        # Every ${VAR} and from_file read now; each becomes AIRFLOW_CONN_* / AIRFLOW_VAR_* on every pod.
+        env = managed.resolve(spec).env()
+        out.secrets.append(_secret(spec, names.connections_secret, env))
+        out.connections_checksum = checksum(spec, env)
 
     git: dict[str, str] = {}
     key = deploy_key(spec)
@@ -158,6 +168,13 @@ def build_secrets(spec: PlatformSpec) -> SecretBundle:
     if git:
         out.secrets.append(_secret(spec, names.git_ssh_secret, git))
     return out
+
+
+def checksum(spec: PlatformSpec, data: dict[str, str]) -> str:
+    """A fingerprint of Secret data that reveals nothing about it: HMAC-SHA256 keyed with the platform's
+    Fernet key (a plain hash of a short password could be reversed by guessing)."""
+    digest = hmac.new(keys.fernet_key(spec).encode(), json.dumps(data, sort_keys=True).encode(), hashlib.sha256)
+    return digest.hexdigest()[:32]
 
 
 def namespace_and_pvc(spec: PlatformSpec) -> list[dict[str, Any]]:

@@ -159,6 +159,7 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
         known_hosts=secret_bundle.known_hosts,
         chart_defaults=chart_obj.values if chart_obj is not None else None,
         warnings=warnings,
+        connections_checksum=secret_bundle.connections_checksum,
     )
     if spec.ingress.enabled and not spec.ingress.tls_secret:
         warnings.append(

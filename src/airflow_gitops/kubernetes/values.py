@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .. import contract
+from .. import contract, managed
 from ..contract import GIT_CONN_ID, SecretKey
 from ..errors import PlatformError
 from ..spec import PlatformSpec
@@ -83,7 +83,31 @@ def secret_env(spec: PlatformSpec) -> list[dict[str, str]]:
                 "secretKey": SecretKey.GIT_CONNECTION,
             }
         )
+    # platform.yaml's connections and variables: Airflow reads AIRFLOW_CONN_* / AIRFLOW_VAR_* from the
+    # environment before its database, so they need no database object (nor a marker).
+    out += [
+        {"envName": env, "secretName": names.connections_secret, "secretKey": env}
+        for env in contract.declared_env_names(spec)
+    ]
     return out
+
+
+POOLS_ENV = "AIRFLOW_GITOPS_POOLS"
+CONNECTIONS_CHECKSUM = "airflow-gitops/connections-checksum"
+# The chart has no pools setting and runs no hook of ours, so the create-user job (a post-install /
+# post-upgrade hook, after the migration job) applies them with Airflow's own CLI: import the declared
+# pools (created or updated), then delete the ones carrying the marker that platform.yaml no longer
+# declares. Pools made by hand (no marker) are left alone. No '{{': the chart templates these args.
+POOLS_SCRIPT = f"""d=$(mktemp -d) && printf '%s' "${POOLS_ENV}" > "$d/want.json" \
+&& airflow pools import "$d/want.json" && airflow pools export "$d/now.json" \
+&& python - "$d" <<'EOF'
+import json, subprocess, sys
+want = json.load(open(sys.argv[1] + "/want.json"))
+now = json.load(open(sys.argv[1] + "/now.json"))
+for name, pool in sorted(now.items()):
+    if name not in want and (pool.get("description") or "").rstrip().endswith({managed.MARKER!r}):
+        subprocess.run(["airflow", "pools", "delete", name], check=True)
+EOF"""
 
 
 def create_user_job(spec: PlatformSpec) -> dict[str, Any]:
@@ -97,6 +121,9 @@ def create_user_job(spec: PlatformSpec) -> dict[str, Any]:
         f'printf \'%s\\n%s\\n\' "${password_env}" "${password_env}" | '
         f"airflow users create --role Admin --username {ADMIN_USER} --email {ADMIN_USER}@localhost "
         "--firstname Airflow --lastname Admin"
+        # Then platform.yaml's pools (always: an emptied `pools:` deletes the managed ones); the job
+        # fails when either step fails.
+        f"; rc=$?\n{POOLS_SCRIPT}\n[ $? -eq 0 ] && exit $rc || exit 1"
     )
     return {
         "enabled": True,
@@ -108,7 +135,9 @@ def create_user_job(spec: PlatformSpec) -> dict[str, Any]:
                 "valueFrom": {
                     "secretKeyRef": {"name": spec.secrets.admin_password_secret, "key": SecretKey.ADMIN_PASSWORD}
                 },
-            }
+            },
+            # Pool names, slots and descriptions: no secret in them.
+            {"name": POOLS_ENV, "value": managed.pools_json(spec)},
         ],
         "args": ["bash", "-c", script],
     }
@@ -120,6 +149,7 @@ def build_values(
     known_hosts: str | None = None,
     chart_defaults: dict[str, Any] | None = None,
     warnings: list[str] | None = None,
+    connections_checksum: str | None = None,
 ) -> dict[str, Any]:
     """The chart values. ``known_hosts`` is the pinned known_hosts text (public, not a secret).
 
@@ -169,6 +199,9 @@ def build_values(
     }
     if secret_env(spec):
         values["secret"] = secret_env(spec)
+    if connections_checksum:
+        # Pods read AIRFLOW_CONN_*/AIRFLOW_VAR_* when they start: a changed value must roll them.
+        values["airflowPodAnnotations"] = {CONNECTIONS_CHECKSUM: connections_checksum}
     values["createUserJob"] = create_user_job(spec)
     if spec.airflow.executor == "CeleryExecutor":
         values["redis"] = {"enabled": True}

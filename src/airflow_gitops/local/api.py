@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from ..errors import PlatformError
 
 TERMINAL = {"success", "failed"}
+# REST API collection -> the body field naming an item.
+COLLECTIONS = {"connections": "connection_id", "variables": "key", "pools": "name"}
+
+
+def _safe_detail(r: httpx.Response) -> str:
+    """An error response's message without the input it repeats (validation errors carry an 'input')."""
+    try:
+        detail = r.json().get("detail")
+    except (ValueError, AttributeError):
+        return "(response not shown: the request held secrets)"
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', '')}" for d in detail if isinstance(d, dict)
+        )[:300]
+    return str(detail)[:300] if isinstance(detail, str) else "(details not shown: the request held secrets)"
 
 
 class AirflowClient:
@@ -31,13 +47,16 @@ class AirflowClient:
             self._token = r.json()["access_token"]
         return {"Authorization": f"Bearer {self._token}"}
 
-    def request(self, method: str, path: str, **kw) -> Any:
+    def request(self, method: str, path: str, *, quiet: bool = False, **kw) -> Any:
+        """``quiet``: the request carries secrets, so an error names the problem without echoing the
+        response body (a 422 repeats the input)."""
         r = self._http.request(method, path, headers=self._headers(), **kw)
         if r.status_code == 401:  # token expired: log in again once
             self._token = None
             r = self._http.request(method, path, headers=self._headers(), **kw)
         if r.status_code >= 400:
-            raise PlatformError(f"Airflow API {method} {path} answered {r.status_code}: {r.text[:300]}")
+            detail = _safe_detail(r) if quiet else r.text[:300]
+            raise PlatformError(f"Airflow API {method} {path} answered {r.status_code}: {detail}")
         return r.json() if r.content else None
 
     def close(self) -> None:
@@ -86,6 +105,20 @@ class AirflowClient:
                     f"look at the scheduler: `airflow-gitops logs scheduler`; the run is in the UI at {self.base_url}",
                 )
             time.sleep(1)
+
+    # --- Connections, Variables, pools (bodies may hold secrets: errors never echo them) ----------
+    def create(self, collection: str, body: dict) -> None:
+        self.request("POST", f"/api/v2/{collection}", json=body, quiet=True)
+
+    def update(self, collection: str, name: str, body: dict) -> None:
+        self.request("PATCH", f"/api/v2/{collection}/{quote(name, safe='')}", json=body, quiet=True)
+
+    def delete(self, collection: str, name: str) -> None:
+        try:
+            self.request("DELETE", f"/api/v2/{collection}/{quote(name, safe='')}", quiet=True)
+        except PlatformError as err:
+            if " answered 404" not in err.problem:  # already gone
+                raise
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"

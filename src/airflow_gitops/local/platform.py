@@ -21,9 +21,10 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from .. import contract, gitremote, keystore
+from .. import contract, dburl, gitremote, keystore, managed
 from ..binaries import venv_bin
 from ..errors import PlatformError
+from ..fernetkeys import key_file, read_keys
 from . import components
 from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
@@ -33,6 +34,7 @@ from .dag_repo import ensure_probe_branch, seed_local_repo
 from .layout import HOST, Layout
 from .postgres import LocalPostgres, wait_until
 from .supervisor import Supervisor
+from .sync import Plan, apply, counts, plan, print_plan, read_stored
 
 START_TIMEOUT = 180
 
@@ -73,6 +75,8 @@ class PlatformStatus:
     branch_head: str | None
     parsed_commit: str | None
     persistence: dict[str, list[str]] = field(default_factory=dict)
+    # connections / variables / pools -> {"managed": n, "hand_made": m} (names only; empty when stopped)
+    declared: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,19 +146,66 @@ class LocalPlatform:
                 f"the deploy key {key} is readable by other users (ssh refuses such keys)", f"chmod 600 {key}"
             )
 
+    # --- Connections, Variables, pools ---------------------------------------------------------
+    @contextmanager
+    def _database(self):
+        try:
+            conn = dburl.connect(self.database_url(), application_name="airflow-gitops-sync")
+        except Exception as err:  # noqa: BLE001 - psycopg2's errors, explained
+            saw, fix = dburl.explain_connect_error(err, self.database_url())
+            raise PlatformError(f"cannot read Airflow's metadata database: {saw}", fix) from None
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def sync(self, console: Console, *, dry_run: bool = False, declared: managed.Declared | None = None) -> Plan:
+        """Make Airflow's Connections, Variables and pools match platform.yaml (see :mod:`.sync`)."""
+        if not self.is_running():
+            raise PlatformError(
+                "the local platform is not running: nothing to sync Connections, Variables and pools into",
+                "`airflow-gitops up` starts it and applies them",
+            )
+        declared = declared or managed.resolve(self.spec)
+        with self._database() as conn:
+            result = plan(declared, read_stored(conn, read_keys(key_file(self.spec))))
+        if result.changes and not dry_run:
+            client = self.client()
+            try:
+                apply(client, declared, result.changes)
+            finally:
+                client.close()
+        return result
+
+    def _apply_declared(self, console: Console, declared: managed.Declared) -> None:
+        """The end of ``up``: apply platform.yaml's Connections, Variables and pools (quiet when there are none)."""
+        result = self.sync(console, declared=declared)
+        if result.changes or any(result.managed.values()):
+            print_plan(result, console)
+
+    def declared_counts(self) -> dict[str, dict[str, int]]:
+        """connections / variables / pools -> managed and hand-made counts (nothing decrypted)."""
+        with self._database() as conn:
+            return counts(read_stored(conn, None))
+
     # --- verbs -----------------------------------------------------------------------------------
     def up(self, console: Console) -> None:
+        # Every ${VAR} and from_file of connections/variables is read first: a missing one fails here,
+        # before anything starts.
+        declared = managed.resolve(self.spec)
         if self.supervisor.running():
             states = self.supervisor.states()
             stopped = [n for n, s in states.items() if s["statename"] != "RUNNING"]
             if not stopped:
-                console.print(f"Already up: every component is running (state in {self.layout.root}). Nothing to do.")
+                console.print(f"Already up: every component is running (state in {self.layout.root}).")
                 self._print_access(console)
+                self._apply_declared(console, declared)
                 return
             console.print(f"Already up, but not running: {', '.join(stopped)}; starting them.")
             for name in stopped:
                 self.supervisor.start(name)
             self._wait_healthy(console)
+            self._apply_declared(console, declared)
             return
         self._preflight()
         started = time.monotonic()
@@ -166,6 +217,8 @@ class LocalPlatform:
             raise
         console.print(f"[green]Platform is up[/] in {time.monotonic() - started:.1f} s.")
         self._print_access(console)
+        # After the components are healthy; a failure here leaves the platform running (`sync` retries).
+        self._apply_declared(console, declared)
 
     @contextmanager
     def _progress(self, console: Console):
@@ -194,7 +247,9 @@ class LocalPlatform:
             self.postgres.initdb(lay.logs / "initdb.log")
         keystore.write_private(self.env_file, json.dumps(self.airflow_env()))
         self.supervisor.write_conf(self.programs())
-        self.supervisor.start_daemon()
+        # The ${VAR}s platform.yaml refers to are read by airflow-gitops (database.url, connections,
+        # variables), never by Airflow: they stay out of every component's and task's environment.
+        self.supervisor.start_daemon(hide=self.spec.env_references())
         for phase in Phase:
             if phase is Phase.AIRFLOW:
                 self._migrate(step)
@@ -356,7 +411,14 @@ class LocalPlatform:
             branch_head=gitremote.branch_head(self.spec),
             parsed_commit=self.parsed_commit() if running else None,
             persistence=components.persistence(lay),
+            declared=self._declared_counts_or_empty() if running else {},
         )
+
+    def _declared_counts_or_empty(self) -> dict[str, dict[str, int]]:
+        try:
+            return self.declared_counts()
+        except Exception:  # noqa: BLE001 - status shows what it can; `doctor` explains a database problem
+            return {}
 
     def logs(self, component: str | None, lines: int, console: Console) -> None:
         names = self._names() + ["migrate", "initdb", "supervisord"]

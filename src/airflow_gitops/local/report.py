@@ -50,3 +50,9 @@ def print_status(report: PlatformStatus, console: Console) -> None:
     for label, items in report.persistence.items():
         if items:
             console.print(f"  {label.capitalize():15} {'; '.join(items)}")
+    if any(n for counts in report.declared.values() for n in counts.values()):
+        parts = [
+            f"{kind} {c['managed']} managed" + (f", {c['hand_made']} made by hand" if c["hand_made"] else "")
+            for kind, c in report.declared.items()
+        ]
+        console.print(f"  {'Declared':15} {'; '.join(parts)} (platform.yaml; `airflow-gitops sync` applies it)")

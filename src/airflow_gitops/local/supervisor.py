@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import time
 import xmlrpc.client
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,9 +122,12 @@ class Supervisor:
         except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
             return False
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, hide: Iterable[str] = ()) -> None:
+        """Start supervisord; its programs inherit this environment minus the variables in ``hide``."""
         cmd = [venv_bin("supervisord"), "-c", str(self.conf)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        hidden = set(hide)
+        env = {k: v for k, v in os.environ.items() if k not in hidden}
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise PlatformError(
                 f"supervisord did not start: {result.stderr.strip() or result.stdout.strip()}",
