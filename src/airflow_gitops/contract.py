@@ -203,6 +203,14 @@ SETTINGS: dict[tuple[str, str], Setting] = {
         Setting("dag_processor", "parsing_processes", None),
         Setting("scheduler", "enable_health_check", None),
         Setting("triggerer", "capacity", None),
+        # Crash recovery (docs/recovery.md): a killed component's work resumes within a minute.
+        Setting("scheduler", "orphaned_tasks_check_interval", None),
+        Setting("scheduler", "scheduler_health_check_threshold", None),
+        Setting("scheduler", "task_instance_heartbeat_timeout", None),
+        Setting("scheduler", "task_instance_heartbeat_timeout_detection_interval", None),
+        Setting("triggerer", "triggerer_health_check_threshold", None),
+        Setting("workers", "execution_api_retries", None),
+        Setting("workers", "execution_api_retry_wait_max", None),
     )
 }
 

@@ -25,7 +25,7 @@ from .. import contract, dburl, gitremote, keystore, managed
 from ..binaries import venv_bin
 from ..errors import PlatformError
 from ..fernetkeys import key_file, read_keys
-from . import components
+from . import components, process_hooks
 from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
 from .aws import write_local_aws_files
@@ -48,6 +48,11 @@ def port_free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+def _printer(console: Console):
+    """Plain lines (command lines may hold brackets rich would read as markup)."""
+    return lambda line: console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 @dataclass
@@ -207,6 +212,8 @@ class LocalPlatform:
             self._wait_healthy(console)
             self._apply_declared(console, declared)
             return
+        # Processes a crash left behind (a killed supervisord's children) would hold the ports.
+        self._sweep(_printer(console))
         self._preflight()
         started = time.monotonic()
         try:
@@ -238,6 +245,9 @@ class LocalPlatform:
         for make in (keystore.fernet_key, keystore.jwt_secret, keystore.api_secret_key, keystore.admin_password):
             make(self.spec)
         write_local_aws_files(lay)
+        process_hooks.write_local_settings(lay.airflow_home)  # children die with their parent
+        if lay.runs_local_postgres:
+            process_hooks.clear_stale_pid_file(self.postgres.data_dir / "postmaster.pid", str(self.postgres.data_dir))
         if self.spec.dags.repo is None:
             if seed_local_repo(lay):
                 step(f"seeded the DAG repository {self.spec.local_repo}")
@@ -356,12 +366,22 @@ class LocalPlatform:
                 )
             time.sleep(0.5)
 
+    def _sweep(self, say) -> list[process_hooks.Leftover]:
+        """Terminate processes of this platform that supervisord does not know (any more)."""
+        roots = [self.layout.root]
+        if self.layout.runs_local_postgres:
+            roots.append(self.postgres.data_dir)
+        return process_hooks.sweep(roots, self.layout.airflow_home, say)
+
     def down(self, console: Console) -> None:
         if not self.supervisor.running():
-            console.print(f"Nothing is running. All data is kept in {self.layout.root}", soft_wrap=True)
+            left = self._sweep(_printer(console))
+            state = "Stopped what was left" if left else "Nothing is running"
+            console.print(f"{state}. All data is kept in {self.layout.root}", soft_wrap=True)
             return
         with console.status("stopping"):
             self.supervisor.shutdown()
+        self._sweep(_printer(console))
         console.print(
             f"Stopped. All data is kept in {self.layout.root}; `airflow-gitops up` resumes it.", soft_wrap=True
         )
