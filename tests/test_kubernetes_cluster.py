@@ -111,6 +111,11 @@ def test_deploy_installs_the_official_chart_ready_and_idempotent(cluster_env, tm
     local_key = (tmp_path / ".airflow-gitops" / "secrets" / "fernet.key").read_text().strip()
     assert base64.b64decode(fernet["data"]["fernet-key"]).decode() == local_key
     assert "Bound" in kubectl(cluster_env, "-n", ns, "get", "pvc", "airflow-logs", "-o", "jsonpath={.status.phase}")
+    # Nothing secret in what deploy printed (names and key names only).
+    from airflow_gitops.keystore import all_secret_values
+    from airflow_gitops.spec import load_spec
+
+    assert not [v for v in all_secret_values(load_spec(spec_file)) if v in first.output]
 
     second = deploy(spec_file, tmp_path / "out")
     assert second.exit_code == 0, second.output
@@ -217,6 +222,24 @@ def test_doctor_and_verify_name_a_missing_key_a_missing_pvc_and_a_hand_edited_se
         missing = r["kube.secret.airflow-jwt-secret"]
         assert missing["status"] == "fail" and "lacks key jwt-secret" in missing["saw"]
         assert r["kube.logs_pvc"]["status"] == "fail" and "does not exist" in r["kube.logs_pvc"]["saw"]
+    # deploy writes the edited Secret back (server-side apply) and recreates what is missing.
+    kubectl(cluster_env, "delete", "pv", f"{ns}-logs", "--wait=false")
+    kubectl(
+        cluster_env,
+        "patch",
+        "pv",
+        f"{ns}-logs",
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "remove", "path": "/metadata/finalizers"}]),
+        check=False,
+    )
+    rwx_volume(cluster_env, ns)
+    again = deploy(spec_file, tmp_path / "out")
+    assert again.exit_code == 0, again.output
+    assert "Secret/airflow-fernet-key: updated" in again.output and "Secret/airflow-jwt-secret: updated" in again.output
+    code, r = rows("doctor")
+    assert r["kube.secret.airflow-fernet-key"]["status"] == "ok" and r["kube.logs_pvc"]["status"] == "ok", r
 
 
 def test_fernet_rotation_on_kubernetes_end_to_end(cluster_env, tmp_path, airflow_db):

@@ -1,10 +1,8 @@
-"""`airflow-gitops deploy`: a clear error and nothing applied without a cluster, and idempotent Secret
-application against a mocked Kubernetes API (a small in-process HTTP server speaking the few
-endpoints the kubernetes client uses; no real API server exists here). helm itself is stubbed."""
+"""`airflow-gitops deploy` without a cluster: a clear error and nothing applied (helm stubbed, so a bug
+cannot reach a real helm). Deploying to a real API server: tests/test_kubernetes_cluster.py."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -79,42 +77,3 @@ def test_kubernetes_deploy_without_cluster_is_clear_and_applies_nothing(tmp_path
     assert "nothing was applied" in result.output and "Fix:" in result.output
     assert "Traceback" not in result.output
     assert applied == [] and helm_calls == []
-
-
-def test_kubernetes_deploy_mock_k8s_api_is_idempotent_and_never_prints_secrets(
-    tmp_path, monkeypatch, mock_k8s_api, helm_calls
-):
-    write_platform(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    dry = runner.invoke(app, ["deploy", "--dry-run"])
-    assert dry.exit_code == 0, dry.output
-    assert mock_k8s_api.writes == []  # dry run: nothing written
-    assert dry.output.count("would create") == 9  # namespace, PVC, 7 Secrets (one: the admin password)
-    assert "helm: would install" in dry.output
-
-    first = runner.invoke(app, ["deploy"])
-    assert first.exit_code == 0, first.output
-    created = sorted(w for w in mock_k8s_api.writes if w.startswith("create"))
-    assert len([w for w in created if "/secrets/" in w]) == 7  # 6 + the admin password Secret
-    assert any(w.endswith("/namespaces/airflow") for w in created)
-    assert any("/persistentvolumeclaims/airflow-logs" in w for w in created)
-    assert helm_calls[-1]["dry_run"] is False
-
-    mock_k8s_api.writes.clear()
-    second = runner.invoke(app, ["deploy"])
-    assert second.exit_code == 0, second.output
-    assert mock_k8s_api.writes == []  # same keys reused: nothing to change
-    assert second.output.count(": unchanged") == 7
-
-    # A Secret changed behind our back is replaced, not duplicated.
-    path = next(p for p in mock_k8s_api.store if p.endswith("/secrets/airflow-jwt-secret"))
-    mock_k8s_api.store[path]["data"] = {"jwt-secret": base64.b64encode(b"tampered").decode()}
-    third = runner.invoke(app, ["deploy"])
-    assert mock_k8s_api.writes == [f"replace {path}"], third.output
-
-    output = dry.output + first.output + second.output + third.output
-    leaks = [s for s in _secret_lines(tmp_path) if s in output]
-    assert not leaks
-    assert PASSWORD not in output
