@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import subprocess
+import uuid
 
 import pytest
 import yaml
@@ -64,7 +65,7 @@ def rwx_volume(cluster, namespace: str, claim: str = "airflow-logs") -> None:
     pv = {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": {"name": f"{namespace}-logs"},
+        "metadata": {"name": f"{namespace}-logs-{uuid.uuid4().hex[:6]}"},
         "spec": {
             "capacity": {"storage": "10Gi"},
             "accessModes": ["ReadWriteMany"],
@@ -223,17 +224,6 @@ def test_doctor_and_verify_name_a_missing_key_a_missing_pvc_and_a_hand_edited_se
         assert missing["status"] == "fail" and "lacks key jwt-secret" in missing["saw"]
         assert r["kube.logs_pvc"]["status"] == "fail" and "does not exist" in r["kube.logs_pvc"]["saw"]
     # deploy writes the edited Secret back (server-side apply) and recreates what is missing.
-    kubectl(cluster_env, "delete", "pv", f"{ns}-logs", "--wait=false")
-    kubectl(
-        cluster_env,
-        "patch",
-        "pv",
-        f"{ns}-logs",
-        "--type=json",
-        "-p",
-        json.dumps([{"op": "remove", "path": "/metadata/finalizers"}]),
-        check=False,
-    )
     rwx_volume(cluster_env, ns)
     again = deploy(spec_file, tmp_path / "out")
     assert again.exit_code == 0, again.output
