@@ -45,7 +45,14 @@ binaries_present() {
 }
 
 go_env() {
-  command -v go >/dev/null || die "Go is not installed (needed once, to build the Kubernetes binaries). Fix: apt-get install -y golang-go (Go >= 1.21 fetches the Go ${K8S_VERSION} needs through the module proxy), or install Go from https://go.dev/doc/install"
+  local hint="install Go >= 1.21 from https://go.dev/doc/install (Debian 12's golang-go, Go 1.19, is too old); Go >= 1.21 fetches the newer Go that Kubernetes $K8S_VERSION needs through the module proxy by itself"
+  command -v go >/dev/null || die "Go is not installed (needed once, to build the Kubernetes binaries). Fix: $hint"
+  local v
+  v=$(go env GOVERSION 2>/dev/null || true)
+  v=${v#go}
+  if [ -z "$v" ] || [ "${v%%.*}" -lt 1 ] || { [ "${v%%.*}" -eq 1 ] && [ "$(echo "$v" | cut -d. -f2)" -lt 21 ]; }; then
+    die "Go ${v:-of unknown version} is too old to build Kubernetes $K8S_VERSION. Fix: $hint"
+  fi
   export GOPATH="$KUBE_CACHE/go"
   export GOMODCACHE="${AIRFLOW_GITOPS_GOMODCACHE:-$KUBE_CACHE/go/pkg/mod}"
   export GOCACHE="$KUBE_CACHE/go/build-cache"
@@ -564,7 +571,9 @@ pid_alive() {  # pid_alive NAME: the process recorded in DIR/NAME.pid runs (and 
   [ -s "$f" ] || return 1
   pid=$(cat "$f")
   [ -d "/proc/$pid" ] || return 1
-  grep -q -- "$1" "/proc/$pid/cmdline" 2>/dev/null
+  local exe
+  exe=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1)
+  [ "${exe##*/}" = "$1" ]
 }
 
 # launch NAME ARGS...: run BIN_DIR/NAME in its own session (process group = its pid), logging to DIR/NAME.log.
@@ -577,7 +586,6 @@ launch() {
   local i
   for i in $(seq 50); do [ -s "$STATE/$name.pid" ] && break; sleep 0.1; done
   [ -s "$STATE/$name.pid" ] || fail "$name" "did not start"
-  STARTED+=("$name")
 }
 
 # stop_group NAME...: SIGTERM to the components' process groups at once, SIGKILL to what still runs
@@ -599,8 +607,8 @@ stop_group() {
       say "${names[$i]} (pid $pid) did not stop on SIGTERM; killing it"
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
-    rm -f "$STATE/${names[$i]}.pid"
   done
+  for name in "$@"; do rm -f "$STATE/$name.pid"; done
 }
 
 # stop_all: everything but etcd together (the API server shuts down cleanly only while etcd is up),
@@ -657,8 +665,10 @@ start() {
   local t0=$SECONDS
   build
   need_openssl
-  STARTED=()
-  trap 'echo "kube-up: interrupted; stopping" >&2; stop_all; exit 130' INT TERM
+  # Whatever ends start early (a failure, Ctrl-C) stops what it started.
+  START_DONE=0
+  trap '[ "$START_DONE" = 1 ] || stop_all' EXIT
+  trap 'echo "kube-up: interrupted; stopping" >&2; exit 130' INT TERM
   # A fresh cluster each time: remove only what a previous start in DIR wrote.
   rm -rf "$STATE/etcd" "$STATE/pki" "$STATE/kwok.yaml" "$STATE"/*.kubeconfig "$STATE/kubeconfig" "$STATE/ports"
   make_pki
@@ -747,15 +757,27 @@ volumeBindingMode: Immediate
   wait_for kwok 60 nodes_ready
   wait_for kube-controller-manager 60 default_sa
 
+  START_DONE=1
   trap - INT TERM
   say "cluster ready in $((SECONDS - t0)) s: $NODES kwok nodes, API https://127.0.0.1:$API_PORT, state and logs in $STATE"
   echo "export KUBECONFIG=$STATE/kubeconfig"
+}
+
+# The host-path provisioner made an (empty: no pod really runs) folder under /tmp/hostpath_pv for each
+# PersistentVolume; remove this cluster's ones.
+remove_hostpath_pvs() {
+  [ -x "$BIN_DIR/kubectl" ] && [ -s "$STATE/kubeconfig" ] && pid_alive kube-apiserver || return 0
+  local p
+  for p in $(kctl get pv -o jsonpath='{range .items[*]}{.spec.hostPath.path}{"\n"}{end}' 2>/dev/null); do
+    case "$p" in /tmp/hostpath_pv/*) rmdir "$p" 2>/dev/null || true ;; esac
+  done
 }
 
 stop() {
   [ -n "${1:-}" ] || die "usage: $0 stop DIR"
   [ -d "$1" ] || die "no such directory: $1"
   STATE="$(cd "$1" && pwd)"
+  remove_hostpath_pvs
   stop_all
   say "stopped the cluster in $STATE"
 }
