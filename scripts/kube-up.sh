@@ -263,7 +263,8 @@ apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options:
   manageAllNodes: true
-  nodeIP: 127.0.0.1            # node addresses on loopback: nothing ever leaves the machine
+  nodeIP: 127.0.0.1            # node addresses on loopback
+  cidr: 10.244.0.1/16          # pod IPs: fictitious (EndpointSlices refuse loopback ones)
   nodeLeaseDurationSeconds: 40
   # kwok's defaults, spelled out: a configuration file does not get them.
   nodeLeaseParallelism: 4
@@ -670,7 +671,8 @@ start() {
   trap '[ "$START_DONE" = 1 ] || stop_all' EXIT
   trap 'echo "kube-up: interrupted; stopping" >&2; exit 130' INT TERM
   # A fresh cluster each time: remove only what a previous start in DIR wrote.
-  rm -rf "$STATE/etcd" "$STATE/pki" "$STATE/kwok.yaml" "$STATE"/*.kubeconfig "$STATE/kubeconfig" "$STATE/ports"
+  rm -rf "$STATE/etcd" "$STATE/pki" "$STATE/kwok.yaml" "$STATE"/*.kubeconfig "$STATE/kubeconfig" "$STATE/ports" \
+    "$STATE/egress-selector.yaml" "$STATE/bootstrap.yaml"
   make_pki
 
   local ports
@@ -682,6 +684,20 @@ start() {
   kubeconfig "$STATE/scheduler.kubeconfig" scheduler
   kubeconfig "$STATE/kwok.kubeconfig" kwok
   write_kwok_config
+  # Every connection the API server would open into "the cluster" (to node kubelets for logs/exec/
+  # port-forward, to pod and service IPs for the proxy subresources and webhooks) goes through a
+  # unix socket that nothing serves: pod and service IPs are fictitious, so none may reach the network.
+  cat >"$STATE/egress-selector.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: $STATE/no-cluster-egress.sock
+EOF
   local pki="$STATE/pki"
 
   launch etcd --name default --data-dir "$STATE/etcd" \
@@ -699,7 +715,8 @@ start() {
     --authorization-mode Node,RBAC --allow-privileged=true \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-    --service-cluster-ip-range "$SERVICE_CIDR" --profiling=false
+    --service-cluster-ip-range "$SERVICE_CIDR" --egress-selector-config-file "$STATE/egress-selector.yaml" \
+    --profiling=false
   wait_for kube-apiserver 120 readyz
 
   launch kube-controller-manager --kubeconfig "$STATE/controller-manager.kubeconfig" \
