@@ -21,7 +21,7 @@ from airflow_gitops.local.platform import LocalPlatform
 from airflow_gitops.spec import PlatformSpec, parse_spec
 
 # Fixture modules shared by several test files.
-pytest_plugins = ["mock_k8s_api", "pg_fixture", "sshd"]
+pytest_plugins = ["mock_k8s_api", "pg_fixture", "sshd", "kube_cluster"]
 
 
 def free_port() -> int:

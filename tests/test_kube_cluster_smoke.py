@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-# The fixture module, imported explicitly until tests/conftest.py lists it in pytest_plugins.
-from kube_cluster import KubeCluster, kube_cluster  # noqa: F401
+from kube_cluster import KubeCluster
 from kubernetes import client, config
 
 IMAGE = "registry.invalid/never-pulled:1"  # kwok runs no container: the image is never pulled
