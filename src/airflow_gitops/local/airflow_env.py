@@ -54,10 +54,10 @@ def airflow_config(layout: Layout, database_url: str) -> dict[tuple[str, str], s
         # Crash recovery (docs/recovery.md says why each value and what it costs).
         ("scheduler", "orphaned_tasks_check_interval"): "10",
         ("scheduler", "scheduler_health_check_threshold"): "15",
-        ("scheduler", "task_instance_heartbeat_timeout"): "60",
+        ("scheduler", "task_instance_heartbeat_timeout"): "120",
         ("scheduler", "task_instance_heartbeat_timeout_detection_interval"): "5",
         ("triggerer", "triggerer_health_check_threshold"): "15",
-        ("workers", "execution_api_retries"): "8",
+        ("workers", "execution_api_retries"): "20",
         ("workers", "execution_api_retry_wait_max"): "10",
         **contract.user_config(spec),
         # Managed: decided by platform.yaml keys (collisions were refused when the spec was read).
