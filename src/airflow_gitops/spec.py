@@ -572,6 +572,24 @@ class Ports(_Model):
         return self
 
 
+# What the DAG repository template's tasks import (local.preload's default).
+DEFAULT_PRELOAD = (
+    "pandas",
+    "sklearn.datasets",
+    "sklearn.ensemble",
+    "sklearn.linear_model",
+    "sklearn.metrics",
+    "sklearn.model_selection",
+    "sklearn.pipeline",
+    "sklearn.preprocessing",
+    "sklearn.tree",
+    "boto3",
+    "mlflow",
+    "mlflow.sklearn",
+)
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,20}$")
+
+
 class LocalSpec(_Model):
     """The local target: everything on 127.0.0.1, state in one directory."""
 
@@ -579,6 +597,20 @@ class LocalSpec(_Model):
     ports: Ports = Field(default_factory=Ports)
     # Task slots ([core] parallelism). Airflow's default 32 pre-forks 32 workers: too much for a laptop.
     parallelism: int = Field(default=4, ge=1, le=64)
+    # Python packages the DAGs' tasks import, imported once in the scheduler so that every task process
+    # (a fork of it) starts with them (docs/performance.md, "Inner loop"). [] turns preloading off.
+    preload: list[str] = Field(default_factory=lambda: list(DEFAULT_PRELOAD), max_length=200)
+
+    @field_validator("preload")
+    @classmethod
+    def _preload(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if not _MODULE.match(m)]
+        if bad:
+            raise ValueError(
+                f"{_short(bad[0])} is not a Python module name; list importable modules such as 'pandas' "
+                "or 'sklearn.ensemble' ([] turns preloading off)"
+            )
+        return list(dict.fromkeys(v))
 
     @field_validator("state_dir")
     @classmethod

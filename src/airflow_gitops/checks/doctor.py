@@ -23,6 +23,7 @@ from .declared import drift_checks, resolve_checks
 from .fernet import check_decrypts, check_key
 from .git import git_checks
 from .kube import kube_checks
+from .preload import preload_checks
 from .result import CheckResult, emit, fail, skip
 from .spec_files import spec_checks
 from .ssh import ssh_checks
@@ -65,6 +66,7 @@ DOCTOR: list[Check] = [
     Check("declared.drift", lambda ctx: drift_checks(ctx.target.spec, ctx.conn, ctx.keys), targets=(LocalTarget,)),
     Check("aws", lambda ctx: aws_checks(ctx.target.spec)),
     Check("kube", lambda ctx: kube_checks(ctx.target.spec), targets=(KubernetesTarget,)),
+    Check("preload", lambda ctx: preload_checks(ctx.target.spec), targets=(LocalTarget,)),
 ]
 
 

@@ -1,0 +1,302 @@
+"""Start Airflow's scheduler / DAG processor in-process, after preparing that process for speed.
+
+Measured by ``bench/bench_inner_loop.py``; figures in docs/performance.md ("Inner loop").
+
+1. Preload (scheduler; ``local.preload`` in platform.yaml). With LocalExecutor (Airflow 3, Linux) a
+   task's code runs in a process forked twice from the scheduler: scheduler -> LocalExecutor worker
+   (``multiprocessing`` fork, ``[core] parallelism`` of them) -> task process (``os.fork`` in
+   ``airflow.sdk.execution_time.supervisor``, one per task try; no exec). Whatever the scheduler
+   imported before it forked its workers is already in every task process: ``import pandas`` in task
+   code becomes a dictionary look-up, and the template pipeline's task code falls from ~12 to ~2.4 s
+   per run. The pages are shared copy-on-write. The import happens at the first task, not during
+   ``up`` (:func:`patch_local_executor`).
+
+   Tasks cannot leak state into each other through these modules: each task runs in its own fork
+   and exits, so a module global a task changes dies with that process, and the scheduler never runs
+   task code (tests/test_preload.py runs tasks that try).
+
+2. Fast scheduler loop only when it matters (scheduler). The scheduler sleeps ``[scheduler]
+   scheduler_idle_sleep_time`` (1 s) after every loop that changed nothing, so each hand-over from a
+   finished task to the next waits ~0.5 s on average. Setting it to 0.1 s everywhere costs CPU all
+   day; instead the short sleep applies while a Dag run is queued or running and for a minute after a
+   push (:func:`patch_scheduler_busy_sleep`).
+
+3. DAG processor: the same preload for its per-file parse processes (``DAG_PROCESSOR_MODULES``), and
+   prompt collection of finished parses (:func:`patch_dag_processor_poll`).
+
+Every patch checks that the Airflow internals it wraps exist and changes nothing (reporting "n/a" in
+the component's log) when they do not; tests/test_preload.py fails on an Airflow that moved them.
+``launch.py`` runs ``airflow scheduler`` / ``airflow dag-processor`` through :func:`run` when one of
+the environment variables below is set (non-empty).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import sys
+import time
+
+ENV_VAR = "AIRFLOW_GITOPS_PRELOAD"  # comma-separated modules (``module:function`` also calls it)
+BUSY_SLEEP_ENV_VAR = "AIRFLOW_GITOPS_SCHEDULER_BUSY_SLEEP"  # seconds, e.g. "0.1"
+PATCH_ENV_VAR = "AIRFLOW_GITOPS_DAG_PROCESSOR_POLL_PATCH"  # "1"
+DAG_PROCESSOR_ENV_VAR = "AIRFLOW_GITOPS_DAG_PROCESSOR_PRELOAD"  # like ENV_VAR, for the DAG processor
+
+# What every task process imports before the first line of task code: Airflow's task runner, the
+# DagBag that parses the DAG file again, GitDagBundle (and GitPython) that prepares the bundle.
+AIRFLOW_TASK_MODULES = (
+    "airflow.sdk",
+    "airflow.sdk.execution_time.supervisor",
+    "airflow.sdk.execution_time.task_runner",
+    "airflow.dag_processing.dagbag",
+    "airflow.providers.git.bundles.git",
+    "airflow.providers.standard.decorators.python",
+    "netrc",  # requests, on a task's first HTTP call
+)
+
+# Imported, or called once imported (``module:function``), when a listed package is preloaded: the
+# modules a package imports lazily on first use, and the caches it fills then.
+COMPANIONS = {
+    "pandas": ("pyarrow.parquet", "pyarrow.dataset", "pyarrow.pandas_compat"),  # read/write Parquet
+    "sklearn": ("narwhals.stable.v1", "joblib"),  # scikit-learn's input validation of DataFrames
+    "boto3": ("boto3.s3.transfer", "botocore.exceptions"),
+    "mlflow": (
+        "mlflow.tracking",
+        "mlflow.models",
+        "mlflow.pyfunc",
+        "mlflow.tracing.provider",
+        "opentelemetry.sdk.trace",  # mlflow.set_tracking_uri resets MLflow's tracer provider
+        # log_model checks the model's pip requirements against the installed packages; the first
+        # check maps every installed module to its distribution (~0.5 CPU-s) and keeps it in a
+        # module global: filled here once, it is free in every task.
+        "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
+    ),
+}
+
+
+def modules_for(packages: list[str]) -> list[str]:
+    """What the scheduler imports for ``local.preload``: nothing for an empty list, else Airflow's task
+    modules, the listed ones and their companions (each once, in that order)."""
+    if not packages:
+        return []
+    out: list[str] = []
+    for name in (*AIRFLOW_TASK_MODULES, *packages):
+        for m in (name, *COMPANIONS.get(name.split(".")[0], ())):
+            if m not in out:
+                out.append(m)
+    return out
+
+
+# The DAG processor forks one process per DAG file and parse. What each of them would import or build
+# again: Airflow's task SDK and the standard operators, and the providers' asset URI handlers, which
+# the first ``Asset(...)`` in a process discovers by importing every provider's asset module (the
+# Amazon one imports boto3: ~0.17 CPU-s per parse of a file that defines an Asset).
+DAG_PROCESSOR_MODULES = (
+    "airflow.sdk",
+    "airflow.providers.standard.decorators.python",
+    "airflow.providers.standard.operators.python",
+    "airflow.providers.standard.operators.bash",
+    "airflow.providers.standard.operators.empty",
+    "airflow.providers.standard.sensors.time_delta",
+    "airflow_gitops.local.preload:warm_asset_uri_handlers",
+)
+
+
+def warm_asset_uri_handlers() -> None:
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    ProvidersManagerTaskRuntime().asset_uri_handlers  # noqa: B018 - a cached property: fill the cache
+
+
+def preload(modules: list[str]) -> tuple[int, float]:
+    """Import ``modules``; one that fails is reported and skipped (a DAG library missing must not stop
+    the scheduler). Returns (number imported, seconds)."""
+    started = time.monotonic()
+    ok = 0
+    for name in modules:
+        module, _, func = name.partition(":")
+        try:
+            imported = importlib.import_module(module)
+            if func:
+                getattr(imported, func)()
+            ok += 1
+        except Exception as exc:  # noqa: BLE001 - anything a third-party import raises
+            print(f"airflow-gitops preload: skipped {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    # Move what was just imported out of the collector's reach: task processes are forks, and a GC
+    # pass that walks these objects would copy their (shared) pages in every one of them.
+    gc.collect()
+    gc.freeze()
+    return ok, time.monotonic() - started
+
+
+def patch_local_executor(modules: list[str]) -> bool:
+    """Preload in LocalExecutor right before it forks its workers, and fork them at the first task.
+
+    Airflow forks ``[core] parallelism`` workers in ``LocalExecutor.start``, i.e. while the platform is
+    starting. Here ``start`` forks none; ``_check_workers`` forks them when the first task is queued
+    (Airflow's own path for replacing dead workers), and right before that the modules are imported.
+    So the ~4 CPU-s of imports stay out of ``airflow-gitops up`` (where seven processes already compete
+    for two cores), and a platform that runs no task does not hold the libraries (~210 MiB PSS); the
+    first task after a start waits for the import once instead.
+
+    ``LocalExecutor._spawn_workers_with_gc_freeze`` calls ``gc.freeze()`` before forking and
+    ``gc.unfreeze()`` after, which hands every preloaded object back to the scheduler's collector; its
+    full collections then write to those objects' pages, copying them away from the workers that share
+    them (measured: scheduler PSS 386 -> 562 MiB within 25 idle minutes). Freezing again after the fork
+    keeps them shared.
+
+    Airflow 3.3 internals; returns False (and changes nothing) if they are not there.
+    """
+    try:
+        from airflow.executors.local_executor import LocalExecutor
+    except ImportError:
+        return False
+    start = getattr(LocalExecutor, "start", None)
+    spawn = getattr(LocalExecutor, "_spawn_workers_with_gc_freeze", None)
+    if start is None or spawn is None or getattr(start, "_airflow_gitops", False):
+        return False
+    state = {"preloaded": False, "starting": False}
+
+    def patched_start(self):
+        state["starting"] = True
+        try:
+            return start(self)
+        finally:
+            state["starting"] = False
+
+    def patched_spawn(self, spawn_number):
+        if state["starting"]:
+            return None  # at the first task instead (_check_workers)
+        if not state["preloaded"]:
+            state["preloaded"] = True
+            ok, seconds = preload(modules)
+            print(
+                f"airflow-gitops: preloaded {ok}/{len(modules)} modules in {seconds:.1f} s", file=sys.stderr, flush=True
+            )
+        try:
+            return spawn(self, spawn_number)
+        finally:
+            gc.freeze()
+
+    for fn, name in ((patched_start, "start"), (patched_spawn, "_spawn_workers_with_gc_freeze")):
+        fn._airflow_gitops = True
+        setattr(LocalExecutor, name, fn)
+    return True
+
+
+def patch_scheduler_busy_sleep(busy: float, window: float = 60.0) -> bool:
+    """Sleep ``busy`` seconds between idle scheduler loops while a Dag run is queued or running, and for
+    ``window`` seconds after a DAG bundle moved to a new version (a push: the run a user triggers next
+    is picked up within ``busy`` instead of up to ``[scheduler] scheduler_idle_sleep_time``).
+
+    Wraps ``SchedulerJobRunner._do_scheduling`` (Airflow 3.3 internals; False and no change if they
+    are not there): after each call, two small queries (active runs, bundle versions) decide the next
+    idle sleep.
+    """
+    try:
+        from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+        from airflow.models.dagbundle import DagBundleModel
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.state import DagRunState
+        from sqlalchemy import select
+    except ImportError:
+        return False
+    original = getattr(SchedulerJobRunner, "_do_scheduling", None)
+    if original is None or getattr(original, "_airflow_gitops", False):
+        return False
+    active = (DagRunState.QUEUED, DagRunState.RUNNING)
+    seen = {"versions": None, "until": 0.0}
+
+    def _do_scheduling(self, session):
+        result = original(self, session)
+        idle = getattr(self, "_airflow_gitops_idle_sleep", None)
+        if idle is None:
+            idle = self._airflow_gitops_idle_sleep = self._scheduler_idle_sleep_time
+        try:
+            versions = tuple(session.execute(select(DagBundleModel.name, DagBundleModel.version)).all())
+            if seen["versions"] is not None and versions != seen["versions"]:
+                seen["until"] = time.monotonic() + window
+            seen["versions"] = versions
+            busy_now = time.monotonic() < seen["until"] or (
+                session.scalar(select(DagRun.id).where(DagRun.state.in_(active)).limit(1)) is not None
+            )
+        except Exception:  # noqa: BLE001 - never break the scheduler loop over a sleep length
+            busy_now = False
+        self._scheduler_idle_sleep_time = min(busy, idle) if busy_now else idle
+        return result
+
+    _do_scheduling._airflow_gitops = True
+    SchedulerJobRunner._do_scheduling = _do_scheduling
+    return True
+
+
+def patch_dag_processor_poll() -> bool:
+    """Let Airflow's DAG processor collect a finished parse at once instead of up to 1 s later.
+
+    ``DagFileProcessorManager._run_parsing_loop`` waits on its processors' sockets for up to
+    ``1 - loop_duration`` seconds. A parse process closes its sockets (EOF wakes the loop) a moment
+    before the kernel lets it be reaped, so ``is_ready`` is often still False in that iteration and
+    the result - and the start of the next file - waits out the rest of the second: with
+    ``parsing_processes`` 1, up to ~1 s per file. Here the wait is cut to 10 ms while some processor
+    has closed all its sockets but not been reaped yet. Airflow 3.3 internals: returns False (and
+    changes nothing) if they are not there.
+    """
+    try:
+        from airflow.dag_processing.manager import DagFileProcessorManager
+    except ImportError:
+        return False
+    original = getattr(DagFileProcessorManager, "_service_processor_sockets", None)
+    if original is None or getattr(original, "_airflow_gitops", False):
+        return False
+
+    def _service_processor_sockets(self, timeout=1.0):
+        procs = getattr(self, "_processors", {})
+        if procs and any(not getattr(p, "_open_sockets", True) for p in procs.values()):
+            timeout = 0.01 if timeout is None else min(timeout, 0.01)
+        return original(self, timeout=timeout)
+
+    _service_processor_sockets._airflow_gitops = True
+    DagFileProcessorManager._service_processor_sockets = _service_processor_sockets
+    return True
+
+
+def run(command: list[str], env: dict[str, str]) -> None:
+    """Prepare this process as ``env`` asks, then run ``airflow COMMAND...`` in it (as the script would)."""
+    import airflow  # noqa: F401 - initialise Airflow (settings, logging) before anything else
+
+    notes = []
+    if command[1:2] == ["scheduler"]:
+        modules = [m for m in env.get(ENV_VAR, "").split(",") if m.strip()]
+        if modules:
+            if patch_local_executor(modules):
+                notes.append(f"{len(modules)} modules to preload at the first task")
+            else:  # not LocalExecutor's layout we know: preload now
+                ok, seconds = preload(modules)
+                notes.append(f"preloaded {ok}/{len(modules)} modules in {seconds:.1f} s")
+        if env.get(BUSY_SLEEP_ENV_VAR):
+            busy = float(env[BUSY_SLEEP_ENV_VAR])
+            notes.append(f"busy-only loop sleep {busy} s: {'on' if patch_scheduler_busy_sleep(busy) else 'n/a'}")
+    if command[1:2] == ["dag-processor"]:
+        modules = [m for m in env.get(DAG_PROCESSOR_ENV_VAR, "").split(",") if m.strip()]
+        if modules:
+            ok, seconds = preload(modules)
+            notes.append(f"preloaded {ok}/{len(modules)} modules in {seconds:.1f} s")
+        if env.get(PATCH_ENV_VAR):
+            notes.append(f"prompt parse collection: {'on' if patch_dag_processor_poll() else 'n/a'}")
+    if notes:
+        print("airflow-gitops: " + "; ".join(notes), file=sys.stderr, flush=True)
+    from airflow.__main__ import main
+
+    sys.argv = ["airflow", *command[1:]]
+    sys.exit(main())
+
+
+def wanted(command: list[str], env: dict[str, str]) -> bool:
+    """Does ``command`` need :func:`run` (rather than a plain exec)?"""
+    if not command or command[0].rsplit("/", 1)[-1] != "airflow":
+        return False
+    if command[1:2] == ["scheduler"]:
+        return bool(env.get(ENV_VAR, "").strip() or env.get(BUSY_SLEEP_ENV_VAR))
+    if command[1:2] == ["dag-processor"]:
+        return bool(env.get(DAG_PROCESSOR_ENV_VAR, "").strip() or env.get(PATCH_ENV_VAR))
+    return False

@@ -1,0 +1,174 @@
+"""Task processes start with the DAGs' libraries already imported (``local.preload``), and that shares no
+state between tasks: behaviour only; the speed is measured by ``bench/bench_inner_loop.py``."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import DagRepo, wait_for
+
+from airflow_gitops.local import preload
+from airflow_gitops.spec import DEFAULT_PRELOAD, SpecError, parse_spec
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "src/airflow_gitops/dag_repo/template/dags"
+
+
+def _child(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _task_imports() -> set[str]:
+    """Modules the template's task code imports inside functions (what a task process would import)."""
+    found: set[str] = set()
+    for path in TEMPLATE.rglob("*.py"):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    found.update(a.name for a in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    found.add(node.module)
+    return {m for m in found if m.split(".")[0] not in ("mlops_common", "airflow")}
+
+
+def test_the_default_preload_covers_every_library_the_template_tasks_import():
+    wanted = sorted(_task_imports())
+    assert {"pandas", "sklearn.ensemble", "mlflow", "boto3"} <= set(wanted)  # the walker sees them
+    missing = _child(
+        "import json, sys\n"
+        "from airflow_gitops.local import preload\n"
+        "from airflow_gitops.spec import DEFAULT_PRELOAD\n"
+        "preload.preload(preload.modules_for(list(DEFAULT_PRELOAD)))\n"
+        f"print(json.dumps([m for m in {wanted!r} if m not in sys.modules]))\n"
+    )
+    stdlib = set(sys.stdlib_module_names)
+    assert [m for m in missing if m.split(".")[0] not in stdlib] == []
+
+
+def test_modules_for_adds_airflow_and_companions_once_and_nothing_for_an_empty_list():
+    assert preload.modules_for([]) == []
+    mods = preload.modules_for(["pandas", "pandas", "sklearn.tree"])
+    assert mods[: len(preload.AIRFLOW_TASK_MODULES)] == list(preload.AIRFLOW_TASK_MODULES)
+    assert "pyarrow.parquet" in mods and "joblib" in mods and len(mods) == len(set(mods))
+
+
+def test_a_module_that_fails_to_import_is_skipped_and_named_the_rest_load():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from airflow_gitops.local import preload\n"
+            "ok, _ = preload.preload(['no_such_module_xyz', 'json', 'csv:no_such_function'])\n"
+            "print(ok, 'json' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["1", "True"]
+    assert "skipped no_such_module_xyz" in out.stderr and "skipped csv:no_such_function" in out.stderr
+
+
+def test_the_patches_fit_the_installed_airflow():
+    """They touch Airflow internals: an upgrade that moves them must fail here, not silently slow down."""
+    got = _child(
+        "import json\n"
+        "import airflow\n"
+        "from airflow_gitops.local import preload\n"
+        "print(json.dumps([preload.patch_local_executor(['json']), preload.patch_scheduler_busy_sleep(0.1)]))\n"
+    )
+    assert got == [True, True]
+
+
+def test_preload_names_are_validated_in_platform_yaml():
+    assert parse_spec({}).local.preload == list(DEFAULT_PRELOAD)
+    assert parse_spec({"local": {"preload": []}}).local.preload == []
+    for bad in ["os; rm -rf /", "../x", "pandas.", "", "a b"]:
+        with pytest.raises(SpecError, match="local.preload.*not a Python module name"):
+            parse_spec({"local": {"preload": [bad]}})
+
+
+LEAK_DAG = """
+from datetime import datetime
+from airflow.sdk import dag, task
+
+SEEN_BY_THIS_PROCESS = []  # a module-level global of the DAG file itself
+
+
+@dag(dag_id="{dag_id}", schedule=None, start_date=datetime(2025, 1, 1), catchup=False,
+     default_args={{"retries": 0}}, max_active_tasks=1)
+def _d():
+    @task
+    def probe(_previous=None):
+        import os, sys
+        preloaded = {{m: m in sys.modules for m in ("pandas", "sklearn", "mlflow", "boto3")}}
+        import mlflow, pandas, sklearn
+        seen = {{
+            "pandas attribute": getattr(pandas, "LEAK_PROBE", None),
+            "sklearn config": sklearn.get_config()["assume_finite"],
+            "mlflow uri": mlflow.get_tracking_uri(),
+            "environment": os.environ.get("LEAK_PROBE"),
+            "dag module global": list(SEEN_BY_THIS_PROCESS),
+        }}
+        # leave changes behind for the next task to find (it must not)
+        pandas.LEAK_PROBE = os.getpid()
+        sklearn.set_config(assume_finite=True)
+        mlflow.set_tracking_uri("http://127.0.0.1:9/leaked")
+        os.environ["LEAK_PROBE"] = "1"
+        SEEN_BY_THIS_PROCESS.append(os.getpid())
+        return {{"pid": os.getpid(), "preloaded": preloaded, "seen": seen}}
+
+    previous = None
+    for i in range(4):
+        previous = probe.override(task_id=f"t{{i}}")(previous)
+
+_d()
+"""
+
+
+@pytest.mark.platform
+def test_preloaded_tasks_share_no_state_and_start_with_the_libraries(local_platform, tmp_path):
+    dag_id = "t_preload_" + uuid.uuid4().hex[:6]
+    repo = DagRepo(local_platform.spec.dag_repo_url, tmp_path / "work")
+    repo.push({f"dags/{dag_id}.py": LEAK_DAG.format(dag_id=dag_id)}, f"add {dag_id}")
+    client = local_platform.client()
+    wait_for(lambda: dag_id in client.dag_ids(), 90, f"{dag_id} to be listed")
+    probes = []
+    for _ in range(2):
+        run_id = client.trigger(dag_id)
+        state = client.wait_run(dag_id, run_id, timeout=300)["state"]
+        assert state == "success", client.task_log(dag_id, run_id, "t0")[-3000:]
+        probes += [client.xcom(dag_id, run_id, f"t{i}") for i in range(4)]
+    assert len({p["pid"] for p in probes}) == len(probes)  # each task try its own process
+    uri = local_platform.layout.mlflow_url
+    for p in probes:
+        assert p["preloaded"] == {"pandas": True, "sklearn": True, "mlflow": True, "boto3": True}, p
+        assert p["seen"] == {
+            "pandas attribute": None,
+            "sklearn config": False,
+            "mlflow uri": uri,
+            "environment": None,
+            "dag module global": [],
+        }, p
+    log = local_platform.supervisor.log_of("scheduler").read_text(errors="replace")
+    assert "airflow-gitops: preloaded" in log
+
+
+def test_doctor_names_a_preload_package_that_is_not_installed(tmp_path):
+    from airflow_gitops.checks.preload import preload_checks
+
+    spec = parse_spec({"local": {"preload": ["pandas", "no_such_package_xyz.sub"]}}, base_dir=tmp_path)
+    [row] = preload_checks(spec)
+    assert row.status.name == "fail" and "no_such_package_xyz" in row.saw and "pandas" not in row.saw
+    assert "local.preload" in row.fix
+    [row] = preload_checks(parse_spec({}, base_dir=tmp_path))
+    assert row.status.name == "ok"
