@@ -191,7 +191,8 @@ def patch_scheduler_busy_sleep(busy: float, window: float = 60.0) -> bool:
 
     Wraps ``SchedulerJobRunner._do_scheduling`` (Airflow 3.3 internals; False and no change if they
     are not there): after each call, two small queries (active runs, bundle versions) decide the next
-    idle sleep.
+    idle sleep. (Bundle versions are compared as a mapping: PostgreSQL returns the rows in a different
+    order after each refresh updates them, which made every loop look like a push.)
     """
     try:
         from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
@@ -213,7 +214,7 @@ def patch_scheduler_busy_sleep(busy: float, window: float = 60.0) -> bool:
         if idle is None:
             idle = self._airflow_gitops_idle_sleep = self._scheduler_idle_sleep_time
         try:
-            versions = tuple(session.execute(select(DagBundleModel.name, DagBundleModel.version)).all())
+            versions = dict(session.execute(select(DagBundleModel.name, DagBundleModel.version)).all())
             if seen["versions"] is not None and versions != seen["versions"]:
                 seen["until"] = time.monotonic() + window
             seen["versions"] = versions
