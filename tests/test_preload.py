@@ -172,3 +172,17 @@ def test_doctor_names_a_preload_package_that_is_not_installed(tmp_path):
     assert "local.preload" in row.fix
     [row] = preload_checks(parse_spec({}, base_dir=tmp_path))
     assert row.status.name == "ok"
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.platform
+def test_background_components_yield_the_cpu_to_the_ones_users_wait_on(local_platform):
+    from airflow_gitops.local.components import BACKGROUND_NICE
+
+    base = _nice(int(local_platform.supervisor.pidfile.read_text()))
+    nice = {name: _nice(info["pid"]) - base for name, info in local_platform.supervisor.states().items()}
+    assert nice["api-server"] == nice["scheduler"] == nice["postgres"] == nice["s3"] == 0, nice
+    assert nice["dag-processor"] == nice["triggerer"] == nice["mlflow"] == BACKGROUND_NICE > 0, nice

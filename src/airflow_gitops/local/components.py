@@ -62,13 +62,28 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def _airflow_program(platform: LocalPlatform, name: str, *args: str) -> Program:
+# Added to the nice value of the components that work in the background (launch.py says why).
+BACKGROUND_NICE = 5
+
+
+def _launch(env_file, nice: int = 0) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "airflow_gitops.local.launch",
+        str(env_file),
+        *(["--nice", str(nice)] if nice else []),
+        "--",
+    ]
+
+
+def _airflow_program(platform: LocalPlatform, name: str, *args: str, nice: int = 0) -> Program:
     # Every Airflow program starts through the launcher: the secrets stay in one 0600 JSON file.
-    launch = [sys.executable, "-m", "airflow_gitops.local.launch", str(platform.env_file), "--"]
+    launch = _launch(platform.env_file, nice)
     return Program(name, [*launch, venv_bin("airflow"), *args], directory=platform.layout.airflow_home, stopwaitsecs=30)
 
 
-def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None, **kw) -> Component:
+def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None, nice: int = 0, **kw) -> Component:
     def healthy(platform: LocalPlatform, api_health: dict | None) -> bool:
         if health_key is None:
             return api_health is not None
@@ -78,7 +93,7 @@ def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None,
         name,
         Phase.AIRFLOW,
         enabled=lambda layout: True,
-        program=lambda p: _airflow_program(p, name, *args),
+        program=lambda p: _airflow_program(p, name, *args, nice=nice),
         healthy=healthy,
         **kw,
     )
@@ -86,7 +101,7 @@ def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None,
 
 def _mlflow_program(platform: LocalPlatform) -> Program:
     lay = platform.layout
-    launch = [sys.executable, "-m", "airflow_gitops.local.launch", mlflow_store.env_file(platform), "--"]
+    launch = _launch(mlflow_store.env_file(platform), BACKGROUND_NICE)
     serve = [sys.executable, "-m", "airflow_gitops.local.mlflow_server", HOST, str(lay.ports.mlflow)]
     return Program("mlflow", [*launch, *serve], directory=lay.mlflow)
 
@@ -103,7 +118,7 @@ def _s3_program(platform: LocalPlatform) -> Program:
     one file an object. Credentials come from a 0600 env file through the launcher, never argv."""
     lay = platform.layout
     lay.s3_data.mkdir(parents=True, exist_ok=True)
-    launch = [sys.executable, "-m", "airflow_gitops.local.launch", s3_env_file(lay), "--"]
+    launch = _launch(s3_env_file(lay))
     serve = [venv_bin("rclone"), "serve", "s3", "--addr", f"{HOST}:{lay.ports.s3}", str(lay.s3_data)]
     # --vfs-cache-mode off: writes go straight to the files (nothing to lose in a cache on a crash).
     return Program("s3", [*launch, *serve, "--vfs-cache-mode", "off", "--log-level", "NOTICE"], directory=lay.root)
@@ -152,8 +167,8 @@ COMPONENTS: list[Component] = [
     # --skip-serve-logs: the API server reads task logs from the shared local folder, so no log server
     # needs to listen at all (Airflow's would bind 0.0.0.0).
     _airflow_component("scheduler", ("scheduler", "--skip-serve-logs"), "scheduler"),
-    _airflow_component("dag-processor", ("dag-processor",), "dag_processor"),
-    _airflow_component("triggerer", ("triggerer", "--skip-serve-logs"), "triggerer"),
+    _airflow_component("dag-processor", ("dag-processor",), "dag_processor", nice=BACKGROUND_NICE),
+    _airflow_component("triggerer", ("triggerer", "--skip-serve-logs"), "triggerer", nice=BACKGROUND_NICE),
 ]
 
 # What survives `down`/`up` that no single component owns.
