@@ -256,3 +256,17 @@ def test_a_legacy_mlflow_store_was_carried_over_to_postgresql_and_s3(local_platf
     # New runs get ids after the carried-over ones (PostgreSQL's sequences were moved on).
     exp = client.create_experiment(f"{PREFIX}-after-migration")
     assert int(exp) > int(run.info.experiment_id)
+
+
+def test_run_of_an_unknown_dag_fails_naming_it_once_the_head_is_parsed(local_platform):
+    """`run` right after `up` or a push waits for the head to be parsed; a DAG the head does not have
+    fails with one message after a short settle, not after the whole wait."""
+    import time
+
+    from airflow_gitops.errors import PlatformError
+    from airflow_gitops.local.run import WAIT_MAX_S, run_dag
+
+    started = time.monotonic()
+    with pytest.raises(PlatformError, match="'no_such_dag_xyz' is not known to Airflow"):
+        run_dag(local_platform, "no_such_dag_xyz", None, 60, quiet_console())
+    assert time.monotonic() - started < WAIT_MAX_S / 2

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 from rich.console import Console
 from rich.table import Table
 
+from .. import gitremote
 from ..errors import PlatformError
 from .platform import LocalPlatform
 
@@ -19,7 +21,7 @@ def run_dag(platform: LocalPlatform, dag_id: str, conf: str | None, timeout: flo
     except json.JSONDecodeError as err:
         raise PlatformError(f"--conf is not valid JSON: {err}", 'pass e.g. --conf \'{"model": "logistic"}\'') from None
     client = platform.client()
-    if dag_id not in client.dag_ids():
+    if not _wait_listed(platform, client, dag_id, console):
         raise PlatformError(
             f"DAG {dag_id!r} is not known to Airflow",
             f"push it to {platform.spec.dag_repo_url} ({platform.spec.dags.sub_path}/) and wait "
@@ -54,3 +56,29 @@ def run_dag(platform: LocalPlatform, dag_id: str, conf: str | None, timeout: flo
             f"task_id={first}/",
         )
     return run
+
+
+# How long a parsed head commit must have been parsed before a DAG missing from it counts as unknown:
+# the DAG processor records the bundle's version before it has parsed every file of it.
+SETTLE_S = 5.0
+WAIT_MAX_S = 120.0
+
+
+def _wait_listed(platform: LocalPlatform, client, dag_id: str, console: Console) -> bool:
+    """Is ``dag_id`` listed? Right after ``up`` or a push Airflow may not have parsed the branch head yet:
+    wait until it has (and ``SETTLE_S`` more), at most ``WAIT_MAX_S``."""
+    deadline, settled_since = time.monotonic() + WAIT_MAX_S, None
+    with console.status(f"waiting for Airflow to parse the branch head and list {dag_id}"):
+        while True:
+            if dag_id in client.dag_ids():
+                return True
+            head = gitremote.branch_head(platform.spec)
+            if head and platform.parsed_commit() == head:
+                settled_since = settled_since or time.monotonic()
+                if time.monotonic() - settled_since >= SETTLE_S:
+                    return False
+            else:
+                settled_since = None
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
