@@ -84,9 +84,10 @@ def test_the_patches_fit_the_installed_airflow():
         "import json\n"
         "import airflow\n"
         "from airflow_gitops.local import preload\n"
-        "print(json.dumps([preload.patch_local_executor(['json']), preload.patch_scheduler_busy_sleep(0.1)]))\n"
+        "print(json.dumps([preload.patch_local_executor(['json']), preload.patch_scheduler_busy_sleep(0.1),"
+        " preload.patch_dag_processor_poll(), preload.patch_scheduler_busy_sleep(0.1)]))\n"
     )
-    assert got == [True, True]
+    assert got == [True, True, True, False]  # the last: a second patch changes nothing
 
 
 def test_preload_names_are_validated_in_platform_yaml():

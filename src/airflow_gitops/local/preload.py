@@ -184,6 +184,17 @@ def patch_local_executor(modules: list[str]) -> bool:
     return True
 
 
+def _wrap(cls, name: str, make) -> bool:
+    """Replace ``cls.name`` by ``make(original)``, once; False (nothing changed) if it is missing."""
+    original = getattr(cls, name, None)
+    if original is None or getattr(original, "_airflow_gitops", False):
+        return False
+    patched = make(original)
+    patched._airflow_gitops = True
+    setattr(cls, name, patched)
+    return True
+
+
 def patch_scheduler_busy_sleep(busy: float, window: float = 60.0) -> bool:
     """Sleep ``busy`` seconds between idle scheduler loops while a Dag run is queued or running, and for
     ``window`` seconds after a DAG bundle moved to a new version (a push: the run a user triggers next
@@ -202,33 +213,31 @@ def patch_scheduler_busy_sleep(busy: float, window: float = 60.0) -> bool:
         from sqlalchemy import select
     except ImportError:
         return False
-    original = getattr(SchedulerJobRunner, "_do_scheduling", None)
-    if original is None or getattr(original, "_airflow_gitops", False):
-        return False
     active = (DagRunState.QUEUED, DagRunState.RUNNING)
     seen = {"versions": None, "until": 0.0}
 
-    def _do_scheduling(self, session):
-        result = original(self, session)
-        idle = getattr(self, "_airflow_gitops_idle_sleep", None)
-        if idle is None:
-            idle = self._airflow_gitops_idle_sleep = self._scheduler_idle_sleep_time
-        try:
-            versions = dict(session.execute(select(DagBundleModel.name, DagBundleModel.version)).all())
-            if seen["versions"] is not None and versions != seen["versions"]:
-                seen["until"] = time.monotonic() + window
-            seen["versions"] = versions
-            busy_now = time.monotonic() < seen["until"] or (
-                session.scalar(select(DagRun.id).where(DagRun.state.in_(active)).limit(1)) is not None
-            )
-        except Exception:  # noqa: BLE001 - never break the scheduler loop over a sleep length
-            busy_now = False
-        self._scheduler_idle_sleep_time = min(busy, idle) if busy_now else idle
-        return result
+    def make(original):
+        def _do_scheduling(self, session):
+            result = original(self, session)
+            idle = getattr(self, "_airflow_gitops_idle_sleep", None)
+            if idle is None:
+                idle = self._airflow_gitops_idle_sleep = self._scheduler_idle_sleep_time
+            try:
+                versions = dict(session.execute(select(DagBundleModel.name, DagBundleModel.version)).all())
+                if seen["versions"] is not None and versions != seen["versions"]:
+                    seen["until"] = time.monotonic() + window
+                seen["versions"] = versions
+                busy_now = time.monotonic() < seen["until"] or (
+                    session.scalar(select(DagRun.id).where(DagRun.state.in_(active)).limit(1)) is not None
+                )
+            except Exception:  # noqa: BLE001 - never break the scheduler loop over a sleep length
+                busy_now = False
+            self._scheduler_idle_sleep_time = min(busy, idle) if busy_now else idle
+            return result
 
-    _do_scheduling._airflow_gitops = True
-    SchedulerJobRunner._do_scheduling = _do_scheduling
-    return True
+        return _do_scheduling
+
+    return _wrap(SchedulerJobRunner, "_do_scheduling", make)
 
 
 def patch_dag_processor_poll() -> bool:
@@ -246,19 +255,17 @@ def patch_dag_processor_poll() -> bool:
         from airflow.dag_processing.manager import DagFileProcessorManager
     except ImportError:
         return False
-    original = getattr(DagFileProcessorManager, "_service_processor_sockets", None)
-    if original is None or getattr(original, "_airflow_gitops", False):
-        return False
 
-    def _service_processor_sockets(self, timeout=1.0):
-        procs = getattr(self, "_processors", {})
-        if procs and any(not getattr(p, "_open_sockets", True) for p in procs.values()):
-            timeout = 0.01 if timeout is None else min(timeout, 0.01)
-        return original(self, timeout=timeout)
+    def make(original):
+        def _service_processor_sockets(self, timeout=1.0):
+            procs = getattr(self, "_processors", {})
+            if procs and any(not getattr(p, "_open_sockets", True) for p in procs.values()):
+                timeout = 0.01 if timeout is None else min(timeout, 0.01)
+            return original(self, timeout=timeout)
 
-    _service_processor_sockets._airflow_gitops = True
-    DagFileProcessorManager._service_processor_sockets = _service_processor_sockets
-    return True
+        return _service_processor_sockets
+
+    return _wrap(DagFileProcessorManager, "_service_processor_sockets", make)
 
 
 def run(command: list[str], env: dict[str, str]) -> None:
