@@ -737,7 +737,6 @@ def main() -> int:
     ap.add_argument("--ports", default="19180,16100,16155,16533", help="api,mlflow,s3,postgres")
     ap.add_argument("--sync", type=int, default=1, help="dags.sync_interval")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--standalone-examples", action="store_true", help="standalone with load_examples on")
     ap.add_argument("--nice", type=int, default=None, help="renice the platform's processes (e.g. -15)")
     ap.add_argument("--keep", action="store_true", help="leave the platform running (state dir printed)")
     args = ap.parse_args()
