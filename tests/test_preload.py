@@ -7,11 +7,13 @@ import ast
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import DagRepo, wait_for
+from pg_fixture import AirflowDb
 
 from airflow_gitops.local import preload
 from airflow_gitops.spec import DEFAULT_PRELOAD, SpecError, parse_spec
@@ -85,9 +87,92 @@ def test_the_patches_fit_the_installed_airflow():
         "import airflow\n"
         "from airflow_gitops.local import preload\n"
         "print(json.dumps([preload.patch_local_executor(['json']), preload.patch_scheduler_busy_sleep(0.1),"
-        " preload.patch_dag_processor_poll(), preload.patch_scheduler_busy_sleep(0.1)]))\n"
+        " preload.patch_dag_processor_poll(), preload.patch_fastapi_route_building(),"
+        " preload.patch_scheduler_busy_sleep(0.1), preload.patch_fastapi_route_building()]))\n"
     )
-    assert got == [True, True, True, False]  # the last: a second patch changes nothing
+    assert got == [True, True, True, True, False, False]  # the last two: a second patch changes nothing
+
+
+# Builds Airflow's whole API server app (both its apps, as `airflow api-server` does) in a fresh process and
+# prints, per route, what FastAPI validates and serialises with: the pydantic core schema behind every
+# parameter, body and response field (class ids and addresses stripped: they differ between processes), and the OpenAPI
+# document. With PATCH the route types are built through the memo.
+_API_SCHEMAS = r"""
+import json, os, re, sys
+os.environ["AIRFLOW_HOME"] = sys.argv[1]
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"  # no generated password printed
+patched = None
+if sys.argv[2] == "PATCH":
+    from airflow_gitops.local import preload
+    patched = preload.patch_fastapi_route_building()
+import pydantic.type_adapter
+built = []
+_init = pydantic.type_adapter.TypeAdapter.__init__
+def _count(self, *a, **k):
+    built.append(1)
+    return _init(self, *a, **k)
+pydantic.type_adapter.TypeAdapter.__init__ = _count
+from airflow.api_fastapi.app import create_app
+from fastapi.routing import APIRoute
+from starlette.routing import Mount
+app = create_app("all")
+
+def fields(route):
+    d = route.dependant
+    out = []
+    def walk(dep):
+        for group in (dep.path_params, dep.query_params, dep.header_params, dep.cookie_params, dep.body_params):
+            out.extend(f for f in group)
+        for sub in dep.dependencies:
+            walk(sub)
+    walk(d)
+    out += [route.body_field, route.response_field, *route.response_fields.values()]
+    return [f for f in out if f is not None]
+
+def norm(x):
+    return re.sub(r" at 0x[0-9a-f]+>", ">", re.sub(r":[0-9]{6,}", "", repr(x)))
+
+routes, docs = {}, {}
+def collect(prefix, app):
+    docs[prefix] = app.openapi()
+    for r in app.routes:
+        if isinstance(r, Mount) and hasattr(r.app, "openapi"):
+            collect(prefix + r.path, r.app)
+        elif isinstance(r, APIRoute):
+            key = f"{prefix}{r.path} {sorted(r.methods)}"
+            routes.setdefault(key, []).append([f.name + " " + norm(f._type_adapter.core_schema) for f in fields(r)])
+collect("", app)
+print(json.dumps({"patched": patched, "adapters": len(built), "routes": routes, "docs": docs}, default=str))
+"""
+
+
+def test_api_server_routes_keep_their_schemas_when_their_types_are_built_once(tmp_path):
+    """The API server builds identical route types once (``patch_fastapi_route_building``): every route of
+    Airflow's API server must validate and serialise exactly as it does without the patch."""
+    outs = {}
+    procs = {
+        mode: subprocess.Popen(
+            [sys.executable, "-c", _API_SCHEMAS, str(tmp_path / mode), mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mode in ("PLAIN", "PATCH")
+    }
+    for mode, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        outs[mode] = json.loads(out.strip().splitlines()[-1])
+    plain, patched = outs["PLAIN"], outs["PATCH"]
+    assert patched["patched"] is True
+    # Airflow's public, UI, auth and execution API routes
+    assert len(plain["routes"]) > 150
+    assert patched["routes"] == plain["routes"]
+    assert patched["docs"] == plain["docs"]
+    # It did reuse adapters: ~8,600 are built for Airflow's routes (~5,800 by FastAPI's fields directly),
+    # ~2,000 with the patch.
+    assert patched["adapters"] < plain["adapters"] / 4, (patched["adapters"], plain["adapters"])
 
 
 def test_preload_names_are_validated_in_platform_yaml():
@@ -162,6 +247,8 @@ def test_preloaded_tasks_share_no_state_and_start_with_the_libraries(local_platf
         }, p
     log = local_platform.supervisor.log_of("scheduler").read_text(errors="replace")
     assert "airflow-gitops: preloaded" in log
+    log = local_platform.supervisor.log_of("api-server").read_text(errors="replace")
+    assert "airflow-gitops: route types built once: on" in log
 
 
 def test_doctor_names_a_preload_package_that_is_not_installed(tmp_path):
@@ -187,3 +274,68 @@ def test_background_components_yield_the_cpu_to_the_ones_users_wait_on(local_pla
     nice = {name: _nice(info["pid"]) - base for name, info in local_platform.supervisor.states().items()}
     assert nice["api-server"] == nice["scheduler"] == nice["postgres"] == nice["s3"] == 0, nice
     assert nice["dag-processor"] == nice["triggerer"] == nice["mlflow"] == BACKGROUND_NICE > 0, nice
+
+
+_WAIT = r"""
+import json, sys, time
+from airflow_gitops.local import preload
+started = time.monotonic()
+note = preload.wait_for_migrations(["airflow", "triggerer"], sys.argv[1], timeout=float(sys.argv[2]))
+print(json.dumps({"note": note, "took": time.monotonic() - started, "returned_at": time.time(),
+                  "imported": "airflow.jobs.triggerer_job_runner" in sys.modules}))
+"""
+
+
+def test_components_start_before_the_migration_and_wait_for_its_stamp(airflow_db: AirflowDb, pg_server, tmp_path):
+    """Airflow's components start with the database and wait until `up` has stamped the migration: not
+    without a stamp, not with a stamp of another Airflow version, not when the database's schema revision
+    is not the stamped one (a database replaced since); at once with a current stamp, and as soon as it
+    appears when they were waiting."""
+    from importlib.metadata import version
+
+    conn = pg_server.connect(airflow_db.url.rsplit("/", 1)[1])
+    with conn.cursor() as cur:
+        cur.execute("SELECT version_num FROM alembic_version")
+        (revision,) = cur.fetchone()
+    conn.close()
+    current = f"{version('apache-airflow-core')} {revision}\n"
+    stamps = {
+        "missing": None,
+        "other version": f"2.11.0 {revision}\n",
+        "other revision": f"{version('apache-airflow-core')} 0000aaaa1111\n",
+        "garbage": "not a stamp",
+        "current": current,
+        "appears later": None,
+    }
+    procs = {}
+    for case, text in stamps.items():
+        stamp = tmp_path / case.replace(" ", "_")
+        if text is not None:
+            stamp.write_text(text)
+        procs[case] = (
+            stamp,
+            subprocess.Popen(
+                [sys.executable, "-c", _WAIT, str(stamp), "20"],
+                env=airflow_db.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+    time.sleep(12)  # each imports Airflow first (a few seconds on 2 cores), then waits
+    assert procs["appears later"][1].poll() is None, "returned before its stamp existed"
+    procs["appears later"][0].write_text(current)
+    written_at = time.time()
+    got = {}
+    for case, (_, proc) in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        got[case] = json.loads(out.strip().splitlines()[-1])
+    for case in ("missing", "other version", "other revision", "garbage"):
+        assert got[case]["note"].startswith("gave up waiting for the database migration"), (case, got[case])
+        assert got[case]["took"] >= 20
+    for case in ("current", "appears later"):
+        assert "database ready" in got[case]["note"], (case, got[case])
+        assert got[case]["imported"]  # the command's modules were imported before the wait
+    assert got["current"]["took"] < 20
+    assert written_at <= got["appears later"]["returned_at"] < written_at + 5

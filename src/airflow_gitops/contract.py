@@ -201,6 +201,7 @@ SETTINGS: dict[tuple[str, str], Setting] = {
         Setting("api", "workers", None),
         Setting("dag_processor", "bundle_refresh_check_interval", None),
         Setting("dag_processor", "parsing_processes", None),
+        Setting("database", "check_migrations", None),
         Setting("scheduler", "enable_health_check", None),
         Setting("triggerer", "capacity", None),
         # Crash recovery (docs/recovery.md): a killed component's work resumes within a minute.

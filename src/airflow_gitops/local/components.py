@@ -27,9 +27,17 @@ if TYPE_CHECKING:
 
 
 class Phase(IntEnum):
-    """Start order: the database, storage, the services that use both, then (after migrations) Airflow."""
+    """Start order: the database; Airflow's components begin their start; storage, the services that use
+    both; the migration, after which Airflow's components run. ``down`` stops in reverse order.
+
+    Airflow's components start as soon as the database answers: each imports what it needs (the API
+    server also builds its app: ~4 CPU-s, single-threaded, the longest start of all) and then waits for
+    ``up`` to stamp the migration (``preload.wait_for_migrations``), so their starts overlap the
+    migration, S3 and MLflow instead of queueing behind them (docs/performance.md, "Start-up").
+    """
 
     DATABASE = 10
+    AIRFLOW_IMPORT = 12
     STORAGE = 15
     SERVICES = 20
     AIRFLOW = 30
@@ -53,6 +61,12 @@ class Component:
     prepare: Callable[[LocalPlatform, Callable[[str], None]], None] | None = None
     on_ready: Callable[[LocalPlatform], None] | None = None
     ready_timeout: float = 60
+    # Started in this earlier phase (stopped with its own).
+    starts_in: Phase | None = None
+
+    @property
+    def start_phase(self) -> Phase:
+        return self.starts_in or self.phase
 
 
 def http_ok(url: str) -> bool:
@@ -95,6 +109,7 @@ def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None,
         enabled=lambda layout: True,
         program=lambda p: _airflow_program(p, name, *args, nice=nice),
         healthy=healthy,
+        starts_in=Phase.AIRFLOW_IMPORT,
         **kw,
     )
 

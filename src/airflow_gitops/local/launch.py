@@ -5,9 +5,10 @@ supervisor starts every Airflow program through this launcher so that the platfo
 one 0600 JSON file instead of ``supervisord.conf`` (whose ``environment=`` line would also need
 fragile quoting for JSON values such as the bundle config).
 
-``airflow scheduler`` / ``airflow dag-processor`` are not exec'd but run in this process when the
-environment asks for a preload or a patch (``preload.py``): LocalExecutor's task processes are forks
-of the scheduler.
+Airflow's components (``airflow api-server|scheduler|dag-processor|triggerer``) are not exec'd but run
+in this process when the environment asks for a preload, a patch or a wait for the migration stamp
+(``preload.py``): LocalExecutor's task processes are forks of the scheduler, and each component
+imports what it needs before the database is migrated.
 
 ``--nice``: components that work in the background (DAG processor, triggerer, MLflow) yield the CPU
 to those a user waits on (API server, scheduler and its tasks) when both want it, e.g. during

@@ -47,6 +47,11 @@ class Layout:
         return self.airflow_home / "bundles"
 
     @property
+    def migrated_stamp(self) -> Path:
+        """``<Airflow version> <schema revision>`` once ``up`` migrated the metadata database."""
+        return self.airflow_home / "migrated.stamp"
+
+    @property
     def task_logs(self) -> Path:
         return self.airflow_home / "logs"
 

@@ -260,10 +260,15 @@ class LocalPlatform:
         # The ${VAR}s platform.yaml refers to are read by airflow-gitops (database.url, connections,
         # variables), never by Airflow: they stay out of every component's and task's environment.
         self.supervisor.start_daemon(hide=self.spec.env_references())
+        migrate = False
         for phase in Phase:
-            if phase is Phase.AIRFLOW:
+            if phase is Phase.AIRFLOW_IMPORT:
+                # Airflow's components start now and wait for a current stamp (preload.wait_for_migrations):
+                # a stale one goes before any of them can read it.
+                migrate = self._forget_stale_stamp()
+            if phase is Phase.AIRFLOW and migrate:
                 self._migrate(step)
-            started = [c for c in components.enabled(lay) if c.phase is phase]
+            started = [c for c in components.enabled(lay) if c.start_phase is phase]
             for c in started:
                 if c.prepare:
                     c.prepare(self, step)
@@ -299,16 +304,24 @@ class LocalPlatform:
         finally:
             engine.dispose()
 
-    def _migrate(self, step) -> None:
-        """``airflow db migrate``, skipped when this Airflow version already migrated this database.
+    def _forget_stale_stamp(self) -> bool:
+        """Does the database need ``airflow db migrate``? Then the stamp goes (True).
 
-        A no-op migrate still costs ~8 CPU-seconds of imports on every ``up``; the stamp holds the
-        Airflow version and the revision the database had right after our last migration.
+        The stamp holds the Airflow version and the revision the database had right after our last
+        migration: a no-op migrate would still cost ~8 CPU-seconds of imports on every ``up``, and
+        Airflow's components wait for the stamp before they touch the database.
         """
-        stamp = self.layout.airflow_home / "migrated.stamp"
+        stamp = self.layout.migrated_stamp
         version = importlib.metadata.version("apache-airflow-core")
         if stamp.exists() and stamp.read_text().strip() == f"{version} {self._db_revision()}":
-            return
+            return False
+        stamp.unlink(missing_ok=True)
+        return True
+
+    def _migrate(self, step) -> None:
+        """``airflow db migrate``, then the stamp (:meth:`_forget_stale_stamp`)."""
+        stamp = self.layout.migrated_stamp
+        version = importlib.metadata.version("apache-airflow-core")
         step("migrating Airflow's metadata database")
         log = self.layout.logs / "migrate.log"
         with open(log, "w") as fh:

@@ -1,6 +1,6 @@
-"""Start Airflow's scheduler / DAG processor in-process, after preparing that process for speed.
+"""Start Airflow's components in-process, after preparing that process for speed.
 
-Measured by ``bench/bench_inner_loop.py``; figures in docs/performance.md ("Inner loop").
+Measured by ``bench/bench_inner_loop.py``; figures in docs/performance.md ("Inner loop", "Start-up").
 
 1. Preload (scheduler; ``local.preload`` in platform.yaml). With LocalExecutor (Airflow 3, Linux) a
    task's code runs in a process forked twice from the scheduler: scheduler -> LocalExecutor worker
@@ -24,10 +24,21 @@ Measured by ``bench/bench_inner_loop.py``; figures in docs/performance.md ("Inne
 3. DAG processor: the same preload for its per-file parse processes (``DAG_PROCESSOR_MODULES``), and
    prompt collection of finished parses (:func:`patch_dag_processor_poll`).
 
+4. Start before the database is migrated (every component; ``WAIT_ENV_VAR``): the command's modules
+   are imported - for the API server, its app is built - and only then does the process wait until
+   ``up`` has migrated the database (:func:`wait_for_migrations`), so a cold ``up`` overlaps each
+   component's start with the migration instead of queueing behind it. (Airflow's own check at each
+   start, ``[database] check_migrations``, is off: it loads every alembic revision file, ~1 CPU-s.)
+
+5. API server: FastAPI builds each of Airflow's 215 endpoints ~4 times (once per router it is included
+   through) and a pydantic ``TypeAdapter`` for every parameter and response each time (5,765, of which
+   458 differ); :func:`patch_fastapi_route_building` reuses the identical ones. The API server's start
+   is the critical path of ``up``.
+
 Every patch checks that the Airflow internals it wraps exist and changes nothing (reporting "n/a" in
 the component's log) when they do not; tests/test_preload.py fails on an Airflow that moved them.
-``launch.py`` runs ``airflow scheduler`` / ``airflow dag-processor`` through :func:`run` when one of
-the environment variables below is set (non-empty).
+``launch.py`` runs an Airflow component through :func:`run` when one of the environment variables
+below that applies to it is set (non-empty).
 """
 
 from __future__ import annotations
@@ -40,6 +51,19 @@ import time
 ENV_VAR = "AIRFLOW_GITOPS_PRELOAD"  # comma-separated modules (``module:function`` also calls it)
 BUSY_SLEEP_ENV_VAR = "AIRFLOW_GITOPS_SCHEDULER_BUSY_SLEEP"  # seconds, e.g. "0.1"
 PATCH_ENV_VAR = "AIRFLOW_GITOPS_DAG_PROCESSOR_POLL_PATCH"  # "1"
+API_ROUTES_ENV_VAR = "AIRFLOW_GITOPS_API_ROUTE_MEMO"  # "1": the API server builds each route's types once
+WAIT_ENV_VAR = "AIRFLOW_GITOPS_MIGRATED_STAMP"  # path: import first, then wait for `up`'s migration stamp
+WAIT_MAX_S = 600
+
+# What ``airflow COMMAND`` imports before it touches the database: imported while the database may still
+# be migrated (``WAIT_ENV_VAR``). ``airflow.api_fastapi.main`` builds the API server's app at import
+# (uvicorn then finds it in ``sys.modules``).
+COMMAND_MODULES = {
+    "api-server": ("airflow.cli.commands.api_server_command", "airflow.api_fastapi.main"),
+    "scheduler": ("airflow.cli.commands.scheduler_command", "airflow.jobs.scheduler_job_runner"),
+    "dag-processor": ("airflow.cli.commands.dag_processor_command", "airflow.dag_processing.manager"),
+    "triggerer": ("airflow.cli.commands.triggerer_command", "airflow.jobs.triggerer_job_runner"),
+}
 DAG_PROCESSOR_ENV_VAR = "AIRFLOW_GITOPS_DAG_PROCESSOR_PRELOAD"  # like ENV_VAR, for the DAG processor
 
 # What every task process imports before the first line of task code: Airflow's task runner, the
@@ -268,11 +292,143 @@ def patch_dag_processor_poll() -> bool:
     return _wrap(DagFileProcessorManager, "_service_processor_sockets", make)
 
 
+class _Uncacheable(Exception):
+    pass
+
+
+def _key(value):
+    """A hashable key equal only for values FastAPI may treat alike: hashable values by type and equality
+    (classes, functions and objects without ``__eq__`` by identity), lists/tuples/dicts element-wise;
+    anything else is not cached (raises ``_Uncacheable``)."""
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_key(v) for v in value))
+    if isinstance(value, dict):
+        return (dict, tuple(sorted(((_key(k), _key(v)) for k, v in value.items()), key=repr)))
+    try:
+        hash(value)
+    except TypeError:
+        raise _Uncacheable from None
+    return (type(value), value)
+
+
+def patch_fastapi_route_building() -> bool:
+    """Build each distinct pydantic ``TypeAdapter`` behind FastAPI's route fields once, and each endpoint's
+    signature once, in this process (the API server: its start is ~40 % route building).
+
+    ``fastapi.include_router`` re-creates every route of the included router, and each new route makes a
+    ``ModelField`` - a new ``TypeAdapter`` (a pydantic core schema) - for every parameter and response
+    model again, from the same annotation and ``FieldInfo``. Here ``ModelField.__post_init__`` looks the
+    adapter up by everything it is built from (annotation, metadata, ``FieldInfo`` attributes, config;
+    see :func:`_key`; a field with a value that cannot be keyed is built as before), and
+    ``get_typed_signature`` / ``get_typed_return_annotation`` by the endpoint (a function's signature
+    does not change). FastAPI 0.129-0.136 internals (Airflow 3.3 pins fastapi < 0.137); returns False and
+    changes nothing when they are not there. tests/test_preload.py checks that every route of Airflow's
+    API server validates and serialises with the same schemas as without the patch.
+    """
+    try:
+        import fastapi.dependencies.utils as deps
+        import fastapi.routing as routing
+        from fastapi._compat import v2
+    except ImportError:
+        return False
+    model_field = getattr(v2, "ModelField", None)
+    if model_field is None or not hasattr(v2, "asdict") or not hasattr(model_field, "__post_init__"):
+        return False
+    if not callable(getattr(deps, "get_typed_signature", None)) or not callable(
+        getattr(routing, "get_typed_return_annotation", None)
+    ):
+        return False
+    adapters: dict = {}
+
+    def make_post_init(original):
+        def __post_init__(self):
+            try:
+                d = v2.asdict(self.field_info)
+                key = (
+                    _key(d["annotation"]),
+                    _key(tuple(d["metadata"])),
+                    _key(d["attributes"]),
+                    _key(self.config),
+                )
+            except _Uncacheable:
+                return original(self)
+            adapter = adapters.get(key)
+            if adapter is None:
+                original(self)
+                adapters[key] = self._type_adapter
+            else:
+                self._type_adapter = adapter
+
+        return __post_init__
+
+    def memo(original):
+        seen: dict = {}
+
+        def by_call(call):
+            try:
+                return seen[call]
+            except KeyError:
+                result = seen[call] = original(call)
+                return result
+            except TypeError:  # an unhashable callable
+                return original(call)
+
+        return by_call
+
+    if not _wrap(model_field, "__post_init__", make_post_init):
+        return False
+    _wrap(deps, "get_typed_signature", memo)
+    _wrap(routing, "get_typed_return_annotation", memo)  # APIRoute calls it by this name
+    return True
+
+
+def _migrated(stamp: str) -> bool:
+    """Has ``up`` migrated the database for this Airflow? Its stamp names the installed version and the
+    schema revision the database has now (a database replaced since, or an Airflow upgraded since,
+    does not match)."""
+    from importlib.metadata import version
+
+    from airflow import settings
+    from sqlalchemy import text
+
+    try:
+        with open(stamp, encoding="utf-8") as fh:
+            stamped_version, revision = fh.read().split()
+    except (OSError, ValueError):
+        return False
+    if stamped_version != version("apache-airflow-core"):
+        return False
+    try:
+        with settings.engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == revision
+    except Exception:  # noqa: BLE001 - no database yet, no table yet: not migrated
+        return False
+
+
+def wait_for_migrations(command: list[str], stamp: str, timeout: float = WAIT_MAX_S) -> str:
+    """Import what ``airflow COMMAND`` needs (``COMMAND_MODULES``), then wait until ``up`` has migrated the
+    database (:func:`_migrated`, polled every 0.1 s). Returns a note for the log. After ``timeout``
+    seconds it lets the command run anyway (``up`` has failed by then and stops it)."""
+    started = time.monotonic()
+    for module in COMMAND_MODULES.get(command[1], ()):
+        if module == "airflow.api_fastapi.main" and any(a.startswith("--apps") for a in command):
+            continue  # it builds the apps named in AIRFLOW_API_APPS, which the CLI sets from --apps
+        importlib.import_module(module)
+    imported = time.monotonic()
+    while not _migrated(stamp):
+        if time.monotonic() - imported > timeout:
+            return f"gave up waiting for the database migration ({stamp}) after {timeout:.0f} s"
+        time.sleep(0.1)
+    return f"imported in {imported - started:.1f} s, database ready {time.monotonic() - imported:.1f} s later"
+
+
 def run(command: list[str], env: dict[str, str]) -> None:
     """Prepare this process as ``env`` asks, then run ``airflow COMMAND...`` in it (as the script would)."""
+    notes = []
+    if command[1:2] == ["api-server"] and env.get(API_ROUTES_ENV_VAR):
+        notes.append(f"route types built once: {'on' if patch_fastapi_route_building() else 'n/a'}")
     import airflow  # noqa: F401 - initialise Airflow (settings, logging) before anything else
 
-    notes = []
     if command[1:2] == ["scheduler"]:
         modules = [m for m in env.get(ENV_VAR, "").split(",") if m.strip()]
         if modules:
@@ -291,6 +447,8 @@ def run(command: list[str], env: dict[str, str]) -> None:
             notes.append(f"preloaded {ok}/{len(modules)} modules in {seconds:.1f} s")
         if env.get(PATCH_ENV_VAR):
             notes.append(f"prompt parse collection: {'on' if patch_dag_processor_poll() else 'n/a'}")
+    if env.get(WAIT_ENV_VAR) and command[1] in COMMAND_MODULES:
+        notes.append(wait_for_migrations(command, env[WAIT_ENV_VAR]))
     if notes:
         print("airflow-gitops: " + "; ".join(notes), file=sys.stderr, flush=True)
     from airflow.__main__ import main
@@ -303,8 +461,12 @@ def wanted(command: list[str], env: dict[str, str]) -> bool:
     """Does ``command`` need :func:`run` (rather than a plain exec)?"""
     if not command or command[0].rsplit("/", 1)[-1] != "airflow":
         return False
+    if env.get(WAIT_ENV_VAR) and command[1:2] and command[1] in COMMAND_MODULES:
+        return True
     if command[1:2] == ["scheduler"]:
         return bool(env.get(ENV_VAR, "").strip() or env.get(BUSY_SLEEP_ENV_VAR))
     if command[1:2] == ["dag-processor"]:
         return bool(env.get(DAG_PROCESSOR_ENV_VAR, "").strip() or env.get(PATCH_ENV_VAR))
+    if command[1:2] == ["api-server"]:
+        return bool(env.get(API_ROUTES_ENV_VAR))
     return False
