@@ -586,6 +586,16 @@ launch() {
   local i
   for i in $(seq 50); do [ -s "$STATE/$name.pid" ] && break; sleep 0.1; done
   [ -s "$STATE/$name.pid" ] || fail "$name" "did not start"
+  # The pid file is written just before the exec: until the exec, pid_alive sees bash, not NAME (on a
+  # loaded machine wait_for then took a starting etcd for an exited one and stopped it, log empty).
+  local pid
+  pid=$(cat "$STATE/$name.pid")
+  for i in $(seq 100); do
+    pid_alive "$name" && return 0
+    [ -d "/proc/$pid" ] || break
+    sleep 0.05
+  done
+  pid_alive "$name" || fail "$name" "did not start (pid $pid)"
 }
 
 # stop_group NAME...: SIGTERM to the components' process groups at once, SIGKILL to what still runs
