@@ -8,7 +8,6 @@ If anything fails, everything started is stopped again and the error names the c
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import socket
@@ -25,7 +24,7 @@ from .. import contract, dburl, gitremote, keystore, managed
 from ..binaries import venv_bin
 from ..errors import PlatformError
 from ..fernetkeys import key_file, read_keys
-from . import components, process_hooks
+from . import components, preload, process_hooks
 from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
 from .aws import write_local_aws_files
@@ -312,16 +311,13 @@ class LocalPlatform:
         Airflow's components wait for the stamp before they touch the database.
         """
         stamp = self.layout.migrated_stamp
-        version = importlib.metadata.version("apache-airflow-core")
-        if stamp.exists() and stamp.read_text().strip() == f"{version} {self._db_revision()}":
+        if preload.stamp_is_current(stamp, self._db_revision()):
             return False
         stamp.unlink(missing_ok=True)
         return True
 
     def _migrate(self, step) -> None:
         """``airflow db migrate``, then the stamp (:meth:`_forget_stale_stamp`)."""
-        stamp = self.layout.migrated_stamp
-        version = importlib.metadata.version("apache-airflow-core")
         step("migrating Airflow's metadata database")
         log = self.layout.logs / "migrate.log"
         with open(log, "w") as fh:
@@ -338,7 +334,7 @@ class LocalPlatform:
                 "read the log; with an external database.url check the URL and that the user may create tables",
                 log=str(log),
             )
-        stamp.write_text(f"{version} {self._db_revision()}\n")
+        self.layout.migrated_stamp.write_text(preload.stamp_text(self._db_revision()))
 
     def is_running(self) -> bool:
         """Cheap: does supervisord answer on its socket? (No health probes.)"""

@@ -43,10 +43,13 @@ below that applies to it is set (non-empty).
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
+import importlib.metadata
 import sys
 import time
+from pathlib import Path
 
 ENV_VAR = "AIRFLOW_GITOPS_PRELOAD"  # comma-separated modules (``module:function`` also calls it)
 BUSY_SLEEP_ENV_VAR = "AIRFLOW_GITOPS_SCHEDULER_BUSY_SLEEP"  # seconds, e.g. "0.1"
@@ -382,27 +385,39 @@ def patch_fastapi_route_building() -> bool:
     return True
 
 
-def _migrated(stamp: str) -> bool:
-    """Has ``up`` migrated the database for this Airflow? Its stamp names the installed version and the
-    schema revision the database has now (a database replaced since, or an Airflow upgraded since,
-    does not match)."""
-    from importlib.metadata import version
+@functools.cache
+def _airflow_version() -> str:
+    return importlib.metadata.version("apache-airflow-core")
 
+
+def stamp_text(revision: str | None) -> str:
+    """What ``up`` writes once it has migrated the database: the installed Airflow and the schema revision."""
+    return f"{_airflow_version()} {revision}\n"
+
+
+def stamp_is_current(stamp: str | Path, db_revision: str | None) -> bool:
+    """Does ``stamp`` say this Airflow migrated a database that is at ``db_revision`` now? (Not after an
+    Airflow upgrade, nor for a database replaced since.)"""
+    try:
+        text = Path(stamp).read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return db_revision is not None and text.split() == [_airflow_version(), db_revision]
+
+
+def _migrated(stamp: str) -> bool:
+    """Has ``up`` migrated the database for this Airflow (:func:`stamp_is_current`)?"""
+    if not Path(stamp).exists():
+        return False
     from airflow import settings
     from sqlalchemy import text
 
     try:
-        with open(stamp, encoding="utf-8") as fh:
-            stamped_version, revision = fh.read().split()
-    except (OSError, ValueError):
-        return False
-    if stamped_version != version("apache-airflow-core"):
-        return False
-    try:
         with settings.engine.connect() as conn:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == revision
+            revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except Exception:  # noqa: BLE001 - no database yet, no table yet: not migrated
         return False
+    return stamp_is_current(stamp, revision)
 
 
 def wait_for_migrations(command: list[str], stamp: str, timeout: float = WAIT_MAX_S) -> str:
