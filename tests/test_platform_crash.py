@@ -127,7 +127,7 @@ def _recovered(platform: LocalPlatform, name: str, old_pid: int, killed_at: floa
     if not all(platform.component_health().values()):
         return False
     fresh = _heartbeats(platform)
-    must = list(JOBS) if name == "postgres" else [name] if name in JOBS else []
+    must = list(JOBS) if name in ("postgres", "forkserver") else [name] if name in JOBS else []
     return all(fresh.get(job, 0) > killed_at for job in must)
 
 
@@ -165,8 +165,9 @@ def _wait_healthy(platform: LocalPlatform, timeout: float = 240) -> None:
     wait_for(lambda: platform.status().healthy, timeout, "every component to be healthy")
 
 
-# Cheap components first; the scheduler and PostgreSQL (whose loss restarts more) last.
-COMPONENTS = ["s3", "mlflow", "dag-processor", "triggerer", "api-server", "scheduler", "postgres"]
+# Cheap components first; the scheduler, the fork server (its loss takes all four of Airflow's
+# components with it) and PostgreSQL (whose loss restarts more) last.
+COMPONENTS = ["s3", "mlflow", "dag-processor", "triggerer", "api-server", "scheduler", "forkserver", "postgres"]
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
@@ -176,8 +177,10 @@ def test_killed_component_recovers_and_the_run_in_flight_succeeds(platform, name
     run_id = client.trigger(PROBE)
     wait_for(lambda: _in_flight(client, run_id), 120, "the probe's tasks to run and defer")
     pid = platform.supervisor.states()[name]["pid"]
+    # The process that runs it (for Airflow's components, the fork behind supervisord's launcher).
+    real = platform.component_pids()[name]
     killed_at, t0 = time.time(), time.monotonic()
-    _kill(pid, with_children=name == "scheduler")
+    _kill(real, with_children=name == "scheduler")
     load_at_kill = os.getloadavg()[0]
 
     healthy_after = wait_for(
@@ -199,7 +202,8 @@ def test_killed_component_recovers_and_the_run_in_flight_succeeds(platform, name
 def test_scheduler_children_die_with_it(platform):
     """LocalExecutor forks its workers up front; after kill -9 of the scheduler they must not linger."""
     _wait_healthy(platform)
-    pid = platform.supervisor.states()["scheduler"]["pid"]
+    pid = platform.component_pids()["scheduler"]  # the scheduler itself (forked by the fork server)
+    assert pid != platform.supervisor.states()["scheduler"]["pid"]
     workers = wait_for(lambda: psutil.Process(pid).children(recursive=True), 60, "the scheduler's workers")
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
@@ -220,7 +224,11 @@ def test_down_after_a_killed_supervisor_leaves_nothing_running(platform):
     """supervisord SIGKILLed: Airflow's processes die with it (parent-death signal); PostgreSQL, MLflow
     and the S3 endpoint are orphans that `down` finds and stops; `up` then starts cleanly."""
     _wait_healthy(platform)
-    airflow_pids = [platform.supervisor.states()[n]["pid"] for n in ("api-server", *JOBS)]
+    states = platform.supervisor.states()
+    pids = platform.component_pids(states)
+    # Airflow's components, the launchers supervisord runs for them, and the fork server.
+    airflow_pids = [pid for n in ("api-server", *JOBS) for pid in (states[n]["pid"], pids[n])]
+    airflow_pids.append(states["forkserver"]["pid"])
     os.kill(int(platform.supervisor.pidfile.read_text()), signal.SIGKILL)
     wait_for(lambda: not [p for p in airflow_pids if psutil.pid_exists(p)], 15, "Airflow's processes to exit")
     assert _ours(platform), "PostgreSQL, MLflow and S3 survive their supervisor: the sweep has work to do"

@@ -270,3 +270,56 @@ def test_run_of_an_unknown_dag_fails_naming_it_once_the_head_is_parsed(local_pla
     with pytest.raises(PlatformError, match="'no_such_dag_xyz' is not known to Airflow"):
         run_dag(local_platform, "no_such_dag_xyz", None, 60, quiet_console())
     assert time.monotonic() - started < WAIT_MAX_S / 2
+
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def _restart(platform, names) -> None:
+    for name in names:
+        platform.supervisor.stop(name)
+        platform.supervisor.start(name)
+    wait_for(lambda: platform.status().healthy, 180, "every component healthy again")
+
+
+def test_airflow_components_are_forks_of_the_fork_server_and_run_without_it(local_platform):
+    """Airflow's four components run in forks of the process that imported Airflow once; supervisord's
+    process for each is a small launcher that imported none of it. Without the fork server they start
+    as before, each importing Airflow itself, and say so in their log."""
+    import psutil
+
+    plat = local_platform
+    states = plat.supervisor.states()
+    pids = plat.component_pids(states)
+    server = psutil.Process(states["forkserver"]["pid"])
+    for name in AIRFLOW_COMPONENTS:
+        launcher = psutil.Process(states[name]["pid"])
+        assert pids[name] != launcher.pid and psutil.Process(pids[name]).ppid() == server.pid, name
+        # It stands in for the component and imported none of Airflow (a process that did holds > 150 MiB).
+        assert launcher.memory_info().rss < 50 * 2**20, (name, launcher.memory_info().rss)
+    assert "imported 8 modules" in plat.supervisor.log_of("forkserver").read_text()
+    # status shows the process that runs each component (what a user would `kill` or `top`).
+    assert {n: c.pid for n, c in plat.status().components.items() if n in AIRFLOW_COMPONENTS} == {
+        n: pids[n] for n in AIRFLOW_COMPONENTS
+    }
+
+    plat.supervisor.stop("forkserver")  # its forks stop with it; supervisord restarts their launchers
+    try:
+        wait_for(lambda: _all_unforked(plat), 240, "the components to run unforked")
+        wait_for(lambda: all(plat.component_health()[n] for n in AIRFLOW_COMPONENTS), 240, "Airflow healthy without it")
+        log = plat.supervisor.log_of("triggerer").read_text(errors="replace")
+        assert "no fork server answers" in log and "starting triggerer in this process" in log
+    finally:
+        plat.supervisor.start("forkserver")
+        _restart(plat, AIRFLOW_COMPONENTS)
+    states = plat.supervisor.states()
+    pids = plat.component_pids(states)
+    assert all(pids[n] != states[n]["pid"] for n in AIRFLOW_COMPONENTS), "forked again after a restart"
+
+
+def _all_unforked(plat) -> bool:
+    states = plat.supervisor.states()
+    if any(states[n]["statename"] != "RUNNING" for n in AIRFLOW_COMPONENTS):
+        return False
+    pids = plat.component_pids(states)
+    return all(pids[n] == states[n]["pid"] for n in AIRFLOW_COMPONENTS)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import contract, keystore
 from ..contract import GIT_CONN_ID
-from . import preload
+from . import forkserver, preload
 from .layout import HOST, Layout, dag_runtime_env
 
 ADMIN_USER = "admin"
@@ -161,4 +161,6 @@ def launcher_env(layout: Layout) -> dict[str, str]:
     # Airflow's components start with the database, not after `airflow db migrate`: each imports what it
     # needs (the API server builds its app) and then waits until `up` has stamped the migration.
     env[preload.WAIT_ENV_VAR] = str(layout.migrated_stamp)
+    # They are forked from one process that imported Airflow once for all of them (forkserver.py).
+    env[forkserver.SOCKET_ENV_VAR] = str(layout.forkserver_socket)
     return env

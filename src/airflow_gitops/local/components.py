@@ -8,6 +8,7 @@ when it listens): ``up`` checks its port, starts it in its phase, waits for its 
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ..binaries import venv_bin
-from . import mlflow_store
+from . import forkserver, mlflow_store, preload
 from .aws import s3_env_file
 from .layout import HOST, Layout
 from .supervisor import Program
@@ -27,13 +28,15 @@ if TYPE_CHECKING:
 
 
 class Phase(IntEnum):
-    """Start order: the database; Airflow's components begin their start; storage, the services that use
-    both; the migration, after which Airflow's components run. ``down`` stops in reverse order.
+    """Start order: the database; the fork server; storage, the services that use both; the migration,
+    after which Airflow's components run. ``down`` stops in reverse order (priority = phase).
 
-    Airflow's components start as soon as the database answers: each imports what it needs (the API
-    server also builds its app: ~4 CPU-s, single-threaded, the longest start of all) and then waits for
-    ``up`` to stamp the migration (``preload.wait_for_migrations``), so their starts overlap the
-    migration, S3 and MLflow instead of queueing behind them (docs/performance.md, "Start-up").
+    What needs nothing that ``up`` prepares starts with the database (``starts_in``): the S3 endpoint,
+    and Airflow's fork server and components. The fork server imports Airflow once (~2 s); each
+    component, forked from it, imports what it alone needs (the API server builds its app: ~2.5 CPU-s,
+    single-threaded, the longest start of all) and then waits for ``up`` to stamp the migration
+    (``preload.wait_for_migrations``), so their starts overlap PostgreSQL's, the migration's and
+    MLflow's instead of queueing behind them (docs/performance.md, "Start-up").
     """
 
     DATABASE = 10
@@ -56,8 +59,9 @@ class Component:
     loses: str | None = None  # what of its data is lost on down
     # (label, URL that DAG code and users reach it at, local or external) for `status`
     url: tuple[str, Callable[[Layout], str | None]] | None = None
-    # Before it starts (e.g. carry old data over), and once it answers (e.g. create its database):
-    # `up` runs them in order, so a component of a later phase finds these done.
+    # In its phase (e.g. carry old data over; before it starts unless it `starts_in` an earlier one), and
+    # once it answers (e.g. create its database): `up` runs them in order, so a component of a later
+    # phase finds these done.
     prepare: Callable[[LocalPlatform, Callable[[str], None]], None] | None = None
     on_ready: Callable[[LocalPlatform], None] | None = None
     ready_timeout: float = 60
@@ -69,9 +73,16 @@ class Component:
         return self.starts_in or self.phase
 
 
+@functools.cache
+def probe_client() -> httpx.Client:
+    """One HTTP client for every health probe of this process: ``httpx.get`` makes a client, and so a TLS
+    context (~27 ms of CPU loading the CA bundle, even for http://), at every call; `up` probes ~50 times."""
+    return httpx.Client(timeout=3)
+
+
 def http_ok(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=3).status_code < 500
+        return probe_client().get(url).status_code < 500
     except httpx.HTTPError:
         return False
 
@@ -109,8 +120,19 @@ def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None,
         enabled=lambda layout: True,
         program=lambda p: _airflow_program(p, name, *args, nice=nice),
         healthy=healthy,
-        starts_in=Phase.AIRFLOW_IMPORT,
+        starts_in=Phase.DATABASE,
         **kw,
+    )
+
+
+def _forkserver_program(platform: LocalPlatform) -> Program:
+    """Imports Airflow once and forks its four components from there (``forkserver.py``)."""
+    serve = [sys.executable, "-m", "airflow_gitops.local.forkserver", str(platform.layout.forkserver_socket)]
+    return Program(
+        "forkserver",
+        [*_launch(platform.env_file), *serve, *preload.FORK_SERVER_MODULES],
+        directory=platform.layout.airflow_home,
+        stopwaitsecs=int(forkserver.STOP_GRACE_S) + 5,
     )
 
 
@@ -158,7 +180,9 @@ COMPONENTS: list[Component] = [
         healthy=lambda p, _: http_ok(f"{p.layout.mlflow_url}/health"),
         port_key="mlflow",
         url=("MLflow", lambda layout: layout.mlflow_url),
-        prepare=mlflow_store.migrate_legacy,
+        # It imports MLflow meanwhile and opens its store once `prepare` says so (mlflow_server.py).
+        starts_in=Phase.DATABASE,
+        prepare=mlflow_store.prepare,
     ),
     Component(
         "s3",
@@ -171,6 +195,16 @@ COMPONENTS: list[Component] = [
         keeps="S3 objects (pipeline datasets and models, MLflow artifacts; files under s3/)",
         url=("S3 endpoint", lambda layout: layout.s3_url),
         on_ready=lambda p: mlflow_store.ensure_bucket(p.layout),
+        starts_in=Phase.DATABASE,
+    ),
+    # Before Airflow's components (it forks them; started first, stopped after them).
+    Component(
+        "forkserver",
+        Phase.AIRFLOW_IMPORT,
+        enabled=lambda layout: True,
+        program=_forkserver_program,
+        healthy=lambda p, _: forkserver.ping(str(p.layout.forkserver_socket)) is not None,
+        starts_in=Phase.DATABASE,
     ),
     _airflow_component(
         "api-server",

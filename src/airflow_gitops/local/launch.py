@@ -10,6 +10,11 @@ in this process when the environment asks for a preload, a patch or a wait for t
 (``preload.py``): LocalExecutor's task processes are forks of the scheduler, and each component
 imports what it needs before the database is migrated.
 
+When ``forkserver.SOCKET_ENV_VAR`` names a socket, such a component is not imported here but forked
+from the fork server, which imported Airflow once for all of them; this process stays as its
+stand-in for supervisord (``forkserver.py``), and runs the component itself only when no server
+takes the request.
+
 ``--nice``: components that work in the background (DAG processor, triggerer, MLflow) yield the CPU
 to those a user waits on (API server, scheduler and its tasks) when both want it, e.g. during
 ``up``, where seven processes start on two cores: the API server, whose single-threaded start is the
@@ -19,6 +24,7 @@ nice value changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -36,14 +42,23 @@ def main(argv: list[str]) -> None:
         argv = [argv[0], *argv[3:]]
     if len(argv) < 3 or argv[1] != "--":
         sys.exit(USAGE)
-    with open(argv[0], encoding="utf-8") as fh:
-        os.environ.update(json.load(fh))
+    with open(argv[0], "rb") as fh:
+        raw = fh.read()
+    os.environ.update(json.loads(raw))
     if nice:
         os.nice(nice)
     command = argv[2:]
-    from . import preload
+    from . import forkserver, preload
 
+    # What the fork server compares: it forks only for the environment it imported Airflow with.
+    os.environ[forkserver.DIGEST_ENV_VAR] = hashlib.sha256(raw).hexdigest()
     if preload.wanted(command, dict(os.environ)):
+        server = os.environ.get(forkserver.SOCKET_ENV_VAR)
+        if server:
+            try:
+                forkserver.run_forked(server, command)  # exits as the component does
+            except forkserver.Unavailable as why:
+                print(f"airflow-gitops: {why}; starting {command[1]} in this process", file=sys.stderr, flush=True)
         preload.run(command, dict(os.environ))
     os.execvp(command[0], command)
 

@@ -15,6 +15,7 @@ One state directory holds everything (default ``.airflow-gitops/``)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 from dataclasses import dataclass
@@ -24,6 +25,16 @@ from .. import contract
 from ..spec import PlatformSpec
 
 HOST = "127.0.0.1"
+
+
+def unix_socket_path(directory: Path, name: str, short_suffix: str) -> Path:
+    """``directory/name``, or ``/tmp/airflow-gitops-<digest of directory><short_suffix>`` when that is too
+    long for a Unix socket (AF_UNIX paths are limited to ~107 bytes)."""
+    path = directory / name
+    if len(str(path)) < 100:
+        return path
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"airflow-gitops-{digest}{short_suffix}"
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,11 @@ class Layout:
     @property
     def supervisor(self) -> Path:
         return self.root / "supervisor"
+
+    @property
+    def forkserver_socket(self) -> Path:
+        """Where the fork server listens (``forkserver.py``)."""
+        return unix_socket_path(self.supervisor, "forkserver.sock", "-forkserver.sock")
 
     @property
     def logs(self) -> Path:

@@ -9,17 +9,38 @@ per start for nothing (measured in docs/performance.md). We do what its CLI does
 variables MLflow's CLI passes to its workers (names imported from ``mlflow.server.constants``, so a
 rename fails loudly here), initialise the stores, and serve the same FastAPI app with uvicorn in
 this process: PostgreSQL store, artifacts proxied to S3 (``local/mlflow_store.py``), job runner off.
+
+It starts with the database and imports MLflow (~2.5 CPU-s) while ``up`` still prepares the store,
+then waits for ``up``'s go (``mlflow_store.prepare``) before it opens the store.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
+from pathlib import Path
 
-from airflow_gitops.local.mlflow_store import ARTIFACTS_ENV, STORE_ENV
+from airflow_gitops.local.mlflow_store import ARTIFACTS_ENV, READY_FILE_ENV, READY_TOKEN_ENV, STORE_ENV
 
 ARTIFACT_ROOT = "mlflow-artifacts:/"  # what `mlflow server --serve-artifacts` resolves the root to
+READY_WAIT_S = 600
+
+
+def wait_until_ready(path: str, token: str, timeout: float = READY_WAIT_S) -> float:
+    """Until ``up`` has prepared the store (``mlflow_store.prepare`` wrote ``token`` to ``path``); the
+    seconds waited. Exits (supervisord then restarts it) if that takes longer than ``timeout``."""
+    started = time.monotonic()
+    while True:
+        try:
+            if Path(path).read_text() == token:
+                return time.monotonic() - started
+        except OSError:
+            pass
+        if time.monotonic() - started > timeout:
+            sys.exit(f"airflow-gitops: MLflow's store was not prepared within {timeout:.0f} s ({path})")
+        time.sleep(0.05)
 
 
 def main(argv: list[str]) -> None:
@@ -47,10 +68,15 @@ def main(argv: list[str]) -> None:
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name: "false",
         }
     )
+    import mlflow.server.fastapi_app  # noqa: F401 - what uvicorn serves: imported while `up` prepares
+    import uvicorn
     from mlflow.server.handlers import initialize_backend_stores
 
+    ready = os.environ.get(READY_FILE_ENV)
+    if ready:
+        waited = wait_until_ready(ready, os.environ[READY_TOKEN_ENV])
+        print(f"airflow-gitops: MLflow imported; its store was ready {waited:.1f} s later", file=sys.stderr, flush=True)
     initialize_backend_stores(store, store, ARTIFACT_ROOT)
-    import uvicorn
 
     uvicorn.run("mlflow.server.fastapi_app:app", host=host, port=int(port), workers=1, access_log=False)
 

@@ -15,6 +15,7 @@ S3 (so ``mlflow-artifacts:/`` URIs stay valid), the old files kept as ``*.migrat
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,11 @@ DB_PASSWORD = "mlflow_db_password"
 ARTIFACT_PREFIX = "mlflow-artifacts"
 STORE_ENV = "AIRFLOW_GITOPS_MLFLOW_STORE"
 ARTIFACTS_ENV = "AIRFLOW_GITOPS_MLFLOW_ARTIFACTS"
+# The server imports MLflow while ``up`` still prepares its store (database, bucket, carry-over), then
+# waits until READY_FILE_ENV's file holds READY_TOKEN_ENV's token (new at every ``up``: an old file
+# never counts).
+READY_FILE_ENV = "AIRFLOW_GITOPS_MLFLOW_READY_FILE"
+READY_TOKEN_ENV = "AIRFLOW_GITOPS_MLFLOW_READY_TOKEN"
 
 
 def legacy_store(layout: Layout) -> Path:
@@ -68,9 +74,27 @@ def env_file(platform: LocalPlatform) -> str:
     """The 0600 environment the MLflow server starts with (the store URI holds a password: no argv)."""
     lay = platform.layout
     path = lay.supervisor / "mlflow.env.json"
-    env = {STORE_ENV: store_uri(platform), ARTIFACTS_ENV: artifacts_destination(lay), **aws_env(lay)}
+    env = {
+        STORE_ENV: store_uri(platform),
+        ARTIFACTS_ENV: artifacts_destination(lay),
+        READY_FILE_ENV: str(ready_file(lay)),
+        READY_TOKEN_ENV: uuid.uuid4().hex,
+        **aws_env(lay),
+    }
     keystore.write_private(path, json.dumps(env))
     return str(path)
+
+
+def ready_file(layout: Layout) -> Path:
+    return layout.mlflow / "store.ready"
+
+
+def prepare(platform: LocalPlatform, step) -> None:
+    """Once PostgreSQL and S3 answer: carry an old store over (:func:`migrate_legacy`), then let the
+    server, which has been importing MLflow meanwhile, open its store."""
+    migrate_legacy(platform, step)
+    token = json.loads(keystore.read_private(platform.layout.supervisor / "mlflow.env.json"))[READY_TOKEN_ENV]
+    ready_file(platform.layout).write_text(token)
 
 
 def _s3(layout: Layout):

@@ -24,7 +24,7 @@ from .. import contract, dburl, gitremote, keystore, managed
 from ..binaries import venv_bin
 from ..errors import PlatformError
 from ..fernetkeys import key_file, read_keys
-from . import components, preload, process_hooks
+from . import components, forkserver, preload, process_hooks
 from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
 from .aws import write_local_aws_files
@@ -36,6 +36,7 @@ from .supervisor import Supervisor
 from .sync import Plan, apply, counts, plan, print_plan, read_stored
 
 START_TIMEOUT = 180
+HEALTH_POLL_S = 0.2  # `up` returns this much after the last component answers, at most
 
 
 def port_free(port: int) -> bool:
@@ -262,17 +263,20 @@ class LocalPlatform:
         migrate = False
         for phase in Phase:
             if phase is Phase.AIRFLOW_IMPORT:
-                # Airflow's components start now and wait for a current stamp (preload.wait_for_migrations):
-                # a stale one goes before any of them can read it.
+                # Airflow's components wait for a stamp that is current for the database they see
+                # (preload.wait_for_migrations); a stale one goes now that the database answers.
                 migrate = self._forget_stale_stamp()
             if phase is Phase.AIRFLOW and migrate:
                 self._migrate(step)
             started = [c for c in components.enabled(lay) if c.start_phase is phase]
             for c in started:
-                if c.prepare:
+                if c.prepare and c.phase is phase:
                     c.prepare(self, step)
                 step(f"starting {c.name}")
                 self.supervisor.start(c.name)
+            for c in components.enabled(lay):
+                if c.prepare and c.phase is phase and c.start_phase is not phase:
+                    c.prepare(self, step)  # it started earlier and waits for this
             for c in started:
                 if c.on_ready:
                     self._wait_ready(c)
@@ -344,7 +348,7 @@ class LocalPlatform:
         """Per component: is it answering? (supervisor state alone says only that it runs)."""
         states = self.supervisor.states()
         try:
-            api_health = httpx.get(f"{self.layout.api_url}/api/v2/monitor/health", timeout=3).json()
+            api_health = components.probe_client().get(f"{self.layout.api_url}/api/v2/monitor/health").json()
         except (httpx.HTTPError, ValueError):
             api_health = None
         return {
@@ -373,7 +377,7 @@ class LocalPlatform:
                     f"read the log: `airflow-gitops logs {bad[0]}`",
                     log=str(self.supervisor.log_of(bad[0])),
                 )
-            time.sleep(0.5)
+            time.sleep(HEALTH_POLL_S)
 
     def _sweep(self, say) -> list[process_hooks.Leftover]:
         """Terminate processes of this platform that supervisord does not know (any more)."""
@@ -413,9 +417,19 @@ class LocalPlatform:
         except Exception:
             return None
 
+    def component_pids(self, states: dict[str, dict] | None = None) -> dict[str, int]:
+        """Component -> the pid of the process that runs it: what supervisord started, or, for Airflow's
+        components, the fork of the fork server that stands behind it (``forkserver.py``)."""
+        states = self.supervisor.states() if states is None else states
+        server = forkserver.ping(str(self.layout.forkserver_socket))
+        forked = server["children"] if server else {}
+        pids = {name: info.get("pid") for name, info in states.items() if info.get("pid")}
+        return {name: forked.get(pid, pid) for name, pid in pids.items()}
+
     def status(self) -> PlatformStatus:
         running = self.is_running()
         states = self.supervisor.states() if running else {}
+        pids = self.component_pids(states) if running else {}
         health = self.component_health() if running else {}
         lay = self.layout
         return PlatformStatus(
@@ -426,7 +440,7 @@ class LocalPlatform:
                 name: ComponentStatus(
                     state=states[name]["statename"] if name in states else "STOPPED",
                     healthy=health.get(name, False),
-                    pid=states.get(name, {}).get("pid") or None,
+                    pid=pids.get(name),
                     log=str(self.supervisor.log_of(name)),
                 )
                 for name in self._names()

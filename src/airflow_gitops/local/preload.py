@@ -67,6 +67,13 @@ COMMAND_MODULES = {
     "dag-processor": ("airflow.cli.commands.dag_processor_command", "airflow.dag_processing.manager"),
     "triggerer": ("airflow.cli.commands.triggerer_command", "airflow.jobs.triggerer_job_runner"),
 }
+# What the fork server (``forkserver.py``) imports once for all four components: Airflow and each
+# command's modules, except the API server's app, which only the API server builds (with
+# :func:`patch_fastapi_route_building` in place).
+FORK_SERVER_MODULES = (
+    "airflow",
+    *dict.fromkeys(m for modules in COMMAND_MODULES.values() for m in modules if m != "airflow.api_fastapi.main"),
+)
 DAG_PROCESSOR_ENV_VAR = "AIRFLOW_GITOPS_DAG_PROCESSOR_PRELOAD"  # like ENV_VAR, for the DAG processor
 
 # What every task process imports before the first line of task code: Airflow's task runner, the

@@ -8,7 +8,6 @@ dependency order (database, then migrations, then Airflow).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import subprocess
@@ -23,6 +22,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from ..binaries import venv_bin
 from ..errors import PlatformError
 from ..keystore import write_private
+from .layout import unix_socket_path
 
 
 @dataclass
@@ -51,12 +51,7 @@ class Supervisor:
 
     @property
     def socket(self) -> Path:
-        sock = self.conf_dir / "supervisor.sock"
-        if len(str(sock)) < 100:
-            return sock
-        # AF_UNIX paths are limited to ~107 bytes: fall back to a short, per-state-dir path.
-        digest = hashlib.sha256(str(self.conf_dir).encode()).hexdigest()[:12]
-        return Path("/tmp") / f"airflow-gitops-{digest}.sock"
+        return unix_socket_path(self.conf_dir, "supervisor.sock", ".sock")
 
     def log_of(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"

@@ -1,0 +1,175 @@
+"""The fork server (``local/forkserver.py``) with real processes, sockets and signals: a server started
+as ``up`` starts it (without Airflow's modules: its protocol does not depend on them), clients as
+``launch.py`` runs them, and commands that show what the forked child got. The platform test
+(tests/test_platform_local.py) checks that Airflow's four components are forks of it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import wait_for
+
+from airflow_gitops.local import forkserver
+
+DIGEST = "digest-of-the-environment-file"
+
+CLIENT = """
+import sys
+from airflow_gitops.local import forkserver
+try:
+    forkserver.run_forked(sys.argv[1], sys.argv[2:], connect_wait=float({wait}))
+except forkserver.Unavailable as why:
+    print(f"unavailable: {{why}}", flush=True)
+    sys.exit(42)
+"""
+
+
+@pytest.fixture
+def server(tmp_path):
+    sock = tmp_path / "fs.sock"
+    env = {**os.environ, forkserver.DIGEST_ENV_VAR: DIGEST}
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airflow_gitops.local.forkserver", str(sock), "json"], env=env, stderr=log
+    )
+    wait_for(lambda: forkserver.ping(str(sock)) is not None, 30, "the fork server to serve")
+    yield proc, sock
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(30)
+    log.close()
+    print((tmp_path / "server.log").read_text())
+
+
+def client(sock: Path, *command: str, digest: str = DIGEST, wait: float = 5, **kw) -> subprocess.Popen:
+    env = {**os.environ, forkserver.DIGEST_ENV_VAR: digest, **kw.pop("env", {})}
+    return subprocess.Popen(
+        [sys.executable, "-c", CLIENT.format(wait=wait), str(sock), *command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def child_of(server_proc, client_proc) -> psutil.Process:
+    """The component the server forked for ``client_proc`` (its map, checked against the process tree)."""
+    pid = wait_for(
+        lambda: (forkserver.ping(str(server_proc.args[3])) or {}).get("children", {}).get(client_proc.pid),
+        10,
+        "the fork to be listed",
+        interval=0.05,
+    )
+    child = psutil.Process(pid)
+    assert child.ppid() == server_proc.pid
+    return child
+
+
+def test_child_has_the_clients_output_directory_environment_nice_and_exit_code(server, tmp_path):
+    proc, sock = server
+    work = tmp_path / "work"
+    work.mkdir()
+    script = 'pwd; echo "FOO=$FOO"; echo "nice=$(nice)"; echo "parent=$PPID"; echo oops >&2; exit 3'
+    c = client(sock, "sh", "-c", script, cwd=work, env={"FOO": "bar"}, preexec_fn=lambda: os.nice(4))
+    out, err = c.communicate(timeout=30)
+    assert c.returncode == 3, (out, err)
+    assert out.splitlines() == [str(work), "FOO=bar", "nice=4", f"parent={proc.pid}"]
+    assert err.strip() == "oops"
+
+
+def test_signals_reach_the_child_and_the_client_exits_as_it_did(server):
+    _, sock = server
+    script = 'trap "echo got-term; exit 7" TERM; echo ready; while :; do sleep 0.1; done'
+    c = client(sock, "sh", "-c", script)
+    assert c.stdout.readline().strip() == "ready"
+    c.send_signal(signal.SIGTERM)
+    out, _ = c.communicate(timeout=30)
+    assert c.returncode == 7 and out.strip() == "got-term"
+
+    killed = client(sock, "sh", "-c", "kill -KILL $$")
+    killed.communicate(timeout=30)
+    assert killed.returncode == -signal.SIGKILL
+
+
+def test_a_killed_client_takes_its_child_and_the_childs_children_with_it(server):
+    proc, sock = server
+    c = client(sock, "sh", "-c", "sleep 300 & echo started; wait")
+    assert c.stdout.readline().strip() == "started"
+    child = child_of(proc, c)
+    grandchild = wait_for(lambda: child.children(), 10, "the sleep")[0]
+    assert os.getpgid(child.pid) == child.pid != os.getpgid(proc.pid)  # its own group, as supervisord gives
+    c.kill()
+    c.wait(10)
+    gone, alive = psutil.wait_procs([child, grandchild], timeout=10)
+    assert not alive, f"still running after its client was killed: {alive}"
+    assert proc.poll() is None, "the server must survive a client's death"
+
+
+def test_a_killed_server_takes_its_children_with_it_and_their_clients_exit(server):
+    proc, sock = server
+    # (exec: the kernel's parent-death signal reaches the server's own children; a grandchild that is
+    # not one of Airflow's processes, which pass it on, would be left to the sweep of `up`/`down`.)
+    c = client(sock, "sh", "-c", "echo started; exec sleep 300")
+    assert c.stdout.readline().strip() == "started"
+    child = child_of(proc, c)
+    proc.kill()
+    _, err = c.communicate(timeout=30)
+    assert c.returncode == 1 and "fork server ended" in err
+    _, alive = psutil.wait_procs([child], timeout=10)
+    assert not alive
+
+
+def test_server_stop_stops_its_children_first(server):
+    proc, sock = server
+    c = client(sock, "sh", "-c", 'trap "echo stopping; exit 0" TERM; echo ready; while :; do sleep 0.1; done')
+    assert c.stdout.readline().strip() == "ready"
+    proc.terminate()
+    assert proc.wait(30) == 0
+    out, _ = c.communicate(timeout=30)
+    assert c.returncode == 0 and out.strip() == "stopping"
+
+
+def test_another_environment_or_no_server_means_no_fork(server, tmp_path):
+    proc, sock = server
+    other = client(sock, "sh", "-c", "echo ran", digest="another-environment")
+    out, _ = other.communicate(timeout=30)
+    assert other.returncode == 42 and "environment differs" in out and "ran" not in out
+    assert proc.poll() is None
+
+    t0 = time.monotonic()
+    none = client(tmp_path / "nothing.sock", "sh", "-c", "echo ran", wait=0.5)
+    out, _ = none.communicate(timeout=30)
+    assert none.returncode == 42 and "no fork server answers" in out
+    assert time.monotonic() - t0 < 10
+
+
+def test_ping_answers_only_a_serving_server(tmp_path):
+    assert forkserver.ping(str(tmp_path / "nothing.sock")) is None
+    sock = tmp_path / "slow.sock"
+    # Bound at once, serving only after its imports: not healthy until then.
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time, runpy, sys; sys.argv = ['x', {str(sock)!r}]; "
+            "from airflow_gitops.local import forkserver as f; l = f._listen(sys.argv[1]); time.sleep(3); "
+            "f.Server(l).serve()",
+        ],
+        env={**os.environ, forkserver.DIGEST_ENV_VAR: DIGEST},
+    )
+    try:
+        wait_for(sock.exists, 10, "the socket")
+        assert forkserver.ping(str(sock), timeout=0.5) is None
+        assert wait_for(lambda: forkserver.ping(str(sock)), 15, "the server to serve")["pid"] == proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
