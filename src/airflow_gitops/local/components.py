@@ -91,7 +91,7 @@ def http_ok(url: str) -> bool:
 BACKGROUND_NICE = 5
 
 
-def _launch(env_file, nice: int = 0) -> list[str]:
+def launch_command(env_file, nice: int = 0) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -104,7 +104,7 @@ def _launch(env_file, nice: int = 0) -> list[str]:
 
 def _airflow_program(platform: LocalPlatform, name: str, *args: str, nice: int = 0) -> Program:
     # Every Airflow program starts through the launcher: the secrets stay in one 0600 JSON file.
-    launch = _launch(platform.env_file, nice)
+    launch = launch_command(platform.env_file, nice)
     return Program(name, [*launch, venv_bin("airflow"), *args], directory=platform.layout.airflow_home, stopwaitsecs=30)
 
 
@@ -130,7 +130,7 @@ def _forkserver_program(platform: LocalPlatform) -> Program:
     serve = [sys.executable, "-m", "airflow_gitops.local.forkserver", str(platform.layout.forkserver_socket)]
     return Program(
         "forkserver",
-        [*_launch(platform.env_file), *serve, *preload.FORK_SERVER_MODULES],
+        [*launch_command(platform.env_file), *serve, *preload.FORK_SERVER_MODULES],
         directory=platform.layout.airflow_home,
         stopwaitsecs=int(forkserver.STOP_GRACE_S) + 5,
     )
@@ -138,7 +138,7 @@ def _forkserver_program(platform: LocalPlatform) -> Program:
 
 def _mlflow_program(platform: LocalPlatform) -> Program:
     lay = platform.layout
-    launch = _launch(mlflow_store.env_file(platform), BACKGROUND_NICE)
+    launch = launch_command(mlflow_store.env_file(platform), BACKGROUND_NICE)
     serve = [sys.executable, "-m", "airflow_gitops.local.mlflow_server", HOST, str(lay.ports.mlflow)]
     return Program("mlflow", [*launch, *serve], directory=lay.mlflow)
 
@@ -155,7 +155,7 @@ def _s3_program(platform: LocalPlatform) -> Program:
     one file an object. Credentials come from a 0600 env file through the launcher, never argv."""
     lay = platform.layout
     lay.s3_data.mkdir(parents=True, exist_ok=True)
-    launch = _launch(s3_env_file(lay))
+    launch = launch_command(s3_env_file(lay))
     serve = [venv_bin("rclone"), "serve", "s3", "--addr", f"{HOST}:{lay.ports.s3}", str(lay.s3_data)]
     # --vfs-cache-mode off: writes go straight to the files (nothing to lose in a cache on a crash).
     return Program("s3", [*launch, *serve, "--vfs-cache-mode", "off", "--log-level", "NOTICE"], directory=lay.root)

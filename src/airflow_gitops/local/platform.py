@@ -9,7 +9,6 @@ If anything fails, everything started is stopped again and the error names the c
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -325,9 +324,10 @@ class LocalPlatform:
         step("migrating Airflow's metadata database")
         log = self.layout.logs / "migrate.log"
         with open(log, "w") as fh:
+            # Through the launcher, with the components' environment file: forked from the fork server,
+            # which has imported Airflow already (on a cold start ~1.3 CPU-s less while all else starts).
             result = subprocess.run(
-                [venv_bin("airflow"), "db", "migrate"],
-                env={**os.environ, **self.airflow_env()},
+                [*components.launch_command(self.env_file), venv_bin("airflow"), "db", "migrate"],
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 cwd=self.layout.airflow_home,

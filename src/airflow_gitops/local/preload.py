@@ -51,6 +51,8 @@ import sys
 import time
 from pathlib import Path
 
+from .forkserver import SOCKET_ENV_VAR
+
 ENV_VAR = "AIRFLOW_GITOPS_PRELOAD"  # comma-separated modules (``module:function`` also calls it)
 BUSY_SLEEP_ENV_VAR = "AIRFLOW_GITOPS_SCHEDULER_BUSY_SLEEP"  # seconds, e.g. "0.1"
 PATCH_ENV_VAR = "AIRFLOW_GITOPS_DAG_PROCESSOR_POLL_PATCH"  # "1"
@@ -483,6 +485,8 @@ def wanted(command: list[str], env: dict[str, str]) -> bool:
     """Does ``command`` need :func:`run` (rather than a plain exec)?"""
     if not command or command[0].rsplit("/", 1)[-1] != "airflow":
         return False
+    if command[1:3] == ["db", "migrate"]:
+        return bool(env.get(SOCKET_ENV_VAR))  # forked from the fork server, which imported Airflow already
     if env.get(WAIT_ENV_VAR) and command[1:2] and command[1] in COMMAND_MODULES:
         return True
     if command[1:2] == ["scheduler"]:
