@@ -55,7 +55,7 @@ import sqlalchemy as sa
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_platform import _children_map, _cpu_s, _tree, measure_memory  # noqa: E402
+from bench_platform import _children_map, _cpu_s, _tree, measure_memory, program_trees  # noqa: E402
 
 from airflow_gitops import keystore  # noqa: E402
 from airflow_gitops.local.platform import LocalPlatform, port_free  # noqa: E402
@@ -207,12 +207,7 @@ class Bench:
 
     # CPU per program (process tree incl. reaped children)
     def cpu(self) -> dict[str, float]:
-        kids = _children_map()
-        out = {}
-        for name, info in self.plat.supervisor.states().items():
-            if info.get("pid"):
-                out[name] = sum(_cpu_s(p) for p in _tree(info["pid"], kids))
-        return out
+        return {name: sum(_cpu_s(p) for p in tree) for name, tree in program_trees(self.plat).items()}
 
 
 def cpu_delta(a: dict, b: dict) -> dict:

@@ -133,14 +133,34 @@ def _cpu_s(pid: int) -> float:
     return sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def program_trees(plat: LocalPlatform, kids: dict[int, list[int]] | None = None) -> dict[str, list[int]]:
+    """Each supervisor program -> the pids that work for it: its process tree and, for Airflow's
+    components, the tree of the fork that runs it (a child of the fork server, whose own entry then
+    holds only itself and what it forked for no component, e.g. a migration)."""
+    kids = _children_map() if kids is None else kids
+    states = plat.supervisor.states()
+    real = plat.component_pids(states)
+    trees: dict[str, list[int]] = {}
+    forks: set[int] = set()
+    for name, info in states.items():
+        pid = info.get("pid") or 0
+        if not pid:
+            continue
+        tree = _tree(pid, kids)
+        if real.get(name, pid) != pid:
+            fork_tree = _tree(real[name], kids)
+            forks.update(fork_tree)
+            tree += fork_tree
+        trees[name] = tree
+    for name, tree in trees.items():
+        if name == "forkserver":
+            trees[name] = [p for p in tree if p not in forks]
+    return trees
+
+
 def cpu_by_component(plat: LocalPlatform) -> dict:
     """CPU seconds each supervisor program's process tree has used so far (i.e. to start up)."""
-    kids = _children_map()
-    out = {}
-    for name, info in plat.supervisor.states().items():
-        if info.get("pid"):
-            out[name] = round(sum(_cpu_s(p) for p in _tree(info["pid"], kids)), 1)
-    return out
+    return {name: round(sum(_cpu_s(p) for p in tree), 1) for name, tree in program_trees(plat).items()}
 
 
 def timed_up(plat: LocalPlatform) -> dict:
@@ -237,15 +257,9 @@ def _cmd(pid: int) -> str:
 
 def measure_memory(plat: LocalPlatform) -> dict:
     """PSS (MiB) per supervisor program, summed over its process tree; plus supervisord itself."""
-    kids = _children_map()
-    states = plat.supervisor.states()
     comps: dict[str, dict] = {}
     seen: set[int] = set()
-    for name, info in states.items():
-        pid = info.get("pid") or 0
-        if not pid:
-            continue
-        tree = _tree(pid, kids)
+    for name, tree in program_trees(plat).items():
         seen.update(tree)
         procs = sorted(((p, _pss_kib(p)) for p in tree), key=lambda x: -x[1])
         comps[name] = {

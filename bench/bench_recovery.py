@@ -122,7 +122,7 @@ def recovered(plat: LocalPlatform, name: str, old_pid: int, killed_at: float) ->
     if not all(plat.component_health().values()):
         return False
     fresh = heartbeats(plat)
-    must = list(JOBS) if name == "postgres" else [name] if name in JOBS else []
+    must = list(JOBS) if name in ("postgres", "forkserver") else [name] if name in JOBS else []
     return all(fresh.get(job, 0) > killed_at for job in must)
 
 
@@ -171,7 +171,8 @@ def measure(plat: LocalPlatform, name: str, cap: float) -> dict:
     if not in_flight:
         return {"error": f"the probe never ran: {tis(plat, run_id)}"}
     pid = plat.supervisor.states()[name]["pid"]
-    procs = [psutil.Process(pid)] + (psutil.Process(pid).children(recursive=True) if name == "scheduler" else [])
+    real = plat.component_pids()[name]  # for Airflow's components: the fork behind the launcher
+    procs = [psutil.Process(real)] + (psutil.Process(real).children(recursive=True) if name == "scheduler" else [])
     killed_at, t0, load_at = time.time(), time.monotonic(), load()
     for proc in procs:
         try:
