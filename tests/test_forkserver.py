@@ -173,3 +173,45 @@ def test_ping_answers_only_a_serving_server(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_server_of_another_user_is_not_used():
+    """A socket at our path served by another user (the /tmp fallback path is predictable) gets no
+    request: the client would hand it its output and environment."""
+    import pwd
+
+    try:
+        other = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no second user (postgres) on this machine to run a server as")
+    if os.getuid() != 0:
+        pytest.skip("needs root to start a server as another user")
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="airflow-gitops-test-"))  # pytest's tmp_path is root's alone
+    os.chmod(shared, 0o777)
+    sock = shared / "fs.sock"
+    # Whatever the other user runs there (here: a listener that accepts and reads, with the system's
+    # Python: our environment is not theirs to read).
+    listener = (
+        "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.bind(sys.argv[1]); "
+        "s.listen(8)\nwhile True:\n    c, _ = s.accept(); print('got', c.recv(1 << 20)[:20], flush=True)"
+    )
+    proc = subprocess.Popen(
+        ["runuser", "-u", other.pw_name, "--", "/usr/bin/python3", "-c", listener, str(sock)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(sock.exists, 30, "the other user's socket")
+        time.sleep(1)
+        assert forkserver.ping(str(sock)) is None
+        c = client(sock, "sh", "-c", "echo ran")
+        out, _ = c.communicate(timeout=30)
+        assert c.returncode == 42 and "another user" in out and "ran" not in out
+    finally:
+        proc.terminate()
+        got, _ = proc.communicate(timeout=30)
+        shutil.rmtree(shared, ignore_errors=True)
+    assert "got" not in got.replace("got b''", ""), f"the other user's server read a request: {got}"

@@ -84,12 +84,17 @@ def _connect(path: str, wait: float) -> socket.socket:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             conn.connect(path)
-            return conn
         except OSError as err:
             conn.close()
             if time.monotonic() >= deadline:
                 raise Unavailable(f"no fork server answers on {path} ({err.strerror or err})") from None
             time.sleep(0.05)
+            continue
+        peer, uid = _peer(conn)
+        if uid != os.getuid():  # e.g. a socket put at the /tmp fallback path by another user
+            conn.close()
+            raise Unavailable(f"the socket {path} belongs to pid {peer} of another user ({uid})")
+        return conn
 
 
 def ping(path: str, timeout: float = 2.0) -> dict | None:
