@@ -67,6 +67,8 @@ class Component:
     ready_timeout: float = 60
     # Started in this earlier phase (stopped with its own).
     starts_in: Phase | None = None
+    # Its health is in the API server's /api/v2/monitor/health (fetched once per probe round).
+    reported_by_api: bool = False
 
     @property
     def start_phase(self) -> Phase:
@@ -121,6 +123,7 @@ def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None,
         program=lambda p: _airflow_program(p, name, *args, nice=nice),
         healthy=healthy,
         starts_in=Phase.DATABASE,
+        reported_by_api=True,
         **kw,
     )
 

@@ -344,34 +344,43 @@ class LocalPlatform:
         """Cheap: does supervisord answer on its socket? (No health probes.)"""
         return self.supervisor.running()
 
-    def component_health(self) -> dict[str, bool]:
-        """Per component: is it answering? (supervisor state alone says only that it runs)."""
-        states = self.supervisor.states()
-        try:
-            api_health = components.probe_client().get(f"{self.layout.api_url}/api/v2/monitor/health").json()
-        except (httpx.HTTPError, ValueError):
-            api_health = None
+    def component_health(self, names=None, states: dict | None = None) -> dict[str, bool]:
+        """Per component (or those in ``names``): is it answering? (supervisor state alone says only that
+        it runs)."""
+        states = self.supervisor.states() if states is None else states
+        probed = [c for c in components.enabled(self.layout) if names is None or c.name in names]
+        api_health = None
+        if any(c.reported_by_api for c in probed):
+            try:
+                api_health = components.probe_client().get(f"{self.layout.api_url}/api/v2/monitor/health").json()
+            except (httpx.HTTPError, ValueError):
+                pass
         return {
-            c.name: states.get(c.name, {}).get("statename") == "RUNNING" and c.healthy(self, api_health)
-            for c in components.enabled(self.layout)
+            c.name: states.get(c.name, {}).get("statename") == "RUNNING" and c.healthy(self, api_health) for c in probed
         }
 
     def _wait_healthy(self, step) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         step("waiting for every component to be healthy")
+        # A component that answered is not probed again (a crash still shows in its supervisor state):
+        # while seven processes start on two cores, each probe round costs CPU (a PostgreSQL login, the
+        # API server's health query) that the slowest starts need more.
+        pending = set(self._names())
         while True:
-            for name, info in self.supervisor.states().items():
+            states = self.supervisor.states()
+            for name, info in states.items():
                 if info["statename"] in ("FATAL", "BACKOFF", "EXITED"):
                     raise PlatformError(
                         f"{name} failed to start ({info['statename'].lower()}: {info.get('spawnerr') or 'it exited'})",
                         f"read its log: `airflow-gitops logs {name}`",
                         log=str(self.supervisor.log_of(name)),
                     )
-            health = self.component_health()
-            if all(health.values()):
+            health = self.component_health(pending, states)
+            pending -= {name for name, ok in health.items() if ok}
+            if not pending:
                 return
             if time.monotonic() > deadline:
-                bad = [n for n, ok in health.items() if not ok]
+                bad = sorted(pending)
                 raise PlatformError(
                     f"not healthy after {START_TIMEOUT} s: {', '.join(bad)}",
                     f"read the log: `airflow-gitops logs {bad[0]}`",
