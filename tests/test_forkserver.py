@@ -160,9 +160,9 @@ def test_ping_answers_only_a_serving_server(tmp_path):
         [
             sys.executable,
             "-c",
-            f"import time, runpy, sys; sys.argv = ['x', {str(sock)!r}]; "
-            "from airflow_gitops.local import forkserver as f; l = f._listen(sys.argv[1]); time.sleep(3); "
-            "f.Server(l).serve()",
+            "import sys, time; from airflow_gitops.local import forkserver as f; "
+            "l = f._listen(sys.argv[1]); time.sleep(3); f.Server(l).serve()",
+            str(sock),
         ],
         env={**os.environ, forkserver.DIGEST_ENV_VAR: DIGEST},
     )

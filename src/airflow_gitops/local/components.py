@@ -59,9 +59,9 @@ class Component:
     loses: str | None = None  # what of its data is lost on down
     # (label, URL that DAG code and users reach it at, local or external) for `status`
     url: tuple[str, Callable[[Layout], str | None]] | None = None
-    # In its phase (e.g. carry old data over; before it starts unless it `starts_in` an earlier one), and
-    # once it answers (e.g. create its database): `up` runs them in order, so a component of a later
-    # phase finds these done.
+    # At the start of its phase (e.g. carry old data over; a component that `starts_in` an earlier phase
+    # waits for it), and once it answers (e.g. create its database): `up` runs them in order, so a
+    # component of a later phase finds these done.
     prepare: Callable[[LocalPlatform, Callable[[str], None]], None] | None = None
     on_ready: Callable[[LocalPlatform], None] | None = None
     ready_timeout: float = 60

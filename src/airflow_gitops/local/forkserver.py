@@ -247,23 +247,27 @@ class Server:
                 if what == "accept":
                     self._accept()
                 elif what == "signal":
-                    signals = self.wake_r.recv(64)
-                    if not self.stopping and any(s in signals for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
-                        self.stopping = True
+                    self.wake_r.recv(64)  # SIGTERM, SIGINT or SIGHUP: the only ones handled
+                    if not self.stopping:
+                        self._stop()
                         stop_deadline = time.monotonic() + STOP_GRACE_S
-                        self.selector.unregister(self.listener)
-                        path = self.listener.getsockname()
-                        self.listener.close()
-                        with contextlib.suppress(OSError):
-                            os.unlink(path)  # clients find no server (rather than a refusing socket)
-                        for client in self.by_pidfd.values():
-                            self._kill(client, signal.SIGTERM)
                 elif what == "client":
                     forked = self._request(self.clients[key.fd])
                     if forked is not None:
                         return forked
                 else:
                     self._reap(what)
+
+    def _stop(self) -> None:
+        """Take no more requests; ask the forks to stop (the loop exits once they have)."""
+        self.stopping = True
+        self.selector.unregister(self.listener)
+        path = self.listener.getsockname()
+        self.listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # clients find no server (rather than a refusing socket)
+        for client in self.by_pidfd.values():
+            self._kill(client, signal.SIGTERM)
 
     def _accept(self) -> None:
         try:
@@ -279,10 +283,14 @@ class Server:
         self.clients[conn.fileno()] = client
         self.selector.register(conn, selectors.EVENT_READ, "client")
 
-    def _drop(self, client: _Client) -> None:
+    def _forget(self, client: _Client) -> None:
+        """Stop listening to ``client`` (its fork, if any, is still reaped: :meth:`_reap`)."""
         if client.conn.fileno() in self.clients:
             del self.clients[client.conn.fileno()]
             self.selector.unregister(client.conn)
+
+    def _drop(self, client: _Client) -> None:
+        self._forget(client)
         client.conn.close()
         for fd in client.fds:
             os.close(fd)
@@ -310,8 +318,7 @@ class Server:
             if client.child is not None and client.pidfd in self.by_pidfd:
                 _say(f"client pid {client.peer} is gone: killing pid {client.child}")
                 self._kill(client, signal.SIGKILL)
-                self.selector.unregister(client.conn)
-                del self.clients[client.conn.fileno()]
+                self._forget(client)
             else:
                 self._drop(client)
             return None
@@ -454,12 +461,9 @@ def main(argv: list[str]) -> None:
     )
     message, fds = Server(listener).serve()
     _become(message, fds)
-    command = message["command"]
     from . import preload
 
-    if preload.wanted(command, dict(os.environ)):
-        preload.run(command, dict(os.environ))  # exits
-    os.execvp(command[0], command)
+    preload.start(message["command"])
 
 
 if __name__ == "__main__":

@@ -52,15 +52,13 @@ def main(argv: list[str]) -> None:
 
     # What the fork server compares: it forks only for the environment it imported Airflow with.
     os.environ[forkserver.DIGEST_ENV_VAR] = hashlib.sha256(raw).hexdigest()
-    if preload.wanted(command, dict(os.environ)):
-        server = os.environ.get(forkserver.SOCKET_ENV_VAR)
-        if server:
-            try:
-                forkserver.run_forked(server, command)  # exits as the component does
-            except forkserver.Unavailable as why:
-                print(f"airflow-gitops: {why}; starting {command[1]} in this process", file=sys.stderr, flush=True)
-        preload.run(command, dict(os.environ))
-    os.execvp(command[0], command)
+    server = os.environ.get(forkserver.SOCKET_ENV_VAR)
+    if server and preload.wanted(command, dict(os.environ)):
+        try:
+            forkserver.run_forked(server, command)  # exits as the component does
+        except forkserver.Unavailable as why:
+            print(f"airflow-gitops: {why}; starting {command[1]} in this process", file=sys.stderr, flush=True)
+    preload.start(command)
 
 
 if __name__ == "__main__":

@@ -267,15 +267,13 @@ class LocalPlatform:
                 migrate = self._forget_stale_stamp()
             if phase is Phase.AIRFLOW and migrate:
                 self._migrate(step)
+            for c in components.enabled(lay):
+                if c.prepare and c.phase is phase:
+                    c.prepare(self, step)  # before it starts, or, if it started earlier, what it waits for
             started = [c for c in components.enabled(lay) if c.start_phase is phase]
             for c in started:
-                if c.prepare and c.phase is phase:
-                    c.prepare(self, step)
                 step(f"starting {c.name}")
                 self.supervisor.start(c.name)
-            for c in components.enabled(lay):
-                if c.prepare and c.phase is phase and c.start_phase is not phase:
-                    c.prepare(self, step)  # it started earlier and waits for this
             for c in started:
                 if c.on_ready:
                     self._wait_ready(c)

@@ -47,6 +47,7 @@ import functools
 import gc
 import importlib
 import importlib.metadata
+import os
 import sys
 import time
 from pathlib import Path
@@ -479,6 +480,14 @@ def run(command: list[str], env: dict[str, str]) -> None:
 
     sys.argv = ["airflow", *command[1:]]
     sys.exit(main())
+
+
+def start(command: list[str]) -> None:
+    """Become ``command``: run it in this process through :func:`run` when it needs that, else exec it."""
+    env = dict(os.environ)
+    if wanted(command, env):
+        run(command, env)  # exits
+    os.execvp(command[0], command)
 
 
 def wanted(command: list[str], env: dict[str, str]) -> bool:
