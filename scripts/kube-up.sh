@@ -6,8 +6,14 @@
 # folder outside the repository, and reused afterwards.
 #
 #   scripts/kube-up.sh build        build the binaries (no-op when already built); prints the bin dir
-#   scripts/kube-up.sh start DIR    build if needed, start a cluster with its state in DIR,
-#                                   print `export KUBECONFIG=DIR/kubeconfig`
+#   scripts/kube-up.sh start DIR [--real-node]
+#                                   build if needed, start a cluster with its state in DIR,
+#                                   print `export KUBECONFIG=DIR/kubeconfig`. --real-node (or
+#                                   KUBE_UP_REAL_NODE=1) adds a real node, agk-node: containerd + runc +
+#                                   CNI, kubelet, kube-proxy, CoreDNS (scripts/kube-node.sh); its pods
+#                                   really run. Images to import into it: KUBE_UP_NODE_IMAGES (docker-
+#                                   archive paths, space-separated); more later: import DIR ARCHIVE...
+#   scripts/kube-up.sh import DIR ARCHIVE...   import docker-archives into the real node's containerd
 #   scripts/kube-up.sh stop DIR     stop the cluster started in DIR (nothing is left running)
 #   scripts/kube-up.sh env [DIR]    print the bin dir (and KUBECONFIG for DIR) as shell exports
 #   scripts/kube-up.sh bin-dir      print the bin dir only
@@ -15,7 +21,8 @@
 # Cache: ${AIRFLOW_GITOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airflow-gitops}/kube/
 #   <versions>/bin      the binaries            go/             GOPATH, GOMODCACHE, GOCACHE
 # AIRFLOW_GITOPS_GOMODCACHE overrides only the Go module cache (to share downloads between caches).
-# Everything listens on 127.0.0.1 only, on ports free at start, so clusters do not collide.
+# Everything listens on 127.0.0.1 only, on ports free at start, so clusters do not collide; with a
+# real node, the API server listens on the node's bridge address instead (the pods reach it there).
 set -euo pipefail
 
 # ---- versions (all staging modules k8s.io/* pinned to the matching v0.x of K8S_VERSION) ----------
@@ -31,10 +38,12 @@ CACHE_ROOT="${AIRFLOW_GITOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airflow-gito
 KUBE_CACHE="$CACHE_ROOT/kube"
 VERSIONS_DIR="$KUBE_CACHE/$VERSIONS_TAG"
 BIN_DIR="$VERSIONS_DIR/bin"
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm)
 
 say() { echo "kube-up: $*" >&2; }
 die() { echo "kube-up: error: $*" >&2; exit 1; }
+# shellcheck source=kube-node.sh
+source "$(dirname "${BASH_SOURCE[0]}")/kube-node.sh"
 
 # ---- build ----------------------------------------------------------------------------------------
 
@@ -61,6 +70,11 @@ go_env() {
 }
 
 build() {
+  build_control_plane
+  build_node
+}
+
+build_control_plane() {
   if binaries_present; then
     say "binaries already built in $BIN_DIR (skipping the build)"
     return 0
@@ -106,7 +120,8 @@ build() {
     # Explicit @versions: a bare package path would mean @upgrade (the newest release).
     GOFLAGS=-mod=mod go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" \
       "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION" "k8s.io/kubernetes/cmd/kube-scheduler@$K8S_VERSION" \
-      "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >>"$work/build.log" 2>&1
+      "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION" "k8s.io/kubernetes/cmd/kubelet@$K8S_VERSION" \
+      "k8s.io/kubernetes/cmd/kube-proxy@$K8S_VERSION" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >>"$work/build.log" 2>&1
     grep -q "k8s.io/kubernetes $K8S_VERSION\$" go.mod && grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION\$" go.mod \
       || { echo "go get changed the pinned versions:" && cat go.mod && exit 1; } >>"$work/build.log" 2>&1
   ) || die "resolving the Kubernetes modules failed (go get); see $work/build.log"
@@ -118,10 +133,11 @@ build() {
     ldk+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldk+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  say "go build kube-apiserver kube-controller-manager kube-scheduler kubectl etcd ..."
+  say "go build kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd ..."
   (cd "$mod" && GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldk" -o "$out/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl >>"$work/build.log" 2>&1) \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy >>"$work/build.log" 2>&1) \
     || die "building Kubernetes $K8S_VERSION failed; see $work/build.log"
   (cd "$mod" && GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3 \
       >>"$work/build.log" 2>&1) || die "building etcd $ETCD_VERSION failed; see $work/build.log"
@@ -152,7 +168,7 @@ build() {
 
 # ---- start / stop --------------------------------------------------------------------------------
 
-SERVICE_CIDR=10.96.0.0/16   # virtual only: nothing routes to it (no kube-proxy, no pods really run)
+SERVICE_CIDR=10.96.0.0/16   # virtual; on the real node kube-proxy routes it to pods
 SERVICE_IP=10.96.0.1        # the kubernetes.default Service
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)  # start order
 
@@ -212,11 +228,13 @@ make_pki() {
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
     -out "$pki/ca.crt" 2>/dev/null
   # Serving certificate of kube-apiserver (also served by the controller-manager and the scheduler).
-  sign serving "/CN=kube-apiserver" "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,IP:$SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  sign serving "/CN=kube-apiserver" "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,IP:$API_HOST,IP:$SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
   sign admin "/O=system:masters/CN=kubernetes-admin" "$client"
   sign controller-manager "/CN=system:kube-controller-manager" "$client"
   sign scheduler "/CN=system:kube-scheduler" "$client"
   sign kwok "/O=system:masters/CN=kwok" "$client"
+  # The API server's client certificate towards kubelets (only a real node's kubelet ever sees it).
+  sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
   # Service-account token signing key pair.
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
@@ -232,7 +250,7 @@ kind: Config
 clusters:
 - name: airflow-gitops-kube
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: https://$API_HOST:$API_PORT
     certificate-authority-data: $(base64 -w0 <"$pki/ca.crt")
 users:
 - name: $user
@@ -261,9 +279,12 @@ write_kwok_config() {
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options:
-  manageAllNodes: true
+  # Only the fake nodes: the real node (agk-node) has a kubelet of its own.
+  manageAllNodes: false
+  manageNodesWithLabelSelector: type=kwok
   nodeIP: 127.0.0.1            # node addresses on loopback
-  cidr: 10.244.0.1/16          # pod IPs: fictitious (EndpointSlices refuse loopback ones)
+  cidr: 10.244.0.1/16          # pod IPs: fictitious (EndpointSlices refuse loopback ones); the real
+                               # node's pods are in 10.88.N.0/24
   nodeLeaseDurationSeconds: 40
   # kwok's defaults, spelled out: a configuration file does not get them.
   nodeLeaseParallelism: 4
@@ -567,21 +588,30 @@ EOF
 }
 
 pid_alive() {  # pid_alive NAME: the process recorded in DIR/NAME.pid runs (and is ours)
-  local f="$STATE/$1.pid" pid
+  local f="$STATE/$1.pid" pid want=$1
   [ -s "$f" ] || return 1
   pid=$(cat "$f")
   [ -d "/proc/$pid" ] || return 1
+  [ -s "$STATE/$1.exe" ] && want=$(cat "$STATE/$1.exe")  # launched by launch_cmd
   local exe
   exe=$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1)
-  [ "${exe##*/}" = "$1" ]
+  [ "${exe##*/}" = "$want" ]
 }
 
 # launch NAME ARGS...: run BIN_DIR/NAME in its own session (process group = its pid), logging to DIR/NAME.log.
 launch() {
   local name=$1
   shift
+  launch_cmd "$name" "$BIN_DIR/$name" "$@"
+}
+
+# launch_cmd NAME COMMAND ARGS...: as launch, for a command not in BIN_DIR (containerd, python3).
+launch_cmd() {
+  local name=$1
+  shift
   : >"$STATE/$name.log"
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$STATE/$name.pid" "$BIN_DIR/$name" "$@" \
+  if [ "${1##*/}" = "$name" ]; then rm -f "$STATE/$name.exe"; else echo "${1##*/}" >"$STATE/$name.exe"; fi
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$STATE/$name.pid" "$@" \
     </dev/null >>"$STATE/$name.log" 2>&1 &
   local i
   for i in $(seq 50); do [ -s "$STATE/$name.pid" ] && break; sleep 0.1; done
@@ -618,14 +648,16 @@ stop_group() {
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
   done
-  for name in "$@"; do rm -f "$STATE/$name.pid"; done
+  for name in "$@"; do rm -f "$STATE/$name.pid" "$STATE/$name.exe"; done
 }
 
-# stop_all: everything but etcd together (the API server shuts down cleanly only while etcd is up),
-# then etcd.
+# stop_all: the real node's processes and containers, everything but etcd together (the API server
+# shuts down cleanly only while etcd is up), etcd, then the node's network (the API server listens on it).
 stop_all() {
+  node_stop
   stop_group kwok kube-scheduler kube-controller-manager kube-apiserver
   stop_group etcd
+  node_remove
 }
 
 # fail COMPONENT MESSAGE: one line naming the component and its log, stop what was started, exit 1.
@@ -654,7 +686,7 @@ wait_for() {
   done
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 healthz() { "$BIN_DIR/kubectl" --kubeconfig "$STATE/kubeconfig" --server "https://127.0.0.1:$1" --request-timeout=5s get --raw /healthz | grep -qx ok; }
 readyz() { kctl get --raw /readyz | grep -qx ok; }
 nodes_ready() {
@@ -665,24 +697,39 @@ nodes_ready() {
 default_sa() { kctl -n default get serviceaccount default && kctl -n default get configmap kube-root-ca.crt; }
 
 start() {
-  [ -n "${1:-}" ] || die "usage: $0 start DIR"
+  [ -n "${1:-}" ] || die "usage: $0 start DIR [--real-node]"
+  local real_node=${KUBE_UP_REAL_NODE:-0}
+  case "${2:-}" in
+    --real-node) real_node=1 ;;
+    "") ;;
+    *) die "unknown option ${2}: usage: $0 start DIR [--real-node]" ;;
+  esac
   mkdir -p "$1"
   STATE="$(cd "$1" && pwd)"
   local c
-  for c in "${COMPONENTS[@]}"; do
+  for c in "${COMPONENTS[@]}" "${NODE_COMPONENTS[@]}"; do
     pid_alive "$c" && die "a cluster is already running in $STATE ($c, pid $(cat "$STATE/$c.pid")). Stop it: $0 stop $STATE"
   done
   local t0=$SECONDS
-  build
+  build_control_plane
   need_openssl
+  # A previous start that was killed may have left its node behind: remove it first.
+  node_stop
+  node_remove
+  API_HOST=127.0.0.1
   # Whatever ends start early (a failure, Ctrl-C) stops what it started.
   START_DONE=0
   trap '[ "$START_DONE" = 1 ] || stop_all' EXIT
   trap 'echo "kube-up: interrupted; stopping" >&2; exit 130' INT TERM
+  if [ "$real_node" = 1 ]; then
+    node_prepare
+    API_HOST=$GATEWAY
+  fi
   # A fresh cluster each time: remove only what a previous start in DIR wrote.
   rm -rf "$STATE/etcd" "$STATE/pki" "$STATE/kwok.yaml" "$STATE"/*.kubeconfig "$STATE/kubeconfig" "$STATE/ports" \
     "$STATE/egress-selector.yaml" "$STATE/bootstrap.yaml"
   make_pki
+  [ "$real_node" = 1 ] && node_pki
 
   local ports
   read -r ETCD_PORT ETCD_PEER_PORT API_PORT KCM_PORT SCHED_PORT < <(free_ports 5)
@@ -695,7 +742,8 @@ start() {
   write_kwok_config
   # Every connection the API server would open into "the cluster" (to node kubelets for logs/exec/
   # port-forward, to pod and service IPs for the proxy subresources and webhooks) goes through a
-  # unix socket that nothing serves: pod and service IPs are fictitious, so none may reach the network.
+  # unix socket. Without a real node nothing serves it: pod and service IPs are fictitious, so none may
+  # reach the network. With one, a proxy there lets through connections to its kubelet only.
   cat >"$STATE/egress-selector.yaml" <<EOF
 apiVersion: apiserver.k8s.io/v1beta1
 kind: EgressSelectorConfiguration
@@ -705,7 +753,7 @@ egressSelections:
     proxyProtocol: HTTPConnect
     transport:
       uds:
-        udsName: $STATE/no-cluster-egress.sock
+        udsName: $STATE/cluster-egress.sock
 EOF
   local pki="$STATE/pki"
 
@@ -717,7 +765,9 @@ EOF
   wait_for etcd 30 port_open "$ETCD_PORT"
 
   launch kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --secure-port "$API_PORT" --advertise-address 127.0.0.1 \
+    --bind-address "$API_HOST" --secure-port "$API_PORT" --advertise-address "$API_HOST" \
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --endpoint-reconciler-type none \
     --tls-cert-file "$pki/serving.crt" --tls-private-key-file "$pki/serving.key" --client-ca-file "$pki/ca.crt" \
     --cert-dir "$STATE/kube-apiserver-certs" \
@@ -744,7 +794,7 @@ EOF
     --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" \
     --tls-cert-file "$pki/serving.crt" --tls-private-key-file "$pki/serving.key" --client-ca-file "$pki/ca.crt" \
     --leader-elect=false --profiling=false
-  launch kwok --kubeconfig "$STATE/kwok.kubeconfig" --config "$STATE/kwok.yaml" --manage-all-nodes=true
+  launch kwok --kubeconfig "$STATE/kwok.kubeconfig" --config "$STATE/kwok.yaml"
   wait_for kube-controller-manager 60 healthz "$KCM_PORT"
   wait_for kube-scheduler 60 healthz "$SCHED_PORT"
 
@@ -782,20 +832,23 @@ volumeBindingMode: Immediate
     || fail kube-apiserver "refused the nodes and StorageClass (kubectl apply -f $STATE/bootstrap.yaml)"
   wait_for kwok 60 nodes_ready
   wait_for kube-controller-manager 60 default_sa
+  [ "$real_node" = 1 ] && node_start
 
   START_DONE=1
   trap - INT TERM
-  say "cluster ready in $((SECONDS - t0)) s: $NODES kwok nodes, API https://127.0.0.1:$API_PORT, state and logs in $STATE"
+  local nodes="$NODES kwok nodes"
+  [ "$real_node" = 1 ] && nodes+=" + real node $NODE_NAME (pods on $POD_CIDR, host services on $GATEWAY)"
+  say "cluster ready in $((SECONDS - t0)) s: $nodes, API https://$API_HOST:$API_PORT, state and logs in $STATE"
   echo "export KUBECONFIG=$STATE/kubeconfig"
 }
 
-# The host-path provisioner made an (empty: no pod really runs) folder under /tmp/hostpath_pv for each
-# PersistentVolume; remove this cluster's ones.
+# The host-path provisioner made a folder under /tmp/hostpath_pv for each PersistentVolume (empty unless a
+# pod on the real node wrote to it); remove this cluster's ones.
 remove_hostpath_pvs() {
   [ -x "$BIN_DIR/kubectl" ] && [ -s "$STATE/kubeconfig" ] && pid_alive kube-apiserver || return 0
   local p
   for p in $(kctl get pv -o jsonpath='{range .items[*]}{.spec.hostPath.path}{"\n"}{end}' 2>/dev/null); do
-    case "$p" in /tmp/hostpath_pv/*) rmdir "$p" 2>/dev/null || true ;; esac
+    case "$p" in /tmp/hostpath_pv/?*) rm -rf -- "$p" ;; esac
   done
 }
 
@@ -806,6 +859,15 @@ stop() {
   remove_hostpath_pvs
   stop_all
   say "stopped the cluster in $STATE"
+}
+
+import_cmd() {
+  [ -n "${1:-}" ] || die "usage: $0 import DIR ARCHIVE..."
+  STATE="$(cd "$1" && pwd)" || die "no such directory: $1"
+  shift
+  node_env && pid_alive containerd || die "no real node runs in $STATE. Start one: $0 start $STATE --real-node"
+  local a
+  for a in "$@"; do [ -s "$a" ] || die "no such image archive: $a"; import_archive "$a"; done
 }
 
 env_cmd() {
@@ -823,8 +885,9 @@ usage() {
 {
   case "${1:-}" in
     build) build; echo "$BIN_DIR" ;;
-    start) start "${2:-}" ;;
+    start) start "${2:-}" "${3:-}" ;;
     stop) stop "${2:-}" ;;
+    import) shift; import_cmd "$@" ;;
     env) env_cmd "${2:-}" ;;
     bin-dir) echo "$BIN_DIR" ;;
     *) usage ;;

@@ -1,7 +1,12 @@
 """A real Kubernetes control plane for tests (pytest plugin module): ``scripts/kube-up.sh`` runs etcd,
-kube-apiserver, kube-controller-manager and kube-scheduler on 127.0.0.1, with kwok simulating the
-nodes (pods of Deployments/StatefulSets become Running+Ready, pods of Jobs Succeeded; no container
-runtime, nothing really runs). It also provides helm and kubectl of the matching version.
+kube-apiserver, kube-controller-manager and kube-scheduler, with kwok simulating two nodes (pods of
+Deployments/StatefulSets become Running+Ready, pods of Jobs Succeeded; nothing really runs) and, where
+the machine allows (root, containerd, runc, the CNI plugins), a REAL node ``agk-node``: containerd +
+runc, a kubelet, kube-proxy and CoreDNS, on a private bridge (scripts/kube-node.sh). It also provides
+helm and kubectl of the matching version.
+
+The real node is tainted: only pods that tolerate it and select it (:data:`REAL_NODE_POD_SPEC`) run there,
+so the kwok tests are unchanged. ``kube_node`` gives the cluster and requires its real node.
 
 ``kube_cluster`` (session scope) starts one such cluster in a temporary folder and yields a
 :class:`KubeCluster` (``.kubeconfig``, ``.helm``, ``.kubectl``, ``.bin_dir``, ``.env()``); the cluster
@@ -26,7 +31,52 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBE_UP = ROOT / "scripts" / "kube-up.sh"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "helm")
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kubelet",
+    "kube-proxy",
+    "kwok",
+    "helm",
+    "coredns",
+    "pause",
+)
+NODE_NAME = "agk-node"
+# What a pod needs to run on the real node (and nowhere else): scripts/kube-node.sh's label and taint.
+REAL_NODE_POD_SPEC = {
+    "nodeSelector": {"airflow-gitops.dev/node": "real"},
+    "tolerations": [{"key": "airflow-gitops.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+}
+BUSYBOX_IMAGE = "localhost/airflow-gitops/busybox:debian12"  # imported into the real node by kube-up.sh
+NODE_COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "iptables", "ip", "umoci", "skopeo", "nsenter")
+
+
+@dataclass(frozen=True)
+class RealNode:
+    """The real node of a cluster (scripts/kube-node.sh's DIR/node/env)."""
+
+    name: str
+    bridge: str
+    pod_cidr: str
+    gateway: str  # the node's IP: the API server, CoreDNS and the host services pods use listen here
+
+
+def node_missing() -> str | None:
+    """Why this machine cannot run the real node, or None."""
+    if os.geteuid() != 0:
+        return "the real node needs root (containerd, a bridge, iptables)"
+    missing = [c for c in NODE_COMMANDS if shutil.which(c) is None]
+    plugins = [f"/usr/lib/cni/{p}" for p in ("bridge", "host-local", "loopback", "portmap")]
+    missing += [p for p in plugins if not os.access(p, os.X_OK)]
+    if missing:
+        return (
+            f"the real node needs {', '.join(missing)}: apt-get install -y containerd runc "
+            "containernetworking-plugins iptables iproute2 umoci skopeo busybox-static"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -36,6 +86,7 @@ class KubeCluster:
     bin_dir: Path
     helm: Path
     kubectl: Path
+    node: RealNode | None = None  # None: kwok nodes only (see node_missing())
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """An environment for subprocesses: KUBECONFIG set, ``bin_dir`` (helm, kubectl) first on PATH."""
@@ -43,6 +94,62 @@ class KubeCluster:
         env["KUBECONFIG"] = str(self.kubeconfig)
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
         return env
+
+    def import_images(self, *archives: Path) -> None:
+        """Import docker-archives (named by their RepoTags) into the real node's containerd."""
+        proc = subprocess.run(
+            ["bash", str(KUBE_UP), "import", str(self.dir), *map(str, archives)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, f"kube-up.sh import failed: {proc.stderr[-2000:]}"
+
+
+SYSCTLS = (
+    "net/ipv4/ip_forward",
+    "net/bridge/bridge-nf-call-iptables",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
+
+
+def machine_state(state: Path) -> dict[str, list[str]]:
+    """What a real node changes on the machine (links, iptables rules, mounts, network namespaces, cgroups,
+    sysctls), to compare before start and after stop."""
+
+    def run(*cmd: str) -> list[str]:
+        if shutil.which(cmd[0]) is None:
+            return []
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()
+
+    rules = [
+        f"{ipt} {line}"
+        for ipt in ("iptables-save", "ip6tables-save")
+        for line in run(ipt)
+        if "KUBE" in line or "AGK" in line or "airflow-gitops" in line
+    ]
+    links = [
+        line.split(":")[1].strip() for line in run("ip", "-o", "link", "show") if ": agk" in line or ": veth" in line
+    ]
+    mounts = [
+        line
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if str(state) in line or "/netns/" in line
+    ]
+    netns = sorted(p.name for p in Path("/run/netns").iterdir()) if Path("/run/netns").is_dir() else []
+    cgroups = sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/agk*"))
+    sysctls = [f"{k}={Path('/proc/sys', k).read_text().strip()}" for k in SYSCTLS if Path("/proc/sys", k).exists()]
+    return {"iptables": rules, "links": links, "mounts": mounts, "netns": netns, "cgroups": cgroups, "sysctls": sysctls}
+
+
+def _read_node(state: Path) -> RealNode | None:
+    env_file = state / "node" / "env"
+    if not env_file.is_file():
+        return None
+    values = dict(line.split("=", 1) for line in env_file.read_text().split() if "=" in line)
+    return RealNode(name=NODE_NAME, bridge=values["BRIDGE"], pod_cidr=values["POD_CIDR"], gateway=values["GATEWAY"])
 
 
 def kube_required() -> bool:
@@ -102,7 +209,16 @@ def kube_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if not built:
         _say(config, f"kube_cluster: building the Kubernetes binaries into {bin_dir} (first time: tens of minutes)")
     state = tmp_path_factory.mktemp("kube")
-    rc, out = _kube_up(config, "start", str(state))
+    why_no_node = node_missing()
+    if why_no_node is None:
+        args = ("start", str(state), "--real-node")
+    else:
+        args = ("start", str(state))
+        if kube_required():
+            pytest.fail(f"kube_cluster: {why_no_node} (CI=true or AIRFLOW_GITOPS_REQUIRE_KUBE is set)", pytrace=False)
+        _say(config, f"kube_cluster: kwok nodes only, no real node: {why_no_node}")
+    before = machine_state(state)
+    rc, out = _kube_up(config, *args)
     if rc != 0:
         # start stops whatever it started when it fails; stop again in case it was interrupted.
         subprocess.run(["bash", str(KUBE_UP), "stop", str(state)], capture_output=True)
@@ -115,6 +231,23 @@ def kube_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             bin_dir=bin_dir,
             helm=bin_dir / "helm",
             kubectl=bin_dir / "kubectl",
+            node=_read_node(state),
         )
     finally:
         subprocess.run(["bash", str(KUBE_UP), "stop", str(state)], capture_output=True)
+        # stop must leave the machine as it found it (an error at teardown otherwise)
+        after = machine_state(state)
+        left = {k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) != set(before[k])}
+        assert not left, f"scripts/kube-up.sh stop {state} left the machine changed: {left}"
+
+
+@pytest.fixture
+def kube_node(kube_cluster: KubeCluster) -> KubeCluster:
+    """The session's cluster, with its real node (skips, saying why, where the machine cannot run one;
+    fails instead under CI=true or AIRFLOW_GITOPS_REQUIRE_KUBE)."""
+    if kube_cluster.node is None:
+        reason = f"kube_node: no real node in this cluster: {node_missing() or 'kube-up.sh started none'}"
+        if kube_required():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return kube_cluster
