@@ -81,7 +81,8 @@ class PgServer:
         return f"postgresql://{name}:{quote(password, safe='')}@{self.host}:{self.port}/{name}"
 
 
-def start_postgres() -> tuple[PgServer, callable]:
+def start_postgres(host: str = "127.0.0.1", allow: str | None = None) -> tuple[PgServer, callable]:
+    """A server listening on ``host``; ``allow`` (a CIDR) may connect with a password besides localhost."""
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
@@ -118,7 +119,10 @@ def start_postgres() -> tuple[PgServer, callable]:
         capture_output=True,
     )
     pwfile.unlink()
-    opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={data} -c fsync=off"
+    if allow:
+        with open(data / "pg_hba.conf", "a") as hba:
+            hba.write(f"host all all {allow} scram-sha-256\n")
+    opts = f"-c listen_addresses={host} -c port={port} -c unix_socket_directories={data} -c fsync=off"
     log = data / "server.log"
     subprocess.run(
         [*prefix, pg_ctl, "-D", str(data), "-l", str(log), "-o", opts, "-w", "start"],
@@ -126,7 +130,7 @@ def start_postgres() -> tuple[PgServer, callable]:
         capture_output=True,
         timeout=60,
     )
-    server = PgServer(port, password, root)
+    server = PgServer(port, password, root, host=host)
 
     def stop():
         subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)

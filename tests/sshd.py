@@ -125,7 +125,7 @@ class SshGitServer:
         return sha
 
 
-def start_sshd(root: Path) -> tuple[SshGitServer, subprocess.Popen]:
+def start_sshd(root: Path, host: str = "127.0.0.1") -> tuple[SshGitServer, subprocess.Popen]:
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     host_key = root / "ssh_host_ed25519_key"
@@ -136,7 +136,7 @@ def start_sshd(root: Path) -> tuple[SshGitServer, subprocess.Popen]:
     auth.write_text(deploy_pub + " deploy\n")
     auth.chmod(0o600)
     port = free_port()
-    known_line = f"[127.0.0.1]:{port} {host_pub}"
+    known_line = f"[{host}]:{port} {host_pub}"
     known_hosts = root / "known_hosts"
     known_hosts.write_text(known_line + "\n")
     config = root / "sshd_config"
@@ -144,7 +144,7 @@ def start_sshd(root: Path) -> tuple[SshGitServer, subprocess.Popen]:
         "\n".join(
             [
                 f"Port {port}",
-                "ListenAddress 127.0.0.1",
+                f"ListenAddress {host}",
                 f"HostKey {host_key}",
                 f"AuthorizedKeysFile {auth}",
                 f"PidFile {root / 'sshd.pid'}",
@@ -167,14 +167,14 @@ def start_sshd(root: Path) -> tuple[SshGitServer, subprocess.Popen]:
         if proc.poll() is not None:
             raise RuntimeError(f"sshd exited: {(root / 'sshd.log').read_text()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 break
         except OSError:
             time.sleep(0.1)
     else:
         proc.kill()
         raise RuntimeError("sshd did not listen within 10 s")
-    server = SshGitServer(root, port, key_path, known_hosts, known_line, host_pub)
+    server = SshGitServer(root, port, key_path, known_hosts, known_line, host_pub, host=host)
     return server, proc
 
 

@@ -161,3 +161,51 @@ def test_kubernetes_chart_creates_our_admin_never_admin_admin(tmp_path, chart_di
     text = (tmp_path / "out" / "chart.yaml").read_text()
     assert password["stringData"]["password"] not in text
     assert not [line for line in text.splitlines() if line.strip() in ("- admin", "password: admin")]
+
+
+def test_node_selector_tolerations_and_side_images_reach_every_pod(tmp_path, chart_dir):
+    spec = spec_in(
+        tmp_path,
+        kubernetes={
+            "node_selector": {"pool": "airflow"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "airflow", "effect": "NoSchedule"}],
+            "git_sync_image": "registry.example.com/mirror/git-sync:v4.4.2",
+            "statsd_image": "registry.example.com/mirror/statsd-exporter:v0.29.0",
+        },
+    )
+    render(spec, tmp_path / "out", chart=str(chart_dir))
+    docs = [d for d in yaml.safe_load_all((tmp_path / "out" / "chart.yaml").read_text()) if d]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "airflow-config")
+    pods = {
+        f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]["spec"]
+        for d in docs
+        if "template" in d.get("spec", {})
+    }
+    pods["pod_template_file"] = yaml.safe_load(cm["data"]["pod_template_file.yaml"])["spec"]
+    assert {"Deployment/airflow-scheduler", "Deployment/airflow-statsd", "pod_template_file"} <= set(pods)
+    for name, pod in pods.items():
+        assert pod.get("nodeSelector") == {"pool": "airflow"}, name
+        assert {"key": "dedicated", "operator": "Equal", "value": "airflow", "effect": "NoSchedule"} in (
+            pod.get("tolerations") or []
+        ), name
+    images = {c["image"] for pod in pods.values() for c in containers(pod)}
+    assert "registry.example.com/mirror/git-sync:v4.4.2" in images
+    assert "registry.example.com/mirror/statsd-exporter:v0.29.0" in images
+    assert not [i for i in images if i.startswith(("registry.k8s.io/", "quay.io/"))]
+
+
+@pytest.mark.parametrize(
+    ("over", "word"),
+    [
+        ({"node_selector": {"bad key!": "x"}}, "node_selector"),
+        ({"tolerations": [{"operator": "Sometimes"}]}, "tolerations"),
+        ({"git_sync_image": "--post-renderer=/tmp/x"}, "git_sync_image"),
+        ({"statsd_image": "no-tag"}, "statsd_image"),
+    ],
+)
+def test_bad_placement_or_image_refs_are_one_clear_error(tmp_path, over, word):
+    from airflow_gitops.spec import SpecError
+
+    with pytest.raises(SpecError) as err:
+        spec_in(tmp_path, kubernetes=over)
+    assert f"kubernetes.{word}" in str(err.value)

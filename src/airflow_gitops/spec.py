@@ -540,6 +540,28 @@ class IngressSpec(_Model):
     _host = field_validator("host")(classmethod(lambda cls, v: _k8s_name(v)))
 
 
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?" + LABEL_NAME)
+LABEL_VALUE = re.compile(f"({LABEL_NAME})?")
+IMAGE_REF = re.compile(r"[a-z0-9]+([._/:-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+class Toleration(_Model):
+    """A Kubernetes toleration (the chart's ``tolerations`` entries)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None and not LABEL_KEY.fullmatch(v):
+            raise ValueError(f"{_short(v)} is not a taint key; use e.g. 'dedicated'")
+        return v
+
+
 class KubernetesSpec(_Model):
     namespace: str = "airflow"
     release: str = "airflow"
@@ -547,6 +569,32 @@ class KubernetesSpec(_Model):
     # A local chart folder, or REPO_URL@VERSION; None: the official repository at chart_version.
     chart: str | None = None
     context: str | None = None
+    # Where the pods run: the chart's nodeSelector and tolerations, for every pod it makes (the
+    # KubernetesExecutor's task pods included).
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    # The chart's side images, for clusters that pull from a registry of their own (air-gapped, mirrors):
+    # 'repository:tag'. None: the chart's defaults (registry.k8s.io/git-sync, quay.io statsd-exporter).
+    git_sync_image: str | None = None
+    statsd_image: str | None = None
+
+    @field_validator("git_sync_image", "statsd_image")
+    @classmethod
+    def _image_ref(cls, v: str | None) -> str | None:
+        if v is not None and not IMAGE_REF.fullmatch(v):
+            raise ValueError(
+                f"{_short(v)} is not an image reference 'repository:tag'; "
+                "use e.g. 'registry.example.com/git-sync:v4.4.2'"
+            )
+        return v
+
+    @field_validator("node_selector")
+    @classmethod
+    def _selector(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not LABEL_KEY.fullmatch(key) or not LABEL_VALUE.fullmatch(value):
+                raise ValueError(f"{_short(key)}: {_short(value)} is not a Kubernetes label; use e.g. 'pool: airflow'")
+        return v
 
     @field_validator("namespace", "release")
     @classmethod

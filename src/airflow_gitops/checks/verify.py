@@ -6,6 +6,8 @@
 | DAG GitSync         | verify.dag_sync (parsed commit == branch head); ``--probe``: push-to-live |
 | PostgreSQL          | verify.postgres (the metadata database answers, with its version)      |
 | AWS auth (boto3)    | task.* from the ``platform_selfcheck`` DAG, run by Airflow itself        |
+
+On Kubernetes the same rows are read from the running containers (checks/kube_containers.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..local.target import LocalTarget
 from ..spec import PlatformSpec
 from ..target import Target
 from .kube import kube_checks
+from .kube_containers import container_rows
 from .result import CheckResult, emit, fail, ok, skip
 
 SELFCHECK_DAG = "platform_selfcheck"
@@ -295,6 +298,8 @@ def _release_rows(spec: PlatformSpec) -> list[CheckResult]:
                     name, f"Job {job.metadata.name} has not completed", f"kubectl -n {ns} logs job/{job.metadata.name}"
                 )
             )
+    if all(r.status == "ok" for r in rows):
+        rows += container_rows(api, spec)
     return rows
 
 

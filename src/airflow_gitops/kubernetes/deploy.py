@@ -147,8 +147,9 @@ def helm_upgrade(
             cmd += ["--kube-context", k.context]
         if dry_run:
             cmd += ["--dry-run=server"]
-        elif wait:
-            cmd += ["--wait", "--wait-for-jobs"]
+        # No --wait: the chart's migration and create-user Jobs are post-install/post-upgrade hooks and
+        # its pods wait for the migrations, so `helm --wait` (ready pods before hooks) never ends on a
+        # real cluster. helm waits for the hook Jobs by itself; wait_ready then waits for the workloads.
         cmd += ["--output", "json"]  # the release as JSON: its manifest is summarised, its notes never printed
         console.print(f"$ {' '.join(cmd)}", highlight=False)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=HELM_TIMEOUT + 60)
@@ -225,8 +226,88 @@ def deploy_command(
         console.print("helm: would install the release (server-side dry run needs the namespace; skipped)")
         return
     console.print(helm_upgrade(spec, r, chart, dry_run=dry_run, console=console, wait=wait), highlight=False)
+    if wait and not dry_run:
+        ready = wait_ready(api, spec, timeout=HELM_TIMEOUT)
+        console.print(f"ready: {', '.join(ready) or 'no workloads'}", highlight=False)
     if r.secrets.deploy_public_key:
         console.print(f"Deploy key (public half): {r.secrets.deploy_public_key}", highlight=False, soft_wrap=True)
+
+
+def _not_ready(kind: str, obj) -> str | None:
+    """Why a Deployment/StatefulSet is not rolled out and ready yet, or None."""
+    want = obj.spec.replicas if obj.spec.replicas is not None else 1
+    st = obj.status
+    if (st.observed_generation or 0) < (obj.metadata.generation or 0):
+        return "its new spec is not observed yet"
+    if (st.updated_replicas or 0) < want:
+        return f"{st.updated_replicas or 0}/{want} pods updated"
+    if (st.ready_replicas or 0) < want:
+        return f"{st.ready_replicas or 0}/{want} pods ready"
+    if kind == "StatefulSet" and st.update_revision and st.current_revision != st.update_revision:
+        return "rolling to a new revision"
+    return None
+
+
+def _pod_problems(api, ns: str, release: str) -> list[str]:
+    """Pods of the release that are not ready, with their containers' waiting/terminated reasons."""
+    from kubernetes import client
+
+    out = []
+    for pod in client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=f"release={release}").items:
+        if pod.status.phase == "Succeeded":
+            continue
+        statuses = (pod.status.init_container_statuses or []) + (pod.status.container_statuses or [])
+        reasons = []
+        for c in statuses:
+            state = c.state
+            if state.waiting and state.waiting.reason not in (None, "PodInitializing", "ContainerCreating"):
+                reasons.append(f"{c.name}: {state.waiting.reason} {(state.waiting.message or '')[:200]}".strip())
+            elif state.terminated and state.terminated.exit_code:
+                reasons.append(f"{c.name}: exited {state.terminated.exit_code} ({state.terminated.reason})")
+            elif not c.ready and state.running and c.restart_count:
+                reasons.append(f"{c.name}: restarted {c.restart_count} times")
+        ready = any(cond.type == "Ready" and cond.status == "True" for cond in pod.status.conditions or [])
+        if not ready:
+            out.append(f"{pod.metadata.name} ({pod.status.phase}{': ' + '; '.join(reasons) if reasons else ''})")
+    return out
+
+
+def wait_ready(api, spec: PlatformSpec, *, timeout: float, poll: float = 2.0) -> list[str]:
+    """Wait until every Deployment and StatefulSet of the release is rolled out with all pods ready.
+
+    Returns them; on timeout one PlatformError naming what is not ready and why (image pulls, crashes)."""
+    import time
+
+    from kubernetes import client
+
+    apps = client.AppsV1Api(api)
+    ns, release = spec.kubernetes.namespace, spec.kubernetes.release
+    deadline = time.monotonic() + timeout
+    while True:
+        pending: dict[str, str] = {}
+        names: list[str] = []
+        for kind, items in (
+            ("Deployment", apps.list_namespaced_deployment(ns, label_selector=f"release={release}").items),
+            ("StatefulSet", apps.list_namespaced_stateful_set(ns, label_selector=f"release={release}").items),
+        ):
+            for obj in items:
+                name = f"{kind}/{obj.metadata.name}"
+                names.append(name)
+                why = _not_ready(kind, obj)
+                if why:
+                    pending[name] = why
+        if not pending:
+            return names
+        if time.monotonic() > deadline:
+            pods = _pod_problems(api, ns, release)
+            raise PlatformError(
+                f"after {timeout:.0f}s not ready: "
+                + "; ".join(f"{n} ({w})" for n, w in sorted(pending.items()))
+                + (f". Pods: {'; '.join(pods[:8])}" if pods else ""),
+                f"see `kubectl -n {ns} describe pods -l release={release}` and "
+                f"`kubectl -n {ns} logs POD --all-containers`",
+            )
+        time.sleep(poll)
 
 
 def restart_airflow(api, spec: PlatformSpec) -> list[str]:

@@ -197,6 +197,15 @@ def build_values(
             )
         },
     }
+    k8s = spec.kubernetes
+    if k8s.node_selector:
+        values["nodeSelector"] = dict(k8s.node_selector)
+    if k8s.tolerations:
+        values["tolerations"] = [t.model_dump(exclude_none=True) for t in k8s.tolerations]
+    for key, ref in (("gitSync", k8s.git_sync_image), ("statsd", k8s.statsd_image)):
+        if ref:
+            repository, tag = ref.rsplit(":", 1)
+            values["images"][key] = {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}
     if secret_env(spec):
         values["secret"] = secret_env(spec)
     if connections_checksum:

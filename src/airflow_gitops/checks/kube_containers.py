@@ -1,0 +1,229 @@
+"""The seed's verification table read from the RUNNING containers of a release (``verify --target
+kubernetes``): each row runs a command in a container through the API server (``kubectl exec``'s path),
+so it proves what Airflow sees there, not only that objects exist.
+
+| seed row          | row                      | command, container                                           |
+|-------------------|--------------------------|--------------------------------------------------------------|
+| Airflow UI access | verify.container.api     | GET /api/v2/monitor/health, api-server                      |
+| DAG GitSync       | verify.container.git_sync| ``git rev-parse HEAD`` of git-sync's worktree == branch head |
+|                   | verify.container.dags    | ``airflow dags list`` in the scheduler: the repository's DAGs |
+| PostgreSQL        | verify.container.database| ``airflow db check`` in the scheduler                         |
+| AWS auth (boto3)  | verify.container.aws     | boto3's credentials in the scheduler come from the mounted file |
+
+No secret is printed: the AWS row shows where boto3 found its credentials and the access key id's last
+four characters (as the AWS console does).
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+
+from ..gitremote import branch_head
+from ..spec import PlatformSpec
+from .result import CheckResult, fail, ok, skip
+
+GIT_SYNC_WORKTREE = "/git/repo"  # the chart's GITSYNC_ROOT (/git) + GITSYNC_LINK (repo)
+EXEC_TIMEOUT = 120
+
+HEALTH = (
+    "import json, urllib.request; "
+    "print(urllib.request.urlopen('http://localhost:8080/api/v2/monitor/health', timeout=20).read().decode())"
+)
+AWS = (
+    "import json, boto3; c = boto3.Session().get_credentials(); "
+    "print(json.dumps({'method': c.method if c else None, 'tail': (c.access_key or '')[-4:] if c else ''}))"
+)
+
+
+def exec_in(api, ns: str, pod: str, container: str, command: list[str], timeout: float = EXEC_TIMEOUT):
+    """(exit code, stdout, stderr) of ``command`` run in a container, as ``kubectl exec`` does."""
+    from kubernetes import client
+    from kubernetes.stream import stream
+
+    resp = stream(
+        client.CoreV1Api(api).connect_get_namespaced_pod_exec,
+        pod,
+        ns,
+        container=container,
+        command=command,
+        stderr=True,
+        stdout=True,
+        stdin=False,
+        tty=False,
+        _preload_content=False,
+    )
+    out, err = [], []
+    resp.run_forever(timeout=timeout)
+    out.append(resp.read_stdout() or "")
+    err.append(resp.read_stderr() or "")
+    rc = resp.returncode
+    resp.close()
+    return (rc if rc is not None else -1), "".join(out), "".join(err)
+
+
+def _pod(api, ns: str, release: str, component: str, container: str):
+    """A running, ready pod of the release's ``component`` that has ``container``, or None."""
+    from kubernetes import client
+
+    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=f"release={release},component={component}")
+    for p in pods.items:
+        ready = any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        if p.status.phase == "Running" and ready and any(c.name == container for c in p.spec.containers):
+            return p.metadata.name
+    return None
+
+
+def _tail(text: str, n: int = 300) -> str:
+    text = " ".join(text.split())
+    return text[-n:]
+
+
+def _local_key_tail(spec: PlatformSpec) -> str | None:
+    if not spec.aws.credentials_file:
+        return None
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read(spec.path(spec.aws.credentials_file))
+        return parser.get(spec.aws.profile, "aws_access_key_id").strip()[-4:]
+    except (configparser.Error, OSError):
+        return None
+
+
+def _simulated(api, ns: str, release: str) -> bool:
+    """True when every pod of the release is on a kwok node (simulated: no container runs there)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    nodes = {p.spec.node_name for p in core.list_namespaced_pod(ns, label_selector=f"release={release}").items}
+    nodes.discard(None)
+    if not nodes:
+        return False
+    fake = {
+        n.metadata.name
+        for n in core.list_node().items
+        if (n.metadata.annotations or {}).get("kwok.x-k8s.io/node") == "fake"
+    }
+    return nodes <= fake
+
+
+def container_rows(api, spec: PlatformSpec) -> list[CheckResult]:
+    ns, release = spec.kubernetes.namespace, spec.kubernetes.release
+    rows: list[CheckResult] = []
+    try:
+        simulated = _simulated(api, ns, release)
+    except Exception:  # noqa: BLE001 - listing nodes needs a cluster-wide permission many users lack
+        simulated = False
+    if simulated:
+        return [skip("verify.container", "the release's pods run on simulated (kwok) nodes: no container to read")]
+    fix_logs = f"kubectl -n {ns} logs -l release={release},component=%s --all-containers --tail 50"
+
+    pod = _pod(api, ns, release, "api-server", "api-server")
+    if pod is None:
+        rows.append(fail("verify.container.api", "no ready api-server pod", fix_logs % "api-server"))
+    else:
+        rc, out, err = exec_in(api, ns, pod, "api-server", ["python", "-c", HEALTH])
+        try:
+            health = json.loads(out.strip().splitlines()[-1]) if rc == 0 else {}
+        except (ValueError, IndexError):
+            health = {}
+        states = {k: (v or {}).get("status") for k, v in health.items() if isinstance(v, dict)}
+        if states.get("metadatabase") == "healthy" and states.get("scheduler") == "healthy":
+            rows.append(ok("verify.container.api", f"{pod}: /api/v2/monitor/health: {states}"))
+        else:
+            rows.append(
+                fail(
+                    "verify.container.api",
+                    f"{pod}: /api/v2/monitor/health: {states or _tail(out + err) or f'exit {rc}'}",
+                    fix_logs % "scheduler",
+                )
+            )
+
+    sched = _pod(api, ns, release, "scheduler", "scheduler")
+    if sched is None:
+        rows.append(fail("verify.container.database", "no ready scheduler pod", fix_logs % "scheduler"))
+    else:
+        rc, out, err = exec_in(api, ns, sched, "scheduler", ["airflow", "db", "check"])
+        if rc == 0:
+            rows.append(ok("verify.container.database", f"{sched}: `airflow db check`: the metadata database answers"))
+        else:
+            rows.append(
+                fail(
+                    "verify.container.database",
+                    f"{sched}: `airflow db check` exit {rc}: {_tail(err or out)}",
+                    f"check the Secret {spec.secrets.metadata_secret} (key connection) and that the database "
+                    "accepts connections from the pods' network",
+                )
+            )
+        rc, out, err = exec_in(api, ns, sched, "scheduler", ["airflow", "dags", "list", "-o", "json"])
+        try:
+            dags = sorted(d["dag_id"] for d in json.loads(out)) if rc == 0 else []
+        except (ValueError, KeyError, TypeError):
+            dags = []
+        if dags:
+            rows.append(ok("verify.container.dags", f"{sched}: {len(dags)} DAGs: {', '.join(dags[:8])}"))
+        else:
+            rows.append(
+                fail(
+                    "verify.container.dags",
+                    f"{sched}: no DAG in the database ({_tail(err) or f'exit {rc}'})",
+                    f"check dags.repo/branch/sub_path; {fix_logs % 'dag-processor'}",
+                )
+            )
+        rc, out, err = exec_in(api, ns, sched, "scheduler", ["python", "-c", AWS])
+        try:
+            aws = json.loads(out.strip().splitlines()[-1]) if rc == 0 else {}
+        except (ValueError, IndexError):
+            aws = {}
+        want = _local_key_tail(spec)
+        if aws.get("method") == "shared-credentials-file" and (want is None or aws.get("tail") == want):
+            rows.append(
+                ok(
+                    "verify.container.aws",
+                    f"{sched}: boto3 reads the mounted credentials file (key ...{aws.get('tail')}"
+                    f"{', as platform.yaml' if want else ''})",
+                )
+            )
+        else:
+            rows.append(
+                fail(
+                    "verify.container.aws",
+                    f"{sched}: boto3 credentials: {aws or _tail(err) or f'exit {rc}'}"
+                    + (f" (platform.yaml's key ends ...{want})" if want else ""),
+                    f"check the Secret {spec.secrets.aws_secret} mounted at /home/airflow/.aws",
+                )
+            )
+
+    if spec.dags.delivery == "git-sync":
+        gs = _pod(api, ns, release, "dag-processor", "git-sync") or _pod(api, ns, release, "scheduler", "git-sync")
+        if gs is None:
+            rows.append(
+                fail("verify.container.git_sync", "no ready pod with a git-sync container", fix_logs % "dag-processor")
+            )
+        else:
+            rc, out, err = exec_in(api, ns, gs, "git-sync", ["git", "-C", GIT_SYNC_WORKTREE, "rev-parse", "HEAD"])
+            synced = out.strip() if rc == 0 else ""
+            head = branch_head(spec)
+            if synced and (head is None or head == synced):
+                note = "== the branch head" if head else "(the remote is not reachable from here to compare)"
+                rows.append(ok("verify.container.git_sync", f"{gs}: git-sync has {synced[:12]} {note}"))
+            elif synced:
+                rows.append(
+                    fail(
+                        "verify.container.git_sync",
+                        f"{gs}: git-sync has {synced[:12]}, the branch head is {head[:12]}",
+                        f"it syncs every {spec.dags.sync_interval}s; if it stays behind: "
+                        f"kubectl -n {ns} logs {gs} -c git-sync",
+                    )
+                )
+            else:
+                rows.append(
+                    fail(
+                        "verify.container.git_sync",
+                        f"{gs}: no synced worktree ({_tail(err) or f'exit {rc}'})",
+                        f"kubectl -n {ns} logs {gs} -c git-sync",
+                    )
+                )
+    else:
+        rows.append(skip("verify.container.git_sync", "dags.delivery is bundle: verify.container.dags shows the DAGs"))
+    return rows

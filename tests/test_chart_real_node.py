@@ -1,0 +1,323 @@
+"""The official chart with our values on the REAL node (fixture ``kube_node``): every pod runs our images
+(the users' Dockerfile built by ``airflow-gitops image build`` on a Debian-made base, git-sync and the
+StatsD exporter built from source: scripts/kube-images.sh), against host services on the node's gateway
+address (PostgreSQL, an sshd Git remote with a deploy key and a pinned host key).
+
+The seed-equivalent platform.yaml: KubernetesExecutor, git-sync over SSH (or the Airflow 3 bundle), the
+external PostgreSQL, the AWS credentials Secret, the logs PVC, the fixed Fernet key. It differs from a
+user's only in the image references and in where the pods may run (the real node's selector/toleration).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from k8s_specs import CHART_TGZ, shared_file
+from kube_cluster import REAL_NODE_POD_SPEC, KubeCluster
+from pg_fixture import start_postgres
+from sshd import start_sshd
+from typer.testing import CliRunner
+
+from airflow_gitops.cli import app
+
+pytestmark = pytest.mark.kubernetes
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBE_IMAGES = ROOT / "scripts" / "kube-images.sh"
+AIRFLOW_IMAGE = ("localhost/airflow-gitops/airflow-mlops", "node-test")
+AWS_KEY_ID = "AKIAAIRFLOWGITOPSWXYZ"  # not a real key: boto3 only has to find it in the mounted file
+runner = CliRunner()
+
+HELLO_DAG = """
+from datetime import datetime
+from airflow.sdk import dag, task
+
+@dag(schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+def hello_real_node():
+    @task
+    def hello():
+        return "hello"
+    hello()
+
+hello_real_node()
+"""
+
+
+def kubectl(cluster: KubeCluster, *args: str, timeout: float = 120) -> str:
+    proc = subprocess.run(
+        [str(cluster.kubectl), *args], capture_output=True, text=True, env=cluster.env(), timeout=timeout
+    )
+    assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def images(kube_node: KubeCluster, tmp_path_factory) -> dict[str, str]:
+    """Build (or take from the cache) the images and import them into the node: name -> image ref."""
+    d = tmp_path_factory.mktemp("images")
+    repo, tag = AIRFLOW_IMAGE
+    (d / "platform.yaml").write_text(yaml.safe_dump({"image": {"repository": repo, "tag": tag, "python": "3.11"}}))
+    proc = subprocess.run(
+        ["bash", str(KUBE_IMAGES), "build", str(d / "platform.yaml")], capture_output=True, text=True, timeout=3600
+    )
+    assert proc.returncode == 0, f"scripts/kube-images.sh build failed:\n{proc.stderr[-3000:]}"
+    refs, archives = {}, []
+    for line in proc.stdout.split("\n"):
+        if "=" in line and " REF=" in line:
+            left, ref = line.split(" REF=")
+            name, archive = left.split("=", 1)
+            refs[name] = ref.strip()
+            archives.append(Path(archive))
+    assert {"airflow", "git-sync", "statsd-exporter"} <= set(refs), proc.stdout
+    kube_node.import_images(*archives)
+    return refs
+
+
+@pytest.fixture(scope="module")
+def services(kube_node: KubeCluster, tmp_path_factory):
+    """PostgreSQL and an sshd Git remote on the node's gateway address (the pods' way to the host)."""
+    node = kube_node.node
+    pg, stop_pg = start_postgres(host=node.gateway, allow=node.pod_cidr)
+    git, sshd = start_sshd(tmp_path_factory.mktemp("node-git"), host=node.gateway)
+    try:
+        yield SimpleNamespace(pg=pg, git=git)
+    finally:
+        sshd.terminate()
+        sshd.wait(10)
+        stop_pg()
+
+
+def seed_spec(tmp: Path, cluster: KubeCluster, services, images: dict[str, str], *, ns: str, delivery: str) -> Path:
+    git, pg = services.git, services.pg
+    repo_url = git.new_repo(f"dags-{ns}", {"dags/hello_real_node.py": HELLO_DAG, "README.md": "DAGs\n"})
+    shutil.copy(git.key_path, tmp / "deploy_key")
+    (tmp / "deploy_key").chmod(0o600)
+    (tmp / "known_hosts").write_text(git.known_hosts_line + "\n")
+    (tmp / "aws_credentials").write_text(
+        f"[default]\naws_access_key_id = {AWS_KEY_ID}\naws_secret_access_key = not-a-real-secret-{ns}\n"
+    )
+    (tmp / "aws_credentials").chmod(0o600)
+    logs = tmp / "logs-volume"
+    logs.mkdir()
+    os.chown(logs, 50000, 0)  # the image's airflow user (uid 50000, gid 0) writes the task logs
+    logs.chmod(0o2775)
+    # A PersistentVolume for the logs claim deploy creates (what an RWX storage class would provide).
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"{ns}-logs"},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "manual",
+            "claimRef": {"namespace": ns, "name": "airflow-logs"},
+            "hostPath": {"path": str(logs), "type": "Directory"},
+        },
+    }
+    subprocess.run(
+        [str(cluster.kubectl), "apply", "-f", "-"], input=json.dumps(pv), text=True, env=cluster.env(), check=True
+    )
+    git_sync_ref, statsd_ref = images["git-sync"], images["statsd-exporter"]
+    data = {
+        "image": {"repository": AIRFLOW_IMAGE[0], "tag": AIRFLOW_IMAGE[1], "python": "3.11"},
+        "airflow": {"executor": "KubernetesExecutor"},
+        "dags": {
+            "repo": repo_url,
+            "branch": "main",
+            "sub_path": "dags",
+            "depth": 1,
+            "sync_interval": 10,
+            "ssh_key_file": "deploy_key",
+            "known_hosts_file": "known_hosts",
+            "delivery": delivery,
+        },
+        "database": {"url": pg.create_database(ns.replace("-", "_"))},
+        "aws": {"credentials_file": "aws_credentials", "region": "ap-northeast-2", "bucket": "mlops-data"},
+        "mlflow": {"tracking_uri": f"http://{cluster.node.gateway}:5000"},
+        "logs": {"persistence": True, "existing_claim": "airflow-logs", "size": "1Gi", "storage_class": "manual"},
+        "ingress": {"host": "airflow.local"},
+        "kubernetes": {
+            "namespace": ns,
+            "release": "airflow",
+            "chart": str(shared_file(CHART_TGZ)),
+            "node_selector": REAL_NODE_POD_SPEC["nodeSelector"],
+            "tolerations": REAL_NODE_POD_SPEC["tolerations"],
+            "git_sync_image": git_sync_ref,
+            "statsd_image": statsd_ref,
+        },
+    }
+    (tmp / "platform.yaml").write_text(yaml.safe_dump(data))
+    return tmp / "platform.yaml"
+
+
+def port_forward(cluster: KubeCluster, ns: str, target: str, remote: int):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(cluster.kubectl), "-n", ns, "port-forward", target, f"{port}:{remote}"],
+        env=cluster.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def http(url: str, data: dict | None = None, token: str | None = None, timeout: float = 30):
+    req = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, json.loads(r.read().decode() or "null")
+
+
+@pytest.mark.parametrize("delivery", ["git-sync", "bundle"])
+def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tmp_path, delivery):
+    ns = f"seed-{delivery}"
+    spec_file = seed_spec(tmp_path, kube_node, services, images, ns=ns, delivery=delivery)
+    env_before = os.environ.copy()
+    os.environ["KUBECONFIG"] = str(kube_node.kubeconfig)
+    os.environ["PATH"] = f"{kube_node.bin_dir}{os.pathsep}{os.environ['PATH']}"
+    try:
+        t0 = time.monotonic()
+        result = runner.invoke(app, ["deploy", "-f", str(spec_file), "--out", str(tmp_path / "out")])
+        deploy_s = time.monotonic() - t0
+        if result.exit_code != 0:
+            pods = kubectl(kube_node, "-n", ns, "get", "pods", "-o", "wide")
+            pytest.fail(f"deploy failed after {deploy_s:.0f}s:\n{result.output[-4000:]}\n{pods}")
+        print(f"deploy ({delivery}) on the real node: {deploy_s:.0f}s")
+
+        pods = json.loads(kubectl(kube_node, "-n", ns, "get", "pods", "-o", "json"))["items"]
+        ours = set(images.values())
+        for pod in pods:
+            assert pod["spec"]["nodeName"] == kube_node.node.name, pod["metadata"]["name"]
+            for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+                assert c["image"] in ours, (pod["metadata"]["name"], c["name"], c["image"])
+        running = [p for p in pods if p["status"]["phase"] == "Running"]
+        for pod in running:
+            statuses = pod["status"]["containerStatuses"]
+            assert all(s["ready"] for s in statuses), (pod["metadata"]["name"], statuses)
+        components = {p["metadata"]["labels"].get("component") for p in running}
+        assert {"scheduler", "api-server", "dag-processor", "triggerer", "statsd"} <= components, components
+        # The migration and create-user Jobs were completed by their containers.
+        jobs = json.loads(kubectl(kube_node, "-n", ns, "get", "jobs", "-o", "json"))["items"]
+        done = {j["metadata"]["name"] for j in jobs if j["status"].get("succeeded")}
+        assert {"airflow-run-airflow-migrations", "airflow-create-user"} <= done, [j["status"] for j in jobs]
+
+        # The API server through kubectl port-forward; the generated admin password logs in.
+        pf, base = port_forward(kube_node, ns, "svc/airflow-api-server", 8080)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    status, health = http(f"{base}/api/v2/monitor/health")
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+            assert health["metadatabase"]["status"] == "healthy", health
+            from airflow_gitops.keystore import ADMIN_PASSWORD
+            from airflow_gitops.spec import load_spec
+
+            password = (load_spec(spec_file).secrets_dir / ADMIN_PASSWORD).read_text().strip()
+            status, token = http(f"{base}/auth/token", {"username": "admin", "password": password})
+            assert status in (200, 201) and token.get("access_token"), token
+            with pytest.raises(urllib.error.HTTPError):
+                http(f"{base}/auth/token", {"username": "admin", "password": "admin"})
+            deadline = time.monotonic() + 180
+            while True:
+                _, dags = http(f"{base}/api/v2/dags", token=token["access_token"])
+                if "hello_real_node" in {d["dag_id"] for d in dags["dags"]}:
+                    break
+                assert time.monotonic() < deadline, dags
+                time.sleep(3)
+            (dag,) = [d for d in dags["dags"] if d["dag_id"] == "hello_real_node"]
+            assert dag["is_paused"] is False  # dags_are_paused_at_creation: false
+        finally:
+            pf.terminate()
+            pf.wait(10)
+
+        # verify reads the running containers; every row is green.
+        result = runner.invoke(app, ["verify", "--target", "kubernetes", "-f", str(spec_file), "--json"])
+        report = json.loads(result.stdout)
+        failed = [c for c in report["checks"] if c["status"] == "fail"]
+        assert result.exit_code == 0 and not failed, failed
+        rows = {c["name"]: c for c in report["checks"]}
+        for name in (
+            "verify.container.api",
+            "verify.container.database",
+            "verify.container.dags",
+            "verify.container.aws",
+        ):
+            assert rows[name]["status"] == "ok", rows[name]
+        assert "WXYZ" in rows["verify.container.aws"]["saw"]
+        if delivery == "git-sync":
+            assert rows["verify.container.git_sync"]["status"] == "ok"
+            assert "== the branch head" in rows["verify.container.git_sync"]["saw"]
+            # A pushed commit reaches the git-sync container (period 10 s).
+            sha = services.git.push(
+                services.git.url(services.git.root / "repos" / f"dags-{ns}.git"),
+                {"dags/second.py": HELLO_DAG.replace("hello_real_node", "second_dag")},
+                "a second DAG",
+            )
+            gs_pod = kubectl(
+                kube_node,
+                "-n",
+                ns,
+                "get",
+                "pods",
+                "-l",
+                "component=dag-processor",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            )
+            deadline = time.monotonic() + 90
+            while True:
+                head = kubectl(
+                    kube_node,
+                    "-n",
+                    ns,
+                    "exec",
+                    gs_pod,
+                    "-c",
+                    "git-sync",
+                    "--",
+                    "git",
+                    "-C",
+                    "/git/repo",
+                    "rev-parse",
+                    "HEAD",
+                )
+                if head.strip() == sha:
+                    break
+                assert time.monotonic() < deadline, f"git-sync still at {head.strip()}, pushed {sha}"
+                time.sleep(3)
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+        subprocess.run(
+            [str(kube_node.helm), "-n", ns, "uninstall", "airflow", "--wait", "--timeout", "120s"],
+            env=kube_node.env(),
+            capture_output=True,
+        )
+        subprocess.run(
+            [str(kube_node.kubectl), "delete", "namespace", ns, "--wait=true", "--timeout=120s"],
+            env=kube_node.env(),
+            capture_output=True,
+        )
+        subprocess.run([str(kube_node.kubectl), "delete", "pv", f"{ns}-logs"], env=kube_node.env(), capture_output=True)
