@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -203,3 +204,24 @@ def test_a_second_real_node_on_the_machine_is_refused_with_the_fix(kube_node, tm
     assert str(kube_node.dir) in proc.stderr
     # and the running cluster was not touched
     assert kubectl(kube_node, "get", "node", NODE_NAME, "-o", "jsonpath={.status.conditions[-1].status}") == "True"
+
+
+def test_a_machine_without_containerd_gets_one_message_and_nothing_started(kube_cluster, tmp_path):
+    # PATH: every program of the machine but containerd's
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            if name.startswith("containerd") or (bin_dir / name).exists():
+                continue
+            (bin_dir / name).symlink_to(os.path.join(d, name))
+    env = {**os.environ, "PATH": str(bin_dir)}
+    proc = subprocess.run(
+        ["bash", str(KUBE_UP), "start", str(tmp_path / "c"), "--real-node"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 1
+    (line,) = [x for x in proc.stderr.splitlines() if "error:" in x]
+    assert "the real node needs containerd containerd-shim-runc-v2" in line and "apt-get install -y containerd" in line
+    assert not [p for p in (tmp_path / "c").iterdir() if p.suffix == ".pid"]
