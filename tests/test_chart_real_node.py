@@ -248,6 +248,33 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
                 time.sleep(3)
             (dag,) = [d for d in dags["dags"] if d["dag_id"] == "hello_real_node"]
             assert dag["is_paused"] is False  # dags_are_paused_at_creation: false
+
+            # KubernetesExecutor: the task runs in a pod of its own, created and deleted for it.
+            auth = token["access_token"]
+            _, run = http(f"{base}/api/v2/dags/hello_real_node/dagRuns", {"logical_date": None}, token=auth)
+            run_url = f"{base}/api/v2/dags/hello_real_node/dagRuns/{run['dag_run_id']}"
+            seen_pods: dict[str, str] = {}
+            deadline = time.monotonic() + 300
+            while True:
+                for p in json.loads(
+                    kubectl(kube_node, "-n", ns, "get", "pods", "-l", "kubernetes_executor=True", "-o", "json")
+                )["items"]:
+                    seen_pods[p["metadata"]["name"]] = p["spec"].get("nodeName") or ""
+                _, state = http(run_url, token=auth)
+                if state["state"] in ("success", "failed"):
+                    break
+                assert time.monotonic() < deadline, (state, seen_pods)
+                time.sleep(1)
+            _, tis = http(f"{run_url}/taskInstances", token=auth)
+            assert state["state"] == "success", (state, tis)
+            assert seen_pods and set(seen_pods.values()) <= {kube_node.node.name, ""}, seen_pods
+            # the task's log, written by the worker pod to the logs volume, read back through the API server
+            _, log = http(f"{run_url}/taskInstances/hello/logs/1", token=auth)
+            assert "Done. Returned value was: hello" in json.dumps(log), log
+            deadline = time.monotonic() + 120
+            while kubectl(kube_node, "-n", ns, "get", "pods", "-l", "kubernetes_executor=True", "-o", "name").strip():
+                assert time.monotonic() < deadline, "the task pod was not deleted after the task"
+                time.sleep(2)
         finally:
             pf.terminate()
             pf.wait(10)
