@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# The images the chart's pods run on the test cluster's real node, built without Docker or a registry:
+#   base             Debian bookworm (mmdebstrap) + python3.11 + git + ssh + an `airflow` user: the
+#                    stand-in for apache/airflow that the users' Dockerfile is built on (docs/kubernetes.md)
+#   airflow          the users' Dockerfile (`airflow-gitops image build`) of PLATFORM_YAML on that base
+#   git-sync         kubernetes/git-sync GIT_SYNC_VERSION, built from the local mirror of its repository
+#   statsd-exporter  prometheus/statsd_exporter STATSD_EXPORTER_VERSION, from its Go module
+# Each is an OCI archive plus a docker-archive (whose RepoTags name the image for
+# `ctr -n k8s.io images import`), cached by a sha256 of its inputs and rebuilt only when they change.
+#
+#   scripts/kube-images.sh build [PLATFORM_YAML]  build what is missing; print one line per image:
+#                                   NAME=<docker-archive path> REF=<image ref>
+#                                   (PLATFORM_YAML default ./platform.yaml; its image.python must be 3.11)
+#   scripts/kube-images.sh base | git-sync | statsd-exporter
+#                                   build that one; print its line
+#   scripts/kube-images.sh airflow [PLATFORM_YAML]   the base and the airflow image; print their lines
+#   scripts/kube-images.sh dir      print the cache folder
+#
+# Cache: ${AIRFLOW_GITOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airflow-gitops}/images/
+#   NAME-HASH/{image.oci.tar,image.docker.tar,ref,build.log}    storage/   buildah's own storage
+# Heavy steps run under `nice -n ${KUBE_IMAGES_NICE:-10}`.
+set -euo pipefail
+
+# ---- versions ---------------------------------------------------------------------------------------
+DEBIAN_SUITE=bookworm              # its python3.11 is the image's CPython (spec.image.python 3.11)
+GIT_SYNC_VERSION=v4.4.2            # chart 1.21.0's images.gitSync.tag
+STATSD_EXPORTER_VERSION=v0.29.0    # chart 1.21.0's images.statsd.tag
+GIT_SYNC_MIRROR="${GIT_SYNC_MIRROR:-/work/.mirror/kubernetes+git-sync/repo}"  # a bare clone of kubernetes/git-sync
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+CACHE_ROOT="${AIRFLOW_GITOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airflow-gitops}"
+IMAGES="$CACHE_ROOT/images"
+KUBE_CACHE="$CACHE_ROOT/kube"   # the Go caches scripts/kube-up.sh fills (shared: nothing downloaded twice)
+NICE=(nice -n "${KUBE_IMAGES_NICE:-10}")
+
+say() { echo "kube-images: $*" >&2; }
+die() { echo "kube-images: error: $*" >&2; exit 1; }
+
+need() {  # need PROGRAM DEBIAN_PACKAGE
+  command -v "$1" >/dev/null || die "$1 is missing (needed to build the test images without Docker). Fix: apt-get install -y $2"
+}
+
+# A storage of our own, so the builds touch nothing of the machine's buildah/podman images.
+storage_env() {
+  mkdir -p "$IMAGES/storage" "$IMAGES/run"
+  local conf="$IMAGES/storage.conf"
+  cat >"$conf.tmp" <<EOF
+[storage]
+driver = "${KUBE_IMAGES_STORAGE_DRIVER:-overlay}"
+graphroot = "$IMAGES/storage"
+runroot = "$IMAGES/run"
+EOF
+  mv "$conf.tmp" "$conf"
+  export CONTAINERS_STORAGE_CONF="$conf"
+}
+
+# hash_of WORDS...: sha256 (hex) of the given strings and of the files named by the ones starting with @.
+hash_of() {
+  local w
+  for w in "$@"; do
+    if [[ $w == @* ]]; then printf 'file %s\n' "${w#@}"; sha256sum <"${w#@}"; else printf 'word %s\n' "$w"; fi
+  done | sha256sum | cut -c1-64
+}
+
+# print_line NAME DIR: the line `build` prints for the image cached in DIR.
+print_line() { echo "$1=$2/image.docker.tar REF=$(cat "$2/ref")"; }
+
+# finish NAME DIR WORK REF: WORK/image.oci.tar (tagged "image") -> docker-archive named REF; WORK -> DIR.
+finish() {
+  local name=$1 dir=$2 work=$3 ref=$4
+  skopeo copy --quiet "oci-archive:$work/image.oci.tar:image" "docker-archive:$work/image.docker.tar:$ref" \
+    >>"$work/build.log" 2>&1 || die "skopeo could not write the docker-archive of $name; see $work/build.log"
+  echo "$ref" >"$work/ref"
+  rm -rf "$dir"
+  mv "$work" "$dir"
+}
+
+# oci_from_rootfs WORK ROOTFS_TAR CONFIG_ARGS...: an OCI archive WORK/image.oci.tar (tag "image") of one
+# layer, the tar as it is (owners, modes), with `umoci config` CONFIG_ARGS.
+oci_from_rootfs() {
+  local work=$1 tarball=$2
+  shift 2
+  local layout="$work/layout"
+  rm -rf "$layout"
+  umoci init --layout "$layout"
+  umoci new --image "$layout:image"
+  umoci raw add-layer --image "$layout:image" "$tarball"
+  umoci config --image "$layout:image" --no-history --os linux --architecture amd64 "$@"
+  umoci gc --layout "$layout"
+  (cd "$layout" && tar --sort=name --mtime=@0 --owner=0 --group=0 -cf "$work/image.oci.tar" .)
+  rm -rf "$layout" "$tarball"
+}
+
+# mmdebstrap_tar OUT.tar PACKAGES HOOK...: a minbase Debian rootfs as a tar, without docs and apt lists.
+mmdebstrap_tar() {
+  local out=$1 packages=$2
+  shift 2
+  local hooks=() h
+  for h in "$@"; do hooks+=(--customize-hook="$h"); done
+  SOURCE_DATE_EPOCH=0 "${NICE[@]}" mmdebstrap --variant=minbase --include="$packages" \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
+    --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/* "$1"/var/log/*' \
+    "${hooks[@]}" "$DEBIAN_SUITE" "$out"
+}
+
+# ---- base --------------------------------------------------------------------------------------------
+
+BASE_PACKAGES=python3.11,python3.11-venv,git,openssh-client,ca-certificates,dumb-init,procps
+BASE_FILES=("$HERE/images/base/entrypoint" "$HERE/images/base/clean-logs")
+
+base_hash() { hash_of "$(declare -f build_base mmdebstrap_tar oci_from_rootfs finish)" "$DEBIAN_SUITE" "$BASE_PACKAGES" "${BASE_FILES[@]/#/@}"; }
+base_dir() { echo "$IMAGES/base-$(base_hash | cut -c1-12)"; }
+
+build_base() {
+  local dir hash work t0=$SECONDS
+  hash="$(base_hash)"
+  dir="$IMAGES/base-${hash:0:12}"
+  if [ -f "$dir/ref" ]; then say "base: cached in $dir"; return 0; fi
+  need mmdebstrap mmdebstrap; need umoci umoci; need skopeo skopeo
+  work="$dir.work"
+  rm -rf "$work"
+  mkdir -p "$work"
+  say "base: mmdebstrap $DEBIAN_SUITE + $BASE_PACKAGES (log: $work/build.log)"
+  # The `airflow` user as in the official image: uid 50000, gid 0 (the OpenShift convention: any uid
+  # with gid 0 can write what airflow can). The venv is airflow's, on PATH, so `USER airflow` +
+  # `RUN pip install` in the users' Dockerfile installs into it, as into ~/.local in the official one.
+  mmdebstrap_tar "$work/rootfs.tar" "$BASE_PACKAGES" \
+    'chroot "$1" useradd --uid 50000 --gid 0 --home-dir /home/airflow --create-home --shell /bin/bash airflow' \
+    'mkdir -p "$1"/opt/airflow/dags "$1"/opt/airflow/logs "$1"/opt/airflow/plugins "$1"/opt/airflow/config' \
+    'chroot "$1" python3.11 -m venv /opt/venv' \
+    'chroot "$1" chown -R 50000:0 /opt/airflow /opt/venv /home/airflow' \
+    'chroot "$1" chmod -R g+rwX /opt/airflow /opt/venv /home/airflow' \
+    "install -m 0755 '${BASE_FILES[0]}' \"\$1\"/entrypoint" \
+    "install -m 0755 '${BASE_FILES[1]}' \"\$1\"/clean-logs" \
+    >>"$work/build.log" 2>&1 || die "base: mmdebstrap failed; see $work/build.log"
+  oci_from_rootfs "$work" "$work/rootfs.tar" \
+    --config.user 50000:0 --config.workingdir /opt/airflow \
+    --config.entrypoint /usr/bin/dumb-init --config.entrypoint -- --config.entrypoint /entrypoint \
+    --clear=config.cmd \
+    --config.env PATH=/opt/venv/bin:/home/airflow/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --config.env AIRFLOW_HOME=/opt/airflow --config.env AIRFLOW_USER_HOME_DIR=/home/airflow \
+    --config.env VIRTUAL_ENV=/opt/venv --config.env LANG=C.UTF-8 --config.env LC_ALL=C.UTF-8 \
+    --config.env LANGUAGE=C.UTF-8 --config.env DUMB_INIT_SETSID=1 --config.env PYTHONUNBUFFERED=1 \
+    --config.label org.opencontainers.image.title=airflow-gitops-test-base \
+    --config.label "org.opencontainers.image.description=Debian $DEBIAN_SUITE + python3.11 stand-in for apache/airflow (scripts/kube-images.sh)" \
+    >>"$work/build.log" 2>&1 || die "base: umoci failed; see $work/build.log"
+  finish base "$dir" "$work" "localhost/airflow-gitops/base:${hash:0:12}"
+  say "base: built in $((SECONDS - t0)) s: $dir"
+}
+
+# ---- dispatch ----------------------------------------------------------------------------------------
+
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+# One compound command, read whole before it runs, ending in exit (editing the file during a build is safe).
+{
+  mkdir -p "$IMAGES"
+  storage_env
+  case "${1:-}" in
+    base) build_base; print_line base "$(base_dir)" ;;
+    dir) echo "$IMAGES" ;;
+    *) usage ;;
+  esac
+  exit
+}
