@@ -110,8 +110,16 @@ mmdebstrap_tar() {
 
 BASE_PACKAGES=python3.11,python3.11-venv,git,openssh-client,ca-certificates,dumb-init,procps
 BASE_FILES=("$HERE/images/base/entrypoint" "$HERE/images/base/clean-logs")
+# The CAs this machine added to its trust store (Debian's place for them): the image trusts what the
+# build host trusts, so pip and git in it pass a TLS-inspecting proxy the host is behind.
+shopt -s nullglob
+HOST_CAS=(/usr/local/share/ca-certificates/*.crt)
+shopt -u nullglob
 
-base_hash() { hash_of "$(declare -f build_base mmdebstrap_tar oci_from_rootfs finish)" "$DEBIAN_SUITE" "$BASE_PACKAGES" "${BASE_FILES[@]/#/@}"; }
+base_hash() {
+  hash_of "$(declare -f build_base mmdebstrap_tar oci_from_rootfs finish)" "$DEBIAN_SUITE" "$BASE_PACKAGES" \
+    "${BASE_FILES[@]/#/@}" ${HOST_CAS[@]+"${HOST_CAS[@]/#/@}"}
+}
 base_dir() { echo "$IMAGES/base-$(base_hash | cut -c1-12)"; }
 
 build_base() {
@@ -135,6 +143,9 @@ build_base() {
     'chroot "$1" chmod -R g+rwX /opt/airflow /opt/venv /home/airflow' \
     "install -m 0755 '${BASE_FILES[0]}' \"\$1\"/entrypoint" \
     "install -m 0755 '${BASE_FILES[1]}' \"\$1\"/clean-logs" \
+    "for ca in ${HOST_CAS[*]+${HOST_CAS[*]}}; do install -m 0644 \"\$ca\" \"\$1\"/usr/local/share/ca-certificates/; done" \
+    'chroot "$1" update-ca-certificates' \
+    'printf "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n" >"$1"/etc/pip.conf' \
     >>"$work/build.log" 2>&1 || die "base: mmdebstrap failed; see $work/build.log"
   oci_from_rootfs "$work" "$work/rootfs.tar" \
     --config.user 50000:0 --config.workingdir /opt/airflow \

@@ -181,3 +181,17 @@ def dockerfile(spec: PlatformSpec) -> str:
 
 def requirements_txt(spec: PlatformSpec) -> str:
     return "\n".join(requirements(spec)) + "\n"
+
+
+def write_folder(spec: PlatformSpec, folder: Path) -> Path:
+    """Write the image folder (Dockerfile, requirements.txt, constraints.txt): what `render` writes into
+    ``image/`` and `image build` builds. Everything is computed before the first file is written."""
+    files = {
+        "Dockerfile": dockerfile(spec),
+        "requirements.txt": requirements_txt(spec),
+        "constraints.txt": constraints_txt(spec),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
