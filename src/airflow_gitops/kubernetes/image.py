@@ -128,13 +128,29 @@ def python_drift(spec: PlatformSpec) -> list[str]:
     )
 
 
+def required_providers(spec: PlatformSpec) -> list[str]:
+    """The providers our values make Airflow load, pinned like the rest (the official image has them,
+    a base of your own may not; the test base has none):
+
+    * fab: values.py sets ``core.auth_manager`` to the FAB auth manager (the chart's login);
+    * cncf-kubernetes: the KubernetesExecutor;
+    * git: ``dags.delivery: bundle`` (GitDagBundle).
+    """
+    out = ["apache-airflow-providers-fab"]
+    if "Kubernetes" in spec.airflow.executor:
+        out.append("apache-airflow-providers-cncf-kubernetes")
+    if spec.dags.delivery == "bundle":
+        out.append("apache-airflow-providers-git")
+    return out
+
+
 def requirements(spec: PlatformSpec) -> list[str]:
     """``name==version`` for ``spec.image.extra_requirements`` (+ the git provider for bundles) and every
     package they pull in, at the lock's versions for the image's Python."""
     versions = locked_versions()
-    wanted = list(spec.image.extra_requirements)
-    if spec.dags.delivery == "bundle":
-        wanted.append("apache-airflow-providers-git")
+    wanted = list(spec.image.extra_requirements) + [
+        p for p in required_providers(spec) if p not in spec.image.extra_requirements
+    ]
     roots: list[tuple[str, tuple[str, ...]]] = []
     missing: list[str] = []
     for req in wanted:
