@@ -168,10 +168,13 @@ def test_kubernetes_image_pins_every_package_from_uv_lock(tmp_path):
     image_dir = tmp_path / "out" / "image"
     dockerfile = (image_dir / "Dockerfile").read_text()
     # The Python the local platform and these tests run: the lock's versions for it are the tested ones.
-    assert (
-        f"FROM apache/airflow:{lock['apache-airflow']}-python{sys.version_info.major}.{sys.version_info.minor}\n"
-        in dockerfile
-    )
+    # Its base is a build argument whose default is the official image (docker build image/ builds on it).
+    official = f"apache/airflow:{lock['apache-airflow']}-python{sys.version_info.major}.{sys.version_info.minor}"
+    lines = dockerfile.splitlines()
+    assert f"ARG BASE_IMAGE={official}" in lines
+    froms = [ln for ln in lines if ln.startswith("FROM ")]
+    assert froms == ["FROM ${BASE_IMAGE}"]
+    assert lines.index(f"ARG BASE_IMAGE={official}") < lines.index("FROM ${BASE_IMAGE}")
     assert "-r /tmp/requirements.txt -c /tmp/constraints.txt" in dockerfile
     reqs = dict(line.split("==") for line in (image_dir / "requirements.txt").read_text().split())
     # the five named packages and what they pull in (mlflow -> sqlalchemy, pandas -> numpy, boto3 -> botocore ...)

@@ -210,6 +210,30 @@ def deploy(
     deploy_command(_spec(file), out, chart=chart, dry_run=dry_run, console=console, wait=wait)
 
 
+image_app = typer.Typer(no_args_is_help=True, help="The Airflow image of the Kubernetes target.")
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+@_friendly
+def image_build(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for image/ and the build log.")] = Path("rendered"),
+    base: Annotated[
+        str | None,
+        typer.Option(help="Base image instead of the official apache/airflow (the Dockerfile's BASE_IMAGE)."),
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="The OCI archive to write (default: OUT/image.oci.tar).")] = None,
+    push: Annotated[
+        str | None, typer.Option(help="Also push to REF (docker://REGISTRY/REPO:TAG, oci-archive:/x.tar, ...).")
+    ] = None,
+    file: SpecOption = None,
+) -> None:
+    """Build the image from the rendered image/ folder with buildah (no Docker daemon): an OCI archive."""
+    from .kubernetes.image_build import build_command
+
+    build_command(_spec(file), out, base=base, output=output, push=push, console=console)
+
+
 @app.command()
 @_friendly
 def doctor(target: TargetOption = TargetName.local, as_json: JsonOption = False, file: SpecOption = None) -> None:

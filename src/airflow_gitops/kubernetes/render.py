@@ -167,7 +167,7 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
             "set ingress.tls_secret to a kubernetes.io/tls Secret (see docs/platform-yaml.md)"
         )
     docs = manifests.namespace_and_pvc(spec)
-    dockerfile, reqs = image.dockerfile(spec), image.requirements_txt(spec)
+    image.requirements(spec)  # bad image.extra_requirements: the error before anything is written
     drift = image.python_drift(spec)
     if drift:
         warnings.append(
@@ -185,10 +185,7 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
     )
     write_private(out / "secrets.yaml", dump_all(secret_bundle.secrets))
     (out / "manifests.yaml").write_text(dump_all(docs))
-    (out / "image").mkdir(exist_ok=True)
-    (out / "image" / "Dockerfile").write_text(dockerfile)
-    (out / "image" / "requirements.txt").write_text(reqs)
-    (out / "image" / "constraints.txt").write_text(image.constraints_txt(spec))
+    image.write_folder(spec, out / "image")
     (out / "NOTES.md").write_text(
         NOTES.format(
             ns=spec.kubernetes.namespace,
