@@ -241,7 +241,7 @@ def kube_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         assert not left, f"scripts/kube-up.sh stop {state} left the machine changed: {left}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kube_node(kube_cluster: KubeCluster) -> KubeCluster:
     """The session's cluster, with its real node (skips, saying why, where the machine cannot run one;
     fails instead under CI=true or AIRFLOW_GITOPS_REQUIRE_KUBE)."""

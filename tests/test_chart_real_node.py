@@ -213,10 +213,17 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
             assert all(s["ready"] for s in statuses), (pod["metadata"]["name"], statuses)
         components = {p["metadata"]["labels"].get("component") for p in running}
         assert {"scheduler", "api-server", "dag-processor", "triggerer", "statsd"} <= components, components
-        # The migration and create-user Jobs were completed by their containers.
-        jobs = json.loads(kubectl(kube_node, "-n", ns, "get", "jobs", "-o", "json"))["items"]
-        done = {j["metadata"]["name"] for j in jobs if j["status"].get("succeeded")}
-        assert {"airflow-run-airflow-migrations", "airflow-create-user"} <= done, [j["status"] for j in jobs]
+        # The migration and create-user Jobs (helm hooks, deleted once they succeed) ran to completion.
+        status = subprocess.run(
+            [str(kube_node.helm), "-n", ns, "status", "airflow", "-o", "json"],
+            capture_output=True,
+            text=True,
+            env=kube_node.env(),
+            check=True,
+        )
+        hooks = {h["name"]: h.get("last_run", {}).get("phase") for h in json.loads(status.stdout)["hooks"]}
+        assert hooks.get("airflow-run-airflow-migrations") == "Succeeded", hooks
+        assert hooks.get("airflow-create-user") == "Succeeded", hooks
 
         # The API server through kubectl port-forward; the generated admin password logs in.
         pf, base = port_forward(kube_node, ns, "svc/airflow-api-server", 8080)
@@ -293,6 +300,8 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
         ):
             assert rows[name]["status"] == "ok", rows[name]
         assert "WXYZ" in rows["verify.container.aws"]["saw"]
+        for job in ("airflow-run-airflow-migrations", "airflow-create-user"):
+            assert rows[f"verify.job.{job}"]["status"] == "ok", rows.get(f"verify.job.{job}")
         if delivery == "git-sync":
             assert rows["verify.container.git_sync"]["status"] == "ok"
             assert "== the branch head" in rows["verify.container.git_sync"]["saw"]
@@ -348,3 +357,32 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
             capture_output=True,
         )
         subprocess.run([str(kube_node.kubectl), "delete", "pv", f"{ns}-logs"], env=kube_node.env(), capture_output=True)
+
+
+def test_an_image_the_node_cannot_get_is_one_message_naming_the_stuck_pods(kube_node, images, services, tmp_path):
+    ns = "seed-noimage"
+    spec_file = seed_spec(tmp_path, kube_node, services, images, ns=ns, delivery="git-sync")
+    data = yaml.safe_load(spec_file.read_text())
+    data["image"]["tag"] = "never-built"
+    spec_file.write_text(yaml.safe_dump(data))
+    env_before = os.environ.copy()
+    os.environ["KUBECONFIG"] = str(kube_node.kubeconfig)
+    os.environ["PATH"] = f"{kube_node.bin_dir}{os.pathsep}{os.environ['PATH']}"
+    try:
+        result = runner.invoke(app, ["deploy", "-f", str(spec_file), "--out", str(tmp_path / "out"), "--timeout", "45"])
+        assert result.exit_code == 1, result.output
+        out = " ".join(result.output.split())
+        assert "Traceback" not in result.output
+        assert "Pods not ready" in out or "not ready" in out, out
+        assert "airflow-run-airflow-migrations" in out and ("ImagePull" in out or "ErrImage" in out), out
+        assert "Fix:" in result.output
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+        cleanup = [
+            [str(kube_node.helm), "-n", ns, "uninstall", "airflow", "--wait", "--timeout", "120s"],
+            [str(kube_node.kubectl), "delete", "namespace", ns, "--wait=true", "--timeout=120s"],
+            [str(kube_node.kubectl), "delete", "pv", f"{ns}-logs"],
+        ]
+        for cmd in cleanup:
+            subprocess.run(cmd, env=kube_node.env(), capture_output=True)

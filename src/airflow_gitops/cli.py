@@ -202,12 +202,15 @@ def deploy(
     chart: Annotated[str | None, typer.Option(help="Chart folder or REPO_URL@VERSION.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; apply nothing.")] = False,
     wait: Annotated[bool, typer.Option(help="Wait until the workloads are ready and the Jobs finished.")] = True,
+    timeout: Annotated[
+        int, typer.Option(min=10, help="Seconds helm may take (hook Jobs) and, again, the workloads to be ready.")
+    ] = 600,
     file: SpecOption = None,
 ) -> None:
     """Apply the Secrets and `helm upgrade --install` the official chart with the rendered values."""
     from .kubernetes.deploy import deploy_command
 
-    deploy_command(_spec(file), out, chart=chart, dry_run=dry_run, console=console, wait=wait)
+    deploy_command(_spec(file), out, chart=chart, dry_run=dry_run, console=console, wait=wait, timeout=timeout)
 
 
 image_app = typer.Typer(no_args_is_help=True, help="The Airflow image of the Kubernetes target.")

@@ -74,6 +74,22 @@ def _pod(api, ns: str, release: str, component: str, container: str):
     return None
 
 
+def _dag_ids(out: str) -> list[str]:
+    """The dag ids of ``airflow dags list -o json`` (its JSON array may follow log lines on stdout, which
+    can start with '[' too: each line that starts one is tried)."""
+    end = out.rfind("]")
+    offset = 0
+    for line in out.splitlines(keepends=True):
+        if line.lstrip().startswith("["):
+            try:
+                items = json.loads(out[offset : end + 1])
+                return sorted(d["dag_id"] for d in items)
+            except (ValueError, KeyError, TypeError):
+                pass
+        offset += len(line)
+    return []
+
+
 def _tail(text: str, n: int = 300) -> str:
     text = " ".join(text.split())
     return text[-n:]
@@ -156,17 +172,14 @@ def container_rows(api, spec: PlatformSpec) -> list[CheckResult]:
                 )
             )
         rc, out, err = exec_in(api, ns, sched, "scheduler", ["airflow", "dags", "list", "-o", "json"])
-        try:
-            dags = sorted(d["dag_id"] for d in json.loads(out)) if rc == 0 else []
-        except (ValueError, KeyError, TypeError):
-            dags = []
+        dags = _dag_ids(out) if rc == 0 else []
         if dags:
             rows.append(ok("verify.container.dags", f"{sched}: {len(dags)} DAGs: {', '.join(dags[:8])}"))
         else:
             rows.append(
                 fail(
                     "verify.container.dags",
-                    f"{sched}: no DAG in the database ({_tail(err) or f'exit {rc}'})",
+                    f"{sched}: no DAG in the database (exit {rc}: {_tail(err + ' ' + out, 200)})",
                     f"check dags.repo/branch/sub_path; {fix_logs % 'dag-processor'}",
                 )
             )

@@ -30,7 +30,7 @@ from ..spec import PlatformSpec
 from ..target import Target
 from .kube import kube_checks
 from .kube_containers import container_rows
-from .result import CheckResult, emit, fail, ok, skip
+from .result import CheckResult, emit, fail, ok, skip, warn
 
 SELFCHECK_DAG = "platform_selfcheck"
 SELFCHECK_TASK = "selfcheck"
@@ -298,8 +298,48 @@ def _release_rows(spec: PlatformSpec) -> list[CheckResult]:
                     name, f"Job {job.metadata.name} has not completed", f"kubectl -n {ns} logs job/{job.metadata.name}"
                 )
             )
+    have = {r.name for r in rows}
+    rows += [r for r in _hook_rows(api, ns, release) if r.name not in have]
     if all(r.status == "ok" for r in rows):
         rows += container_rows(api, spec)
+    return rows
+
+
+def _hook_rows(api, ns: str, release: str) -> list[CheckResult]:
+    """The chart's hook Jobs (migrations, create-user: deleted once they succeed) as helm recorded their
+    last run in the deployed release (the Secret sh.helm.release.v1.RELEASE.vN: base64 of gzipped JSON)."""
+    import base64
+    import gzip
+    import json
+
+    from kubernetes import client
+
+    try:
+        secrets = (
+            client.CoreV1Api(api)
+            .list_namespaced_secret(ns, label_selector=f"owner=helm,name={release},status=deployed")
+            .items
+        )
+    except Exception:  # noqa: BLE001 - no permission to list secrets: the Secret rows above say so
+        return []
+    if not secrets:
+        return []
+    latest = max(secrets, key=lambda x: int((x.metadata.labels or {}).get("version", "0")))
+    try:
+        data = gzip.decompress(base64.b64decode(base64.b64decode(latest.data["release"])))
+        hooks = json.loads(data).get("hooks") or []
+    except (KeyError, ValueError, OSError):
+        return [warn("verify.hooks", "the helm release record could not be read", "helm -n NAMESPACE status RELEASE")]
+    rows = []
+    for h in hooks:
+        if h.get("kind") != "Job":
+            continue
+        phase = (h.get("last_run") or {}).get("phase") or "never run"
+        name = f"verify.job.{h['name']}"
+        if phase == "Succeeded":
+            rows.append(ok(name, f"hook Job {h['name']} completed ({', '.join(h.get('events') or [])})"))
+        else:
+            rows.append(fail(name, f"hook Job {h['name']}: {phase}", f"kubectl -n {ns} logs job/{h['name']}"))
     return rows
 
 

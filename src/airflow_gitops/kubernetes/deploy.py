@@ -133,14 +133,21 @@ def _secret_unchanged(current, doc: dict[str, Any]) -> bool:
 
 
 def helm_upgrade(
-    spec: PlatformSpec, r: Rendered, chart: str | None, *, dry_run: bool, console, wait: bool = True
+    spec: PlatformSpec,
+    r: Rendered,
+    chart: str | None,
+    *,
+    dry_run: bool,
+    console,
+    wait: bool = True,
+    timeout: int = HELM_TIMEOUT,
 ) -> str:
     ref = ChartRef.parse(chart or spec.kubernetes.chart, spec)
     k = spec.kubernetes
     helm_bin = shutil.which("helm")
     if helm_bin:
         cmd = [helm_bin, "upgrade", "--install", k.release, str(ref.path or CHART_NAME), "--namespace", k.namespace]
-        cmd += ["--values", str(r.out / "values.yaml"), "--timeout", f"{HELM_TIMEOUT}s"]
+        cmd += ["--values", str(r.out / "values.yaml"), "--timeout", f"{timeout}s"]
         if ref.repo:
             cmd += ["--repo", ref.repo, "--version", ref.version]
         if k.context:
@@ -152,7 +159,7 @@ def helm_upgrade(
         # real cluster. helm waits for the hook Jobs by itself; wait_ready then waits for the workloads.
         cmd += ["--output", "json"]  # the release as JSON: its manifest is summarised, its notes never printed
         console.print(f"$ {' '.join(cmd)}", highlight=False)
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=HELM_TIMEOUT + 60)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60)
         if proc.returncode != 0:
             raise PlatformError(
                 f"helm upgrade --install failed: {proc.stderr.strip()[-1500:]}",
@@ -175,9 +182,9 @@ def helm_upgrade(
     )
     try:
         try:
-            rel = cfg.upgrade(chart_arg, k.release, r.values, timeout=HELM_TIMEOUT, **kwargs)
+            rel = cfg.upgrade(chart_arg, k.release, r.values, timeout=timeout, **kwargs)
         except helm.HelmNotFoundError:
-            rel = cfg.install(chart_arg, k.release, r.values, timeout=HELM_TIMEOUT, **kwargs)
+            rel = cfg.install(chart_arg, k.release, r.values, timeout=timeout, **kwargs)
     except helm.HelmError as err:
         raise PlatformError(f"helm upgrade --install failed: {err}", "fix the error above") from None
     manifest = rel.get("manifest", "") if isinstance(rel, dict) else getattr(rel, "manifest", "")
@@ -200,7 +207,14 @@ def _summary(manifest: str, dry_run: bool) -> str:
 
 
 def deploy_command(
-    spec: PlatformSpec, out: Path, *, chart: str | None, dry_run: bool, console, wait: bool = True
+    spec: PlatformSpec,
+    out: Path,
+    *,
+    chart: str | None,
+    dry_run: bool,
+    console,
+    wait: bool = True,
+    timeout: int = HELM_TIMEOUT,
 ) -> None:
     r = render(spec, out, chart=chart)  # local and pure: fails before touching the cluster
     api = connect(spec)  # reachability before any write
@@ -225,9 +239,18 @@ def deploy_command(
     if dry_run and new_namespace:
         console.print("helm: would install the release (server-side dry run needs the namespace; skipped)")
         return
-    console.print(helm_upgrade(spec, r, chart, dry_run=dry_run, console=console, wait=wait), highlight=False)
+    try:
+        summary = helm_upgrade(spec, r, chart, dry_run=dry_run, console=console, wait=wait, timeout=timeout)
+    except PlatformError as err:
+        # A hook Job that never finishes (an image that cannot be pulled, a database it cannot reach)
+        # times helm out: say which pods are stuck and why.
+        pods = [] if dry_run else _pod_problems(api, ns, spec.kubernetes.release)
+        if not pods:
+            raise
+        raise PlatformError(f"{err.problem}. Pods not ready: {'; '.join(pods[:8])}", err.fix) from None
+    console.print(summary, highlight=False)
     if wait and not dry_run:
-        ready = wait_ready(api, spec, timeout=HELM_TIMEOUT)
+        ready = wait_ready(api, spec, timeout=timeout)
         console.print(f"ready: {', '.join(ready) or 'no workloads'}", highlight=False)
     if r.secrets.deploy_public_key:
         console.print(f"Deploy key (public half): {r.secrets.deploy_public_key}", highlight=False, soft_wrap=True)
@@ -272,6 +295,18 @@ def _pod_problems(api, ns: str, release: str) -> list[str]:
     return out
 
 
+def _restarts(api, ns: str, release: str) -> dict[str, int]:
+    from kubernetes import client
+
+    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=f"release={release}").items
+    return {
+        f"{p.metadata.name}/{c.name}": c.restart_count
+        for p in pods
+        if p.status.phase == "Running"
+        for c in p.status.container_statuses or []
+    }
+
+
 def wait_ready(api, spec: PlatformSpec, *, timeout: float, poll: float = 2.0) -> list[str]:
     """Wait until every Deployment and StatefulSet of the release is rolled out with all pods ready.
 
@@ -283,6 +318,7 @@ def wait_ready(api, spec: PlatformSpec, *, timeout: float, poll: float = 2.0) ->
     apps = client.AppsV1Api(api)
     ns, release = spec.kubernetes.namespace, spec.kubernetes.release
     deadline = time.monotonic() + timeout
+    stable: dict[str, int] | None = None
     while True:
         pending: dict[str, str] = {}
         names: list[str] = []
@@ -297,7 +333,15 @@ def wait_ready(api, spec: PlatformSpec, *, timeout: float, poll: float = 2.0) ->
                 if why:
                     pending[name] = why
         if not pending:
-            return names
+            # Ready once is not enough: a container that crashes after its first start (a missing module,
+            # a bad config) shows as a restart within seconds. Ready twice, with no new restart, is.
+            restarts = _restarts(api, ns, release)
+            if stable is not None and restarts == stable:
+                return names
+            stable = restarts
+            time.sleep(max(poll, 15.0))
+            continue
+        stable = None
         if time.monotonic() > deadline:
             pods = _pod_problems(api, ns, release)
             raise PlatformError(

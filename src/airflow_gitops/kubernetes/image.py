@@ -133,14 +133,15 @@ def required_providers(spec: PlatformSpec) -> list[str]:
     a base of your own may not; the test base has none):
 
     * fab: values.py sets ``core.auth_manager`` to the FAB auth manager (the chart's login);
+    * postgres (psycopg2): the metadata database is PostgreSQL (the chart's built-in one is off);
     * cncf-kubernetes: the KubernetesExecutor;
-    * git: ``dags.delivery: bundle`` (GitDagBundle).
+    * git: ``dags.delivery: bundle`` (GitDagBundle), in every image so that switching needs no rebuild.
     """
-    out = ["apache-airflow-providers-fab"]
+    out = ["apache-airflow-providers-fab", "apache-airflow-providers-postgres"]
     if "Kubernetes" in spec.airflow.executor:
         out.append("apache-airflow-providers-cncf-kubernetes")
-    if spec.dags.delivery == "bundle":
-        out.append("apache-airflow-providers-git")
+    # Always: switching dags.delivery to bundle must not need another image.
+    out.append("apache-airflow-providers-git")
     return out
 
 
