@@ -113,3 +113,41 @@ def test_init_writes_valid_spec_and_private_deploy_key(tmp_path):
     assert "ssh-ed25519 " in result.stdout
     assert "PRIVATE KEY" not in result.stdout and key.read_text().split("\n")[1] not in result.stdout
     assert "deploy_key" in Path(tmp_path / ".gitignore").read_text()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fix"),
+    [
+        ("chart_version", "--post-renderer=/tmp/x", "a chart version such as 1.21.0"),
+        ("chart_version", "1.21.0 --set x=1", "a chart version such as 1.21.0"),
+        ("chart_version", "1.21.0\n", "a chart version such as 1.21.0"),
+        ("chart_version", "latest", "a chart version such as 1.21.0"),
+        ("context", "--kubeconfig=/tmp/x", "kubectl config get-contexts"),
+        ("context", "-x", "kubectl config get-contexts"),
+        ("context", "kind kind", "kubectl config get-contexts"),
+        ("context", "prod\n", "kubectl config get-contexts"),
+        ("context", "prod\x1b[31m", "kubectl config get-contexts"),
+        ("context", "", "kubectl config get-contexts"),
+    ],
+)
+def test_kubernetes_chart_version_and_context_cannot_be_options(key, value, fix):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"kubernetes": {key: value}})
+    message = err.value.render()
+    lines = [ln for ln in message.splitlines() if f"kubernetes.{key}" in ln]
+    assert len(lines) == 1 and fix in lines[0], message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("chart_version", "1.21.0"),
+        ("chart_version", "1.22.0-rc.1+build.5"),
+        ("chart_version", "v1.21"),
+        ("context", "kind-airflow"),
+        ("context", "arn:aws:eks:eu-west-1:123456789012:cluster/prod"),
+        ("context", "gke_project_europe-west1_cluster@admin"),
+    ],
+)
+def test_kubernetes_chart_version_and_context_accept_real_names(key, value):
+    assert getattr(parse_spec({"kubernetes": {key: value}}).kubernetes, key) == value

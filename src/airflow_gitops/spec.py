@@ -57,6 +57,9 @@ _repr.maxlevel = 2
 _BAD_REF = re.compile(r"(^|/)\.|\.lock(/|$)|\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{|//|^-|^/|/$|\.$|^@$|^HEAD$")
 # Paths Airflow's git hook puts unquoted into GIT_SSH_COMMAND (run by a shell).
 _SHELL_SAFE_PATH = re.compile(r"^[\w./@+,=:~-]+$")
+# A Helm chart version (SemVer, 'v' and missing minor/patch allowed as Helm does) and a kubeconfig context.
+_CHART_VERSION = re.compile(r"v?\d+(\.\d+){0,2}(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
+_CONTEXT = re.compile(r"[^\s-]\S*")
 _GIT_URL_FORMS = (
     "use 'git@host:org/repo.git', 'ssh://git@host:port/org/repo.git', 'https://host/org/repo.git' or an absolute path"
 )
@@ -553,6 +556,24 @@ class KubernetesSpec(_Model):
     def _label(cls, v: str) -> str:
         if len(v) > 53 or not DNS_LABEL.match(v):
             raise ValueError(f"{_short(v)} must be a DNS label: lower-case letters, digits and '-', at most 53")
+        return v
+
+    # Both reach helm/kubectl's command line, values.yaml's header and NOTES.md: never an option or a line break.
+    @field_validator("chart_version")
+    @classmethod
+    def _chart_version(cls, v: str) -> str:
+        if len(v) > 64 or not _CHART_VERSION.fullmatch(v):
+            raise ValueError(f"{_short(v)} is not a chart version; write a chart version such as 1.21.0")
+        return v
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 253 or not _CONTEXT.fullmatch(v) or not v.isprintable()):
+            raise ValueError(
+                f"{_short(v)} is not a kubeconfig context name (no leading '-', no spaces or control characters); "
+                "write one that `kubectl config get-contexts` lists"
+            )
         return v
 
 
