@@ -151,3 +151,43 @@ def test_kubernetes_chart_version_and_context_cannot_be_options(key, value, fix)
 )
 def test_kubernetes_chart_version_and_context_accept_real_names(key, value):
     assert getattr(parse_spec({"kubernetes": {key: value}}).kubernetes, key) == value
+
+
+# Every value checked by a whole-value pattern, with a trailing newline (Python's `$` matches before one).
+TRAILING_NEWLINE = [
+    ({"kubernetes": {"namespace": "airflow\n"}}, "kubernetes.namespace"),
+    ({"kubernetes": {"release": "airflow\n"}}, "kubernetes.release"),
+    ({"image": {"repository": "ghcr.io/org/airflow\n"}}, "image.repository"),
+    ({"image": {"tag": "v1\n"}}, "image.tag"),
+    ({"airflow": {"config": {"core\n": {"dag_file_processor_timeout": 60}}}}, "airflow.config"),
+    ({"airflow": {"config": {"core": {"dag_file_processor_timeout\n": 60}}}}, "airflow.config"),
+    ({"aws": {"profile": "default\n"}}, "aws.profile"),
+    ({"aws": {"region": "us-east-1\n"}}, "aws.region"),
+    ({"aws": {"bucket": "mlops-data\n"}}, "aws.bucket"),
+    ({"aws": {"endpoint_url": "https://s3.example.com\n"}}, "aws.endpoint_url"),
+    ({"mlflow": {"tracking_uri": "databricks\n"}}, "mlflow.tracking_uri"),
+    ({"logs": {"size": "10Gi\n"}}, "logs.size"),
+    ({"logs": {"existing_claim": "airflow-logs\n"}}, "logs.existing_claim"),
+    ({"ingress": {"host": "airflow.local\n"}}, "ingress.host"),
+    ({"secrets": {"fernet_key_secret": "airflow-fernet-key\n"}}, "secrets.fernet_key_secret"),
+    ({"local": {"preload": ["pandas\n"]}}, "local.preload"),
+    ({"connections": {"warehouse\n": {"conn_type": "postgres"}}}, "connections"),
+    ({"variables": {"threshold\n": "0.9"}}, "variables"),
+    ({"pools": {"training\n": {"slots": 2}}}, "pools"),
+]
+
+
+def _strip_newlines(data):
+    if isinstance(data, dict):
+        return {_strip_newlines(k): _strip_newlines(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_strip_newlines(v) for v in data]
+    return data.rstrip("\n") if isinstance(data, str) else data
+
+
+@pytest.mark.parametrize(("data", "key"), TRAILING_NEWLINE, ids=[k + ":" + repr(d)[:40] for d, k in TRAILING_NEWLINE])
+def test_no_validator_accepts_a_trailing_newline(tmp_path, data, key):
+    parse_spec(_strip_newlines(data), base_dir=tmp_path)  # the same value without the newline is valid
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, base_dir=tmp_path)
+    assert [where for where, _ in err.value.problems if where.startswith(key)], err.value.render()
