@@ -191,3 +191,16 @@ def test_no_validator_accepts_a_trailing_newline(tmp_path, data, key):
     with pytest.raises(SpecError) as err:
         parse_spec(data, base_dir=tmp_path)
     assert [where for where, _ in err.value.problems if where.startswith(key)], err.value.render()
+
+
+@pytest.mark.parametrize("repo", ["git://github.com/org/dags.git", "http://git.example.com/org/dags.git", "HTTP://h/r"])
+def test_dag_repo_over_an_unauthenticated_channel_is_refused(repo):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"dags": {"repo": repo}})
+    (line,) = [ln for ln in err.value.render().splitlines() if "dags.repo" in ln]
+    assert "unauthenticated" in line and "https://" in line and "ssh" in line, line
+
+
+@pytest.mark.parametrize("repo", ["https://github.com/org/dags.git", "file:///srv/git/dags.git", "/srv/git/dags.git"])
+def test_dag_repo_over_https_or_a_local_path_is_accepted(repo):
+    assert parse_spec({"dags": {"repo": repo}}).dags.repo == repo

@@ -261,10 +261,17 @@ class DagsSpec(_Model):
                 "platform.yaml: use an SSH deploy key (repo: git@HOST:ORG/REPO.git with dags.ssh_key_file), or "
                 "an https URL without credentials and a git credential helper holding the token"
             )
+        plain = re.match(r"(git|http)://", v, re.IGNORECASE)
+        if plain:
+            raise ValueError(
+                f"{_short(_redact(v))} fetches DAG code over {plain[1].lower()}://, an unauthenticated channel "
+                "(anyone on the path can change the code Airflow runs); use ssh (git@HOST:ORG/REPO.git with "
+                "dags.ssh_key_file) or https://"
+            )
         if re.match(r"^-|^[^/:]*@-|^[A-Za-z][A-Za-z0-9+.-]*://([^/@]*@)?-", v):
             raise ValueError("the host or user starts with '-' (ssh would read it as an option); correct the URL")
         if not (
-            re.match(r"^(ssh|https?|file|git)://", v) or re.match(r"^[\w.-]+@[\w.-]+:[^/].*", v) or v.startswith("/")
+            re.match(r"^(ssh|https|file)://", v) or re.match(r"^[\w.-]+@[\w.-]+:[^/].*", v) or v.startswith("/")
         ):
             raise ValueError(f"{_short(_redact(v))} is not a Git URL; {_GIT_URL_FORMS}")
         return v
