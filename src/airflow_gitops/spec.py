@@ -270,9 +270,7 @@ class DagsSpec(_Model):
             )
         if re.match(r"^-|^[^/:]*@-|^[A-Za-z][A-Za-z0-9+.-]*://([^/@]*@)?-", v):
             raise ValueError("the host or user starts with '-' (ssh would read it as an option); correct the URL")
-        if not (
-            re.match(r"^(ssh|https|file)://", v) or re.match(r"^[\w.-]+@[\w.-]+:[^/].*", v) or v.startswith("/")
-        ):
+        if not (re.match(r"^(ssh|https|file)://", v) or re.match(r"^[\w.-]+@[\w.-]+:[^/].*", v) or v.startswith("/")):
             raise ValueError(f"{_short(_redact(v))} is not a Git URL; {_GIT_URL_FORMS}")
         return v
 
