@@ -139,9 +139,6 @@ def _k8s_name(value: str) -> str:
     return value
 
 
-K8sName = Annotated[str, Field(min_length=1)]
-
-
 class ImageSpec(_Model):
     """The custom Airflow image: ``apache/airflow`` plus the packages DAGs need."""
 
