@@ -6,6 +6,7 @@ as ``up`` starts it (without Airflow's modules: its protocol does not depend on 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -215,3 +216,47 @@ def test_a_server_of_another_user_is_not_used():
         got, _ = proc.communicate(timeout=30)
         shutil.rmtree(shared, ignore_errors=True)
     assert "got" not in got.replace("got b''", ""), f"the other user's server read a request: {got}"
+
+
+def _good_request(**over) -> dict:
+    request = {
+        "command": [sys.executable, "-c", "pass"],
+        "env": {**os.environ, forkserver.DIGEST_ENV_VAR: DIGEST},
+        "cwd": os.getcwd(),
+        "nice": os.nice(0),
+        "umask": 0o22,
+        "title": "malformed-request test",
+    }
+    return {**request, **over}
+
+
+MALFORMED = {
+    "env-a-list": json.dumps(_good_request(env=["A=1"])).encode(),
+    "env-values-not-text": json.dumps(_good_request(env={forkserver.DIGEST_ENV_VAR: DIGEST, "A": 1})).encode(),
+    "cwd-not-text": json.dumps(_good_request(cwd=5)).encode(),
+    "umask-not-a-number": json.dumps(_good_request(umask="022")).encode(),
+    "nice-not-a-number": json.dumps(_good_request(nice=[1])).encode(),
+    "title-not-text": json.dumps(_good_request(title={"a": 1})).encode(),
+    "deep-json": b"[" * 20_000 + b"]" * 20_000,
+    "not-json": b"\xff{not json",
+    "not-an-object": b"[1, 2]",
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_a_malformed_request_is_answered_and_the_server_keeps_serving(server, name):
+    import socket
+
+    proc, sock = server
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # as the server listens
+    conn.settimeout(10)
+    conn.connect(str(sock))
+    socket.send_fds(conn, [MALFORMED[name]], [0, 1, 2])
+    reply = json.loads(conn.recv(1 << 16) or b"null")
+    conn.close()
+    assert isinstance(reply, dict) and "refused" in reply, reply
+    assert proc.poll() is None, "the fork server died"
+    assert forkserver.ping(str(sock))["pid"] == proc.pid
+    ok = client(sock, sys.executable, "-c", "print('still forking')")
+    out, err = ok.communicate(timeout=30)
+    assert ok.returncode == 0 and "still forking" in out, (out, err)

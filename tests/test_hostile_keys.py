@@ -125,3 +125,62 @@ def test_keys_are_created_0600_from_the_first_byte(tmp_path, monkeypatch):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "secrets" / "k").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("content", ["", "\n", "not-a-key\n", "Zm9v\n", ","])
+def test_an_empty_or_invalid_fernet_key_file_is_refused(tmp_path, content):
+    """An empty fernet.key made Airflow store Connections unencrypted: refused, naming the file and the fix."""
+    spec_dir = tmp_path / "state" / "secrets"
+    spec_dir.mkdir(parents=True, mode=0o700)
+    (spec_dir / keystore.FERNET_KEY).write_text(content)
+    (spec_dir / keystore.FERNET_KEY).chmod(0o600)
+    result = _render(tmp_path, {"local": {"state_dir": str(tmp_path / "state")}})
+    assert result.exit_code == 1, result.output
+    assert str(spec_dir / keystore.FERNET_KEY) in result.output and "Traceback" not in result.output
+    assert "backup" in result.output, result.output
+    assert (spec_dir / keystore.FERNET_KEY).read_text() == content  # never replaced behind the user's back
+
+
+def test_an_empty_key_file_is_refused_not_used(tmp_path):
+    path = tmp_path / "secrets" / keystore.JWT_SECRET
+    keystore.write_private(path, "\n")
+    with pytest.raises(PlatformError) as err:
+        keystore.ensure(path, lambda: "generated")
+    assert str(path) in err.value.problem and "empty" in err.value.problem and str(path) in err.value.fix
+
+
+def test_write_private_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path):
+    """Seen with strace (a real trace of the real calls, no mock): without the fsyncs a crash right after the
+    rename can leave an empty key file."""
+    import shutil
+    import sys
+
+    if not shutil.which("strace"):
+        reason = "strace not installed (apt-get install strace)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    target = tmp_path / "secrets" / "k"
+    trace = tmp_path / "trace"
+    code = f"import pathlib, airflow_gitops.keystore as k; k.write_private(pathlib.Path({str(target)!r}), 'x')"
+    subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2",
+            "-o",
+            str(trace),
+            sys.executable,
+            "-c",
+            code,
+        ],
+        check=True,
+    )
+    calls = [ln.split(None, 1)[1] for ln in trace.read_text().splitlines() if "(" in ln]
+    renames = [i for i, c in enumerate(calls) if c.startswith("rename") and str(target) in c]
+    assert len(renames) == 1, calls
+    syncs = [i for i, c in enumerate(calls) if c.startswith(("fsync", "fdatasync"))]
+    assert [i for i in syncs if i < renames[0]] and [i for i in syncs if i > renames[0]], calls

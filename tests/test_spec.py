@@ -113,3 +113,94 @@ def test_init_writes_valid_spec_and_private_deploy_key(tmp_path):
     assert "ssh-ed25519 " in result.stdout
     assert "PRIVATE KEY" not in result.stdout and key.read_text().split("\n")[1] not in result.stdout
     assert "deploy_key" in Path(tmp_path / ".gitignore").read_text()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fix"),
+    [
+        ("chart_version", "--post-renderer=/tmp/x", "a chart version such as 1.21.0"),
+        ("chart_version", "1.21.0 --set x=1", "a chart version such as 1.21.0"),
+        ("chart_version", "1.21.0\n", "a chart version such as 1.21.0"),
+        ("chart_version", "latest", "a chart version such as 1.21.0"),
+        ("context", "--kubeconfig=/tmp/x", "kubectl config get-contexts"),
+        ("context", "-x", "kubectl config get-contexts"),
+        ("context", "kind kind", "kubectl config get-contexts"),
+        ("context", "prod\n", "kubectl config get-contexts"),
+        ("context", "prod\x1b[31m", "kubectl config get-contexts"),
+        ("context", "", "kubectl config get-contexts"),
+    ],
+)
+def test_kubernetes_chart_version_and_context_cannot_be_options(key, value, fix):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"kubernetes": {key: value}})
+    message = err.value.render()
+    lines = [ln for ln in message.splitlines() if f"kubernetes.{key}" in ln]
+    assert len(lines) == 1 and fix in lines[0], message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("chart_version", "1.21.0"),
+        ("chart_version", "1.22.0-rc.1+build.5"),
+        ("chart_version", "v1.21"),
+        ("context", "kind-airflow"),
+        ("context", "arn:aws:eks:eu-west-1:123456789012:cluster/prod"),
+        ("context", "gke_project_europe-west1_cluster@admin"),
+    ],
+)
+def test_kubernetes_chart_version_and_context_accept_real_names(key, value):
+    assert getattr(parse_spec({"kubernetes": {key: value}}).kubernetes, key) == value
+
+
+# Every value checked by a whole-value pattern, with a trailing newline (Python's `$` matches before one).
+TRAILING_NEWLINE = [
+    ({"kubernetes": {"namespace": "airflow\n"}}, "kubernetes.namespace"),
+    ({"kubernetes": {"release": "airflow\n"}}, "kubernetes.release"),
+    ({"image": {"repository": "ghcr.io/org/airflow\n"}}, "image.repository"),
+    ({"image": {"tag": "v1\n"}}, "image.tag"),
+    ({"airflow": {"config": {"core\n": {"dag_file_processor_timeout": 60}}}}, "airflow.config"),
+    ({"airflow": {"config": {"core": {"dag_file_processor_timeout\n": 60}}}}, "airflow.config"),
+    ({"aws": {"profile": "default\n"}}, "aws.profile"),
+    ({"aws": {"region": "us-east-1\n"}}, "aws.region"),
+    ({"aws": {"bucket": "mlops-data\n"}}, "aws.bucket"),
+    ({"aws": {"endpoint_url": "https://s3.example.com\n"}}, "aws.endpoint_url"),
+    ({"mlflow": {"tracking_uri": "databricks\n"}}, "mlflow.tracking_uri"),
+    ({"logs": {"size": "10Gi\n"}}, "logs.size"),
+    ({"logs": {"existing_claim": "airflow-logs\n"}}, "logs.existing_claim"),
+    ({"ingress": {"host": "airflow.local\n"}}, "ingress.host"),
+    ({"secrets": {"fernet_key_secret": "airflow-fernet-key\n"}}, "secrets.fernet_key_secret"),
+    ({"local": {"preload": ["pandas\n"]}}, "local.preload"),
+    ({"connections": {"warehouse\n": {"conn_type": "postgres"}}}, "connections"),
+    ({"variables": {"threshold\n": "0.9"}}, "variables"),
+    ({"pools": {"training\n": {"slots": 2}}}, "pools"),
+]
+
+
+def _strip_newlines(data):
+    if isinstance(data, dict):
+        return {_strip_newlines(k): _strip_newlines(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_strip_newlines(v) for v in data]
+    return data.rstrip("\n") if isinstance(data, str) else data
+
+
+@pytest.mark.parametrize(("data", "key"), TRAILING_NEWLINE, ids=[k + ":" + repr(d)[:40] for d, k in TRAILING_NEWLINE])
+def test_no_validator_accepts_a_trailing_newline(tmp_path, data, key):
+    parse_spec(_strip_newlines(data), base_dir=tmp_path)  # the same value without the newline is valid
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, base_dir=tmp_path)
+    assert [where for where, _ in err.value.problems if where.startswith(key)], err.value.render()
+
+
+@pytest.mark.parametrize("repo", ["git://github.com/org/dags.git", "http://git.example.com/org/dags.git", "HTTP://h/r"])
+def test_dag_repo_over_an_unauthenticated_channel_is_refused(repo):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"dags": {"repo": repo}})
+    (line,) = [ln for ln in err.value.render().splitlines() if "dags.repo" in ln]
+    assert "unauthenticated" in line and "https://" in line and "ssh" in line, line
+
+
+@pytest.mark.parametrize("repo", ["https://github.com/org/dags.git", "file:///srv/git/dags.git", "/srv/git/dags.git"])
+def test_dag_repo_over_https_or_a_local_path_is_accepted(repo):
+    assert parse_spec({"dags": {"repo": repo}}).dags.repo == repo

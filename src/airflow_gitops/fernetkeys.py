@@ -31,21 +31,7 @@ def key_file(spec: PlatformSpec) -> Path:
     return spec.secrets_dir / keystore.FERNET_KEY
 
 
-def parse_keys(text: str) -> tuple[list[bytes], list[str]]:
-    """Split a comma-separated key list; returns (keys, problems)."""
-    keys, problems = [], []
-    parts = [p.strip() for p in text.strip().split(",")]
-    for i, part in enumerate(parts, 1):
-        label = "the key" if len(parts) == 1 else f"key {i} of {len(parts)}"
-        if not part:
-            problems.append(f"{label} is empty (stray comma?)")
-            continue
-        try:
-            Fernet(part.encode())
-            keys.append(part.encode())
-        except (ValueError, TypeError):
-            problems.append(f"{label} is not 32 url-safe base64-encoded bytes ({len(part)} characters)")
-    return keys, problems
+parse_keys = keystore.parse_fernet_keys  # the rule lives with the key file
 
 
 def encrypted_values(conn) -> list[tuple[str, str]]:

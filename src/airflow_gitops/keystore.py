@@ -95,19 +95,57 @@ def write_private(path: Path, content: str | bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)  # and the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
 
 
-def ensure(path: Path, generate: Callable[[], str]) -> str:
-    """Return the secret stored at ``path``, generating and storing it (0600) on first use."""
+def ensure(path: Path, generate: Callable[[], str], check: Callable[[str], list[str]] | None = None) -> str:
+    """Return the secret stored at ``path``, generating and storing it (0600) on first use.
+
+    A stored file that is empty (or that ``check`` finds problems in) is refused, never used nor replaced:
+    an empty Fernet key makes Airflow store Connections unencrypted, a new one makes the old ones unreadable.
+    """
     if check_trusted(path) is not None:
-        return read_private(path, tighten=True).decode("utf-8", errors="replace").strip()
+        value = read_private(path, tighten=True).decode("utf-8", errors="replace").strip()
+        found = check(value) if check and value else []
+        problems = ["is empty"] if not value else [f"holds an invalid key ({p})" for p in found]
+        if problems:
+            raise _refuse(
+                path,
+                "; ".join(problems),
+                f"restore {path} from your backup of the state folder; only if nothing was ever stored with it, "
+                f"remove {path} and a new one is generated",
+            )
+        return value
     value = generate()
     write_private(path, value + "\n")
     return value
+
+
+def parse_fernet_keys(text: str) -> tuple[list[bytes], list[str]]:
+    """Split a comma-separated Fernet key list; returns (keys, problems)."""
+    keys, problems = [], []
+    parts = [p.strip() for p in text.strip().split(",")]
+    for i, part in enumerate(parts, 1):
+        label = "the key" if len(parts) == 1 else f"key {i} of {len(parts)}"
+        if not part:
+            problems.append(f"{label} is empty (stray comma?)")
+            continue
+        try:
+            Fernet(part.encode())
+            keys.append(part.encode())
+        except (ValueError, TypeError):
+            problems.append(f"{label} is not 32 url-safe base64-encoded bytes ({len(part)} characters)")
+    return keys, problems
 
 
 def _token() -> str:
@@ -121,7 +159,9 @@ def _password() -> str:
 
 def fernet_key(spec: PlatformSpec) -> str:
     """The platform's Fernet key (the first of a comma-separated list while rotating)."""
-    return ensure(spec.secrets_dir / FERNET_KEY, lambda: Fernet.generate_key().decode())
+    return ensure(
+        spec.secrets_dir / FERNET_KEY, lambda: Fernet.generate_key().decode(), lambda v: parse_fernet_keys(v)[1]
+    )
 
 
 def jwt_secret(spec: PlatformSpec) -> str:

@@ -39,8 +39,8 @@ from .errors import PlatformError
 
 DEFAULT_SPEC_FILE = "platform.yaml"
 DEFAULT_STATE_DIR = ".airflow-gitops"
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 Port = Annotated[int, Field(ge=1024, le=65535)]
 
 # Bounds on the file (a real platform.yaml is a few KiB, a few levels deep, with no or few aliases).
@@ -56,7 +56,10 @@ _repr.maxlevel = 2
 # Git's check-ref-format rules for a branch (git help check-ref-format).
 _BAD_REF = re.compile(r"(^|/)\.|\.lock(/|$)|\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{|//|^-|^/|/$|\.$|^@$|^HEAD$")
 # Paths Airflow's git hook puts unquoted into GIT_SSH_COMMAND (run by a shell).
-_SHELL_SAFE_PATH = re.compile(r"^[\w./@+,=:~-]+$")
+_SHELL_SAFE_PATH = re.compile(r"[\w./@+,=:~-]+")
+# A Helm chart version (SemVer, 'v' and missing minor/patch allowed as Helm does) and a kubeconfig context.
+_CHART_VERSION = re.compile(r"v?\d+(\.\d+){0,2}(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
+_CONTEXT = re.compile(r"[^\s-]\S*")
 _GIT_URL_FORMS = (
     "use 'git@host:org/repo.git', 'ssh://git@host:port/org/repo.git', 'https://host/org/repo.git' or an absolute path"
 )
@@ -89,7 +92,7 @@ def _config_safe(value: str) -> None:
 
 
 def _ssh_safe(path: str) -> None:
-    if not _SHELL_SAFE_PATH.match(path):
+    if not _SHELL_SAFE_PATH.fullmatch(path):
         raise ValueError(
             f"the path {_short(path)} contains whitespace, a quote or another shell character: Airflow's git hook "
             "puts it unquoted into the ssh command (GIT_SSH_COMMAND); move or rename the file to a path of "
@@ -128,15 +131,12 @@ class _Model(BaseModel):
 
 
 def _k8s_name(value: str) -> str:
-    if len(value) > 253 or not DNS_SUBDOMAIN.match(value):
+    if len(value) > 253 or not DNS_SUBDOMAIN.fullmatch(value):
         raise ValueError(
             f"{_short(value)} is not a valid Kubernetes name; use lower-case letters, digits, '-' and '.', "
             "starting and ending with a letter or digit"
         )
     return value
-
-
-K8sName = Annotated[str, Field(min_length=1)]
 
 
 class ImageSpec(_Model):
@@ -156,7 +156,7 @@ class ImageSpec(_Model):
     @field_validator("repository")
     @classmethod
     def _repo(cls, v: str) -> str:
-        if not re.match(r"^[a-z0-9]+([._/:-][a-z0-9]+)*$", v):
+        if not re.fullmatch(r"[a-z0-9]+([._/:-][a-z0-9]+)*", v):
             raise ValueError(
                 f"{_short(v)} is not an image repository; use e.g. 'registry.example.com/team/airflow-mlops'"
             )
@@ -165,7 +165,7 @@ class ImageSpec(_Model):
     @field_validator("tag")
     @classmethod
     def _tag(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", v):
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", v):
             raise ValueError(f"{_short(v)} is not a valid image tag; use letters, digits, '_', '.', '-'")
         return v
 
@@ -185,10 +185,10 @@ class AirflowSpec(_Model):
     @classmethod
     def _config(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for section, keys in v.items():
-            if not re.match(r"^[a-z_][a-z0-9_.]*$", section):
+            if not re.fullmatch(r"[a-z_][a-z0-9_.]*", section):
                 raise ValueError(f"section {_short(section)} is not an Airflow config section name (e.g. 'core')")
             for key in keys:
-                if not re.match(r"^[a-z_][a-z0-9_]*$", key):
+                if not re.fullmatch(r"[a-z_][a-z0-9_]*", key):
                     raise ValueError(
                         f"key {_short(section)}.{_short(key)} is not an Airflow config key (lower_snake_case)"
                     )
@@ -258,11 +258,16 @@ class DagsSpec(_Model):
                 "platform.yaml: use an SSH deploy key (repo: git@HOST:ORG/REPO.git with dags.ssh_key_file), or "
                 "an https URL without credentials and a git credential helper holding the token"
             )
+        plain = re.match(r"(git|http)://", v, re.IGNORECASE)
+        if plain:
+            raise ValueError(
+                f"{_short(_redact(v))} fetches DAG code over {plain[1].lower()}://, an unauthenticated channel "
+                "(anyone on the path can change the code Airflow runs); use ssh (git@HOST:ORG/REPO.git with "
+                "dags.ssh_key_file) or https://"
+            )
         if re.match(r"^-|^[^/:]*@-|^[A-Za-z][A-Za-z0-9+.-]*://([^/@]*@)?-", v):
             raise ValueError("the host or user starts with '-' (ssh would read it as an option); correct the URL")
-        if not (
-            re.match(r"^(ssh|https?|file|git)://", v) or re.match(r"^[\w.-]+@[\w.-]+:[^/].*", v) or v.startswith("/")
-        ):
+        if not (re.match(r"^(ssh|https|file)://", v) or re.match(r"^[\w.-]+@[\w.-]+:[^/].*", v) or v.startswith("/")):
             raise ValueError(f"{_short(_redact(v))} is not a Git URL; {_GIT_URL_FORMS}")
         return v
 
@@ -468,7 +473,7 @@ class AwsSpec(_Model):
     @classmethod
     def _profile(cls, v: str) -> str:
         # It becomes an INI section header in the AWS files: '[', ']' or a newline would inject sections.
-        if not re.match(r"^[A-Za-z0-9_.+-]{1,64}$", v):
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", v):
             raise ValueError(
                 f"{_short(v)} is not an AWS profile name; use 1-64 letters, digits, '_', '.', '+', '-' (e.g. 'default')"
             )
@@ -477,21 +482,21 @@ class AwsSpec(_Model):
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:
-        if not re.match(r"^[a-z]{2}(-[a-z]+)+-\d$", v):
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", v):
             raise ValueError(f"{_short(v)} is not an AWS region; use e.g. 'us-east-1' or 'ap-northeast-2'")
         return v
 
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, v: str) -> str:
-        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", v):
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v):
             raise ValueError(f"{_short(v)} is not a valid S3 bucket name (3-63 chars: a-z, 0-9, '.', '-')")
         return v
 
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        if v is not None and (not re.match(r"^https?://\S+$", v) or not v.isprintable()):
+        if v is not None and (not re.fullmatch(r"https?://\S+", v) or not v.isprintable()):
             raise ValueError(
                 f"{_short(v)} must be an http(s) URL without spaces, e.g. 'https://s3.ap-northeast-2.amazonaws.com'"
             )
@@ -524,7 +529,7 @@ class LogsSpec(_Model):
     @field_validator("size")
     @classmethod
     def _size(cls, v: str) -> str:
-        if not re.match(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$", v):
+        if not re.fullmatch(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?", v):
             raise ValueError(f"{_short(v)} is not a Kubernetes quantity; use e.g. '10Gi'")
         return v
 
@@ -599,8 +604,26 @@ class KubernetesSpec(_Model):
     @field_validator("namespace", "release")
     @classmethod
     def _label(cls, v: str) -> str:
-        if len(v) > 53 or not DNS_LABEL.match(v):
+        if len(v) > 53 or not DNS_LABEL.fullmatch(v):
             raise ValueError(f"{_short(v)} must be a DNS label: lower-case letters, digits and '-', at most 53")
+        return v
+
+    # Both reach helm/kubectl's command line, values.yaml's header and NOTES.md: never an option or a line break.
+    @field_validator("chart_version")
+    @classmethod
+    def _chart_version(cls, v: str) -> str:
+        if len(v) > 64 or not _CHART_VERSION.fullmatch(v):
+            raise ValueError(f"{_short(v)} is not a chart version; write a chart version such as 1.21.0")
+        return v
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 253 or not _CONTEXT.fullmatch(v) or not v.isprintable()):
+            raise ValueError(
+                f"{_short(v)} is not a kubeconfig context name (no leading '-', no spaces or control characters); "
+                "write one that `kubectl config get-contexts` lists"
+            )
         return v
 
 
@@ -635,7 +658,7 @@ DEFAULT_PRELOAD = (
     "mlflow",
     "mlflow.sklearn",
 )
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,20}$")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,20}")
 
 
 class LocalSpec(_Model):
@@ -652,7 +675,7 @@ class LocalSpec(_Model):
     @field_validator("preload")
     @classmethod
     def _preload(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if not _MODULE.match(m)]
+        bad = [m for m in v if not _MODULE.fullmatch(m)]
         if bad:
             raise ValueError(
                 f"{_short(bad[0])} is not a Python module name; list importable modules such as 'pandas' "
@@ -670,14 +693,14 @@ class LocalSpec(_Model):
 # --- Connections, Variables, pools ---------------------------------------------------------------------
 # Names become AIRFLOW_CONN_<NAME> / AIRFLOW_VAR_<NAME> (upper-cased) on Kubernetes and REST API paths
 # locally: letters, digits and '_', starting with a letter.
-_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,199}$")
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,199}")
 _SECRET_SECTIONS = ("connections", "variables")  # errors there never echo a value
 MAX_SECRET_FILE_BYTES = 256 * 1024
 
 
 def _identifier(what: str):
     def check(v: str) -> str:
-        if not _IDENTIFIER.match(v):
+        if not _IDENTIFIER.fullmatch(v):
             raise ValueError(
                 f"{_short(v)} is not a valid {what}; use letters, digits and '_', starting with a letter "
                 "(at most 200 characters), e.g. 'warehouse'"

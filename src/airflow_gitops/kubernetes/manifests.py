@@ -21,7 +21,6 @@ from ..errors import PlatformError
 from ..spec import PlatformSpec
 from . import values as v
 
-DEPLOY_KEY_FILE = "deploy_key"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "airflow-gitops"}
 
 

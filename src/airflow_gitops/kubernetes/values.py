@@ -57,14 +57,21 @@ def runtime_env(spec: PlatformSpec, warnings: list[str] | None = None) -> dict[s
     return contract.dag_runtime_env(spec, mlflow_uri=uri, s3_endpoint=spec.aws.endpoint_url)
 
 
+def tpl_literal(value: str) -> str:
+    """``value`` as a Helm template that renders to exactly ``value``: the chart runs every ``config`` value
+    through ``tpl``, so Airflow's own Jinja (``{{ ti.dag_id }}``) would fail and ``{{ .Values.x }}`` would be
+    evaluated. Each ``{{`` becomes the action ``{{ "{{" }}``; a lone ``}}`` is plain text to Go templates."""
+    return value.replace("{{", '{{ "{{" }}')
+
+
 def airflow_config(spec: PlatformSpec) -> dict[str, dict[str, str]]:
     """The chart's ``config``: the settings common to both targets and ``airflow.config`` (minus the
-    entries that hold secrets: those come from a Secret, see ``secret_env``)."""
+    entries that hold secrets: those come from a Secret, see ``secret_env``), each written for ``tpl``."""
     secret = contract.secret_config_keys(spec)
     config: dict[str, dict[str, str]] = {"core": {"auth_manager": FAB_AUTH_MANAGER}}
     for (section, key), value in {**contract.user_config(spec), **contract.common_config(spec)}.items():
         if contract.Setting(section, key, None).env not in secret:
-            config.setdefault(section, {})[key] = value
+            config.setdefault(section, {})[key] = tpl_literal(value)
     return config
 
 
@@ -251,7 +258,7 @@ def build_values(
         values["dags"] = {"gitSync": {"enabled": False}}
         bundles = contract.bundle_config(spec)
         if chart_defaults is not None and "dagBundleConfigList" not in (chart_defaults.get("dagProcessor") or {}):
-            config.setdefault("dag_processor", {})["dag_bundle_config_list"] = json.dumps(bundles)
+            config.setdefault("dag_processor", {})["dag_bundle_config_list"] = tpl_literal(json.dumps(bundles))
             warnings.append("this chart has no dagProcessor.dagBundleConfigList; the bundle list is set as config")
         else:
             values["dagProcessor"] = {"dagBundleConfigList": bundles}

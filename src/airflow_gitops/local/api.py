@@ -11,8 +11,6 @@ import httpx
 from ..errors import PlatformError
 
 TERMINAL = {"success", "failed"}
-# REST API collection -> the body field naming an item.
-COLLECTIONS = {"connections": "connection_id", "variables": "key", "pools": "name"}
 
 
 def _safe_detail(r: httpx.Response) -> str:

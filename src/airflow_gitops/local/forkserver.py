@@ -308,10 +308,20 @@ class Server:
     def _request(self, client: _Client) -> tuple[dict, list[int]] | None:
         try:
             data, fds, _flags, _addr = socket.recv_fds(client.conn, MAX_MESSAGE, 3)
-            message = _decode(data)
-        except (OSError, ValueError) as err:
-            message, fds = None, []
+        except OSError as err:
+            data, fds = b"", []
             _say(f"unreadable request from pid {client.peer}: {err}")
+        try:
+            message = _decode(data)
+        except (ValueError, RecursionError) as err:  # RecursionError: JSON nested too deep
+            for fd in fds:
+                os.close(fd)
+            why = f"the request is not a JSON object ({type(err).__name__})"
+            _say(f"refused a request from pid {client.peer}: {why}")
+            self._answer(client, {"refused": why})
+            if client.child is None:
+                self._drop(client)
+            return None
         if message is None:  # the client went away
             for fd in fds:
                 os.close(fd)
@@ -344,7 +354,12 @@ class Server:
             return "no command"
         if len(fds) != 3:
             return "no standard input, output and error"
-        env = message.get("env") or {}
+        env = message.get("env")
+        if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+            return "env is not an object of text values"
+        for key, kind in (("cwd", str), ("title", str), ("umask", int), ("nice", int)):
+            if not isinstance(message.get(key), kind) or isinstance(message.get(key), bool):
+                return f"{key} is not {'text' if kind is str else 'a whole number'}"
         if env.get(DIGEST_ENV_VAR) != os.environ.get(DIGEST_ENV_VAR):
             return (
                 "its environment differs from the one the fork server imported Airflow with "
