@@ -13,7 +13,7 @@ import httpx
 import pytest
 from serving_fixture import MlflowServer, ServingProcess, log_version, train
 
-from airflow_gitops.serving import WEBHOOK_PATH
+from airflow_gitops.serving import ENV_WEBHOOK_NAME, WEBHOOK_PATH
 from airflow_gitops.serving.webhook import sign
 
 
@@ -169,6 +169,32 @@ def test_hot_swap_under_concurrent_load_fails_no_request_and_follows_webhook(mlf
     assert out["failed"] == [], out["failed"][:5]
     assert len(out["ok"]) > 50 and out["versions"] >= set(served[1:])
     assert "webhook:" in srv.logs()
+
+
+def test_a_stopped_server_removes_its_webhook(mlflow_server, serve, model_name):
+    """A webhook left behind keeps MLflow retrying a dead endpoint (~7 s each in a pool of 10 workers):
+    enough of them delayed the next server's swap past 20 s. Stopping removes ours."""
+    from mlflow.tracking import MlflowClient
+
+    v = log_version(mlflow_server.uri, model_name, seed=14)
+    srv = serve(model_name)
+    srv.wait_version(v)
+    name = srv.env[ENV_WEBHOOK_NAME]
+    client = MlflowClient(mlflow_server.uri)
+
+    def urls():
+        found, token = [], None
+        while True:
+            page = client.list_webhooks(max_results=100, page_token=token)
+            found += [h.url for h in page if h.name == name]
+            token = page.token
+            if not token:
+                return found
+
+    assert urls() == [srv.url + WEBHOOK_PATH]
+    srv.stop()
+    assert urls() == []
+    assert "webhook " + repr(name) + " removed" in srv.logs()
 
 
 def test_broken_version_is_refused_old_keeps_serving_and_rollback_works(mlflow_server, serve, model_name, tmp_path):

@@ -65,7 +65,8 @@ def create_app(config: Config, client=None) -> FastAPI:
             from .webhook import ensure_webhook
 
             try:
-                ensure_webhook(client, config.webhook_name, config.webhook_url, config.webhook_secret)
+                state["webhook_id"] = ensure_webhook(client, config.webhook_name, config.webhook_url,
+                                                     config.webhook_secret)
                 log.info("serving: webhook %r registered for %s", config.webhook_name, config.webhook_url)
                 return True
             except Exception as exc:  # noqa: BLE001 - polling still works; retried at the next look
@@ -73,7 +74,20 @@ def create_app(config: Config, client=None) -> FastAPI:
                             exc, config.poll_interval)
         return False
 
-    state = {"webhook_registered": False}
+    state: dict[str, Any] = {"webhook_registered": False, "webhook_id": None}
+
+    def unregister_webhook():
+        # A webhook left behind by a stopped server is not harmless: MLflow keeps delivering to it, each
+        # delivery retrying a refused connection with backoff (~7 s) in its shared pool of 10 workers,
+        # so a few stale ones delay every live server's deliveries by many seconds.
+        hook_id = state.get("webhook_id")
+        if not hook_id:
+            return
+        try:
+            client.delete_webhook(hook_id)
+            log.info("serving: webhook %r removed", config.webhook_name)
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway; the next start replaces it by name
+            log.warning("serving: could not remove the webhook %r (%s)", config.webhook_name, exc)
 
     def on_start():
         state["webhook_registered"] = register_webhook()
@@ -86,6 +100,8 @@ def create_app(config: Config, client=None) -> FastAPI:
         watcher.start()
         yield
         watcher.stop()
+        await run_in_threadpool(watcher.thread.join, 5)  # its registration, if under way, finishes first
+        await run_in_threadpool(unregister_webhook)
 
     app = FastAPI(title="airflow-gitops serving", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.served, app.state.watcher, app.state.config = served, watcher, config
