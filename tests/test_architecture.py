@@ -22,7 +22,7 @@ LAYERS = [
     {"errors", "contract", "binaries", "dburl", "providers"},
     {"spec"},
     {"keystore", "gitremote", "target"},
-    {"fernetkeys", "dag_repo", "managed"},
+    {"fernetkeys", "dag_repo", "managed", "serving"},
     {"local", "kubernetes"},
     {"checks", "init"},
     {"cli"},

@@ -55,9 +55,33 @@ INVALID = [
     ("kubernetes: {namespace: Airflow_NS}", "kubernetes.namespace", "DNS label"),
     ("image: {tag: 'v 1'}", "image.tag", "letters"),
     ("logs: {size: ten}", "logs.size", "10Gi"),
+    ("serving: {alias: latest}", "serving.alias", "champion"),
+    ("serving: {alias: v3}", "serving.alias", "reserves"),
+    ("serving: {model: 'models:/m'}", "serving.model", "registered model name"),
+    ("serving: {poll_interval: 0}", "serving.poll_interval", "greater than or equal"),
+    ("serving: {max_body_bytes: 10}", "serving.max_body_bytes", "greater than or equal"),
+    ("serving: {enable: true}", "serving.enable", "spelling"),
+    ("local: {ports: {serving: 5000}}", "local.ports", "pick two"),
     ("- just\n- a list", "(top level)", "mapping"),
     ("dags: [unclosed", "line", "YAML"),
 ]
+
+
+def test_serving_defaults_follow_the_template_pipeline():
+    """On by default; the model the template's pipeline registers, its alias, its own port."""
+    import re
+
+    import airflow_gitops.dag_repo as dag_repo
+
+    pipeline = (Path(dag_repo.__file__).parent / "template" / "dags" / "ml_training_pipeline.py").read_text()
+    pipeline_alias = re.search(r'^CHAMPION_ALIAS = "([^"]+)"', pipeline, re.M).group(1)
+    spec = parse_spec({})
+    assert spec.serving.enabled and spec.serving.alias == pipeline_alias == "champion"
+    assert spec.local.ports.serving == 5001
+    assert spec.serving_model == spec.mlflow.registered_model == "mlops-classifier"
+    spec = parse_spec({"mlflow": {"registered_model": "churn"}})
+    assert spec.serving_model == "churn"
+    assert parse_spec({"mlflow": {"registered_model": "churn"}, "serving": {"model": "fraud"}}).serving_model == "fraud"
 
 
 @pytest.mark.parametrize(("text", "key", "fix"), INVALID, ids=[c[1] + ":" + c[0][:20] for c in INVALID])

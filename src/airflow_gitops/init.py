@@ -55,13 +55,22 @@ mlflow:
   experiment: airflow-gitops
   registered_model: mlops-classifier
 
+# Serves models:/<model>@<alias>, hot-swapped when the alias moves (MLflow webhook; polling as fallback).
+serving:
+  enabled: true
+  model: null                # null: mlflow.registered_model
+  alias: champion
+  poll_interval: 10          # seconds
+  webhook: true
+  max_body_bytes: 1048576
+
 logs: {persistence: true, existing_claim: airflow-logs, size: 10Gi}
 ingress: {enabled: true, host: airflow.local}
 kubernetes: {namespace: airflow, release: airflow, chart_version: "1.21.0"}
 
 local:
   state_dir: .airflow-gitops
-  ports: {api: 8080, mlflow: 5000, s3: 5055, postgres: 5433}
+  ports: {api: 8080, mlflow: 5000, s3: 5055, postgres: 5433, serving: 5001}
   parallelism: 4
 
 # Airflow Connections, Variables and pools, applied by `up` / `airflow-gitops sync` (a Secret on

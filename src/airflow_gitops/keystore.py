@@ -184,6 +184,20 @@ def pg_superuser_password(spec: PlatformSpec) -> str:
     return ensure(spec.secrets_dir / PG_SUPERUSER_PASSWORD, _password)
 
 
+# Serving (issue 20): the key MLflow encrypts webhook secrets with in its database, and the secret
+# MLflow signs deliveries to the serving component with. Both generated here, 0600, never printed.
+MLFLOW_WEBHOOK_KEY = "mlflow_webhook_encryption_key"
+SERVING_WEBHOOK_SECRET = "serving_webhook_secret"
+
+
+def mlflow_webhook_key(spec: PlatformSpec) -> str:
+    return ensure(spec.secrets_dir / MLFLOW_WEBHOOK_KEY, lambda: Fernet.generate_key().decode())
+
+
+def serving_webhook_secret(spec: PlatformSpec) -> str:
+    return ensure(spec.secrets_dir / SERVING_WEBHOOK_SECRET, _token)
+
+
 def load_deploy_key(private_path: Path):
     """Load an SSH private key we may use unattended, or raise PlatformError naming the fix."""
     keygen = f"ssh-keygen -t ed25519 -N '' -f {private_path}"

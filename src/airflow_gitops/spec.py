@@ -520,6 +520,40 @@ class MlflowSpec(_Model):
         return v
 
 
+_MLFLOW_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
+
+
+class ServingSpec(_Model):
+    """The serving component: ``models:/<model>@<alias>`` over HTTP, hot-swapped when the alias moves.
+
+    On by default: the template's pipeline registers a model and moves ``champion``; a platform that
+    trains a champion and does not serve it leaves the user one more thing to wire up by hand.
+    """
+
+    enabled: bool = True
+    model: str | None = None  # null: mlflow.registered_model (what the template's pipeline registers)
+    alias: str = "champion"  # the template pipeline's alias
+    poll_interval: float = Field(10.0, ge=0.5, le=3600)  # the fallback when no webhook arrives
+    webhook: bool = True  # MLflow's model_version_alias.created webhook, HMAC-signed
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or len(v) > 256 or not v.isprintable() or any(c in v for c in "/:@")):
+            raise ValueError(f"{_short(v)} must be a registered model name (printable, no '/', ':' or '@', "
+                             "at most 256 characters), e.g. 'mlops-classifier'; or null for mlflow.registered_model")
+        return v
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        if not _MLFLOW_ALIAS.match(v) or v.lower() == "latest" or re.fullmatch(r"[vV]\d+", v):
+            raise ValueError(f"{_short(v)} must be an MLflow alias: letters, digits, '_' or '-', not 'latest' "
+                             "nor v<number> (MLflow reserves those), e.g. 'champion'")
+        return v
+
+
 class LogsSpec(_Model):
     persistence: bool = True
     existing_claim: str = "airflow-logs"
@@ -632,6 +666,7 @@ class Ports(_Model):
     mlflow: Port = 5000
     s3: Port = 5055
     postgres: Port = 5433
+    serving: Port = 5001
 
     @model_validator(mode="after")
     def _distinct(self) -> Ports:
@@ -877,6 +912,7 @@ class PlatformSpec(_Model):
     secrets: SecretsSpec = Field(default_factory=SecretsSpec)
     aws: AwsSpec = Field(default_factory=AwsSpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
     logs: LogsSpec = Field(default_factory=LogsSpec)
     ingress: IngressSpec = Field(default_factory=IngressSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
@@ -895,6 +931,11 @@ class PlatformSpec(_Model):
         p = Path(p).expanduser()
         # abspath, not resolve(): a key file that is a symbolic link must be seen as one (and refused).
         return Path(os.path.abspath(p if p.is_absolute() else self.base_dir / p))
+
+    @property
+    def serving_model(self) -> str:
+        """The registered model serving follows: ``serving.model``, else ``mlflow.registered_model``."""
+        return self.serving.model or self.mlflow.registered_model
 
     @property
     def state_dir(self) -> Path:

@@ -70,6 +70,21 @@ def aws_env(layout: Layout) -> dict[str, str]:
     return env
 
 
+def webhook_env(layout: Layout) -> dict[str, str]:
+    """MLflow's registry webhooks to the serving component on 127.0.0.1 (over http, a private address),
+    the registered webhooks re-read every 5 s, their secrets encrypted with a key kept 0600 in the
+    secrets folder. Nothing when serving (or its webhook) is off."""
+    serving = layout.spec.serving
+    if not (serving.enabled and serving.webhook):
+        return {}
+    return {
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_CACHE_TTL": "5",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": keystore.mlflow_webhook_key(layout.spec),
+    }
+
+
 def env_file(platform: LocalPlatform) -> str:
     """The 0600 environment the MLflow server starts with (the store URI holds a password: no argv)."""
     lay = platform.layout
@@ -80,6 +95,7 @@ def env_file(platform: LocalPlatform) -> str:
         READY_FILE_ENV: str(ready_file(lay)),
         READY_TOKEN_ENV: uuid.uuid4().hex,
         **aws_env(lay),
+        **webhook_env(lay),
     }
     keystore.write_private(path, json.dumps(env))
     return str(path)

@@ -1,0 +1,22 @@
+"""Serving: the champion model behind a FastAPI app, hot-swapped when its registry alias moves.
+
+``model.py`` loads and checks one version and validates requests against its signature; ``watcher.py``
+follows the alias (MLflow webhook + polling) and swaps; ``webhook.py`` signs/verifies MLflow's webhook
+deliveries and registers ours; ``app.py`` is the HTTP API; ``__main__`` runs it under uvicorn.
+
+Imports only ``errors`` of the package: both targets run the same process with the same environment
+(:data:`ENV` names it), built from platform.yaml's ``serving:`` section.
+"""
+
+from __future__ import annotations
+
+# The environment the serving process reads (both targets set it; MLflow/AWS come from dag_runtime_env).
+ENV_MODEL = "MLOPS_REGISTERED_MODEL"
+ENV_ALIAS = "AIRFLOW_GITOPS_SERVING_ALIAS"
+ENV_POLL = "AIRFLOW_GITOPS_SERVING_POLL_INTERVAL"
+ENV_MAX_BODY = "AIRFLOW_GITOPS_SERVING_MAX_BODY_BYTES"
+ENV_WEBHOOK_URL = "AIRFLOW_GITOPS_SERVING_WEBHOOK_URL"  # where MLflow reaches this server's /webhook
+ENV_WEBHOOK_SECRET_FILE = "AIRFLOW_GITOPS_SERVING_WEBHOOK_SECRET_FILE"  # 0600, never in argv or env
+ENV_WEBHOOK_NAME = "AIRFLOW_GITOPS_SERVING_WEBHOOK_NAME"
+WEBHOOK_PATH = "/webhook/mlflow"
+DEFAULT_ALIAS = "champion"

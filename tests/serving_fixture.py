@@ -1,0 +1,200 @@
+"""A real MLflow tracking server (SQLite registry, artifacts served by it, webhooks on loopback allowed) and
+the real serving process against it. Used by tests/test_serving.py and bench/bench_serving.py."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from airflow_gitops import serving
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, ok=(200,)) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url, timeout=2)
+            if r.status_code in ok:
+                return r
+            last = r.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer {ok} within {timeout:.0f} s (last: {last})")
+
+
+class MlflowServer:
+    def __init__(self, root: Path):
+        from cryptography.fernet import Fernet
+
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "AIRFLOW_GITOPS_MLFLOW_STORE": f"sqlite:///{root / 'mlflow.db'}",
+            "AIRFLOW_GITOPS_MLFLOW_ARTIFACTS": str(root / "artifacts"),
+            # Webhooks to a loopback http:// endpoint (the local target sets the same).
+            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+            "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        }
+        self.proc = None
+
+    def start(self) -> MlflowServer:
+        cmd = [sys.executable, "-m", "airflow_gitops.local.mlflow_server", "127.0.0.1", str(self.port)]
+        self.log = open(self.root / "mlflow.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=self.log, cwd=self.root)
+        wait_http(f"{self.uri}/health", 120)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        self.log.close()
+
+
+MODEL_CODE = """
+import mlflow.pyfunc
+from mlflow.models import set_model
+
+class Broken(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        raise RuntimeError("this version is broken on purpose")
+
+set_model(Broken())
+"""
+
+
+def train(seed: int, n_estimators: int = 5):
+    import numpy as np
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(seed)
+    x = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200), "n": rng.integers(0, 5, 200)})
+    y = ((x["a"] + x["b"] * (seed % 3 - 1) + x["n"] * 0.1) > 0).astype(int)
+    return RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=1).fit(x, y), x
+
+
+def log_version(
+    uri: str, name: str, seed: int, *, alias: str | None = "champion", broken: bool = False, workdir: Path | None = None
+) -> str:
+    """Log and register one version (a real sklearn model, or a pyfunc that fails to predict); its number."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("serving-tests")
+    model, x = train(seed)
+    sample = x.head(5)
+    with mlflow.start_run(tags={"git.commit": f"c0ffee{seed:04d}"}) as run:
+        if broken:
+            code = (workdir or Path("/tmp")) / f"broken_{seed}.py"
+            code.write_text(MODEL_CODE)
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(code),
+                signature=infer_signature(sample, model.predict(sample)),
+                pip_requirements=[],
+            )
+        else:
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=infer_signature(sample, model.predict(sample)),
+                pip_requirements=[],
+                serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            )
+    client = MlflowClient(uri)
+    mv = mlflow.register_model(info.model_uri, name, tags={"git.commit": f"c0ffee{seed:04d}"})
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    _ = run
+    return str(mv.version)
+
+
+class ServingProcess:
+    def __init__(
+        self,
+        root: Path,
+        mlflow_uri: str,
+        model: str,
+        *,
+        poll: float = 30,
+        webhook: bool = True,
+        max_body: int = 1_048_576,
+        extra_env: dict | None = None,
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.secret = secrets.token_urlsafe(32)
+        secret_file = root / "webhook.secret"
+        secret_file.write_text(self.secret)
+        secret_file.chmod(0o600)
+        self.env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": mlflow_uri,
+            serving.ENV_MODEL: model,
+            serving.ENV_POLL: str(poll),
+            serving.ENV_MAX_BODY: str(max_body),
+            **(extra_env or {}),
+        }
+        if webhook:
+            self.env[serving.ENV_WEBHOOK_SECRET_FILE] = str(secret_file)
+            self.env[serving.ENV_WEBHOOK_URL] = self.url + serving.WEBHOOK_PATH
+            self.env[serving.ENV_WEBHOOK_NAME] = f"serving-{self.port}"
+        self.proc = None
+
+    def start(self) -> ServingProcess:
+        cmd = [sys.executable, "-m", "airflow_gitops.serving", "127.0.0.1", str(self.port)]
+        self.log_path = self.root / f"serving-{self.port}.log"
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=self.log)
+        wait_http(f"{self.url}/health", 60, ok=(200, 503))
+        return self
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+        self.log.close()
+
+    def wait_version(self, version: str, timeout: float = 30) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            try:
+                r = httpx.get(f"{self.url}/health", timeout=2).json()
+                if r.get("served_version") == version:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError(f"serving did not serve v{version} within {timeout} s: {self.health()}")
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/health", timeout=5).json()
