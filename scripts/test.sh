@@ -5,11 +5,11 @@
 set -euo pipefail
 export AIRFLOW_GITOPS_WITH_SSHD=1
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
-# The real Kubernetes node (containerd + runc + CNI) and the image builds (buildah, mmdebstrap, umoci,
-# skopeo) of the tests come from Debian's packages.
+# The real Kubernetes node (containerd + runc + CNI), the image builds (buildah, mmdebstrap, umoci,
+# skopeo) and strace (a test watches fsync calls) come from Debian's packages.
 node_pkgs=()
 for p in containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins iptables:iptables \
-  buildah:buildah umoci:umoci skopeo:skopeo mmdebstrap:mmdebstrap /bin/busybox:busybox-static; do
+  buildah:buildah umoci:umoci skopeo:skopeo mmdebstrap:mmdebstrap /bin/busybox:busybox-static strace:strace; do
   cmd=${p%%:*} pkg=${p#*:}
   if [[ $cmd == /* ]]; then [ -x "$cmd" ] || node_pkgs+=("$pkg"); else command -v "$cmd" >/dev/null || node_pkgs+=("$pkg"); fi
 done
