@@ -124,7 +124,14 @@ def test_a_50_mb_body_is_refused_413(mlflow_server, serve, model_name):
 
 def test_nothing_to_serve_at_start_is_503_with_reason_then_serves_when_alias_appears(mlflow_server, serve, model_name):
     srv = serve(model_name, poll=0.5)
-    h = httpx.get(f"{srv.url}/health")
+    # The first registry check may still be under way when the port opens (seen under CI load):
+    # wait for its verdict, then it must be the missing alias.
+    deadline = time.monotonic() + 15
+    while True:
+        h = httpx.get(f"{srv.url}/health")
+        if h.json().get("reason") != "no model loaded yet" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert h.status_code == 503 and "no alias 'champion'" in h.json()["reason"], h.text
     r = httpx.post(f"{srv.url}/predict", json=ROWS)
     assert r.status_code == 503 and "no alias" in r.json()["error"]
