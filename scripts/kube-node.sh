@@ -372,7 +372,6 @@ single_binary_image() {
 
 # ---- start / stop ------------------------------------------------------------------------------------
 
-node_alive() { [ -s "$STATE/$1.pid" ] && [ -d "/proc/$(cat "$STATE/$1.pid")" ]; }
 
 kubelet_healthy() { curl -fsS --max-time 3 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz" | grep -qx ok; }
 node_ready() {
