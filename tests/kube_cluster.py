@@ -79,6 +79,19 @@ def node_missing() -> str | None:
     return None
 
 
+def other_real_node() -> str | None:
+    """Why this session cannot start a real node because another one runs here (one at a time: two
+    kube-proxies would fight over the machine's iptables rules), or None."""
+    for pid in subprocess.run(["pgrep", "-x", "kube-proxy"], capture_output=True, text=True).stdout.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        conf = next((a.decode() for a in argv if a.endswith(b"/node/kube-proxy.yaml")), "an unknown cluster")
+        return f"another real node runs on this machine ({conf.removesuffix('/node/kube-proxy.yaml')})"
+    return None
+
+
 @dataclass(frozen=True)
 class KubeCluster:
     dir: Path  # state, pid and log files of every component
@@ -209,7 +222,7 @@ def kube_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if not built:
         _say(config, f"kube_cluster: building the Kubernetes binaries into {bin_dir} (first time: tens of minutes)")
     state = tmp_path_factory.mktemp("kube")
-    why_no_node = node_missing()
+    why_no_node = node_missing() or other_real_node()
     if why_no_node is None:
         args = ("start", str(state), "--real-node")
     else:
@@ -236,7 +249,8 @@ def kube_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     finally:
         subprocess.run(["bash", str(KUBE_UP), "stop", str(state)], capture_output=True)
         # stop must leave the machine as it found it (an error at teardown otherwise)
-        after = machine_state(state)
+        # (compared only when this session ran the real node: another session's node changes it meanwhile)
+        after = machine_state(state) if why_no_node is None else before
         left = {k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) != set(before[k])}
         assert not left, f"scripts/kube-up.sh stop {state} left the machine changed: {left}"
 
