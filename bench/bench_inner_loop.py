@@ -70,7 +70,7 @@ from airflow_gitops.spec import parse_spec  # noqa: E402
 
 DAG_ID = "ml_training_pipeline"
 DAG_FILE = "dags/ml_training_pipeline.py"
-ORDER = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register"]
+ORDER = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register", "served"]
 DP_PRELOAD = ",".join(DAG_PROCESSOR_MODULES)
 PP = "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES"
 

@@ -43,7 +43,7 @@ from airflow_gitops.spec import parse_spec
 
 TARGET_SECONDS = 60.0
 DAG_ID = "ml_training_pipeline"
-ORDER = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register"]
+ORDER = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register", "served"]
 DEFAULT_PORTS = "19080,16000,16055,16433"
 
 

@@ -68,7 +68,8 @@ class MlflowServer:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(30)
-        self.log.close()
+        if self.proc:
+            self.log.close()
 
 
 MODEL_CODE = """

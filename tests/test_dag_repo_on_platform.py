@@ -19,7 +19,7 @@ from airflow_gitops.dag_repo import template_dir
 pytestmark = pytest.mark.platform  # starts a real local platform
 
 PIPELINE = "ml_training_pipeline"
-TASKS = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register"]
+TASKS = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register", "served"]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,8 @@ def s3(local_platform, monkeypatch):
 
 def _run(platform, dag_id: str, conf: dict | None = None) -> tuple[dict, str]:
     client = platform.client()
+    # right after `up` the DAG processor may not have parsed the seeded repository yet
+    wait_for(lambda: dag_id in client.dag_ids(), 120, f"Airflow to list {dag_id}")
     run_id = client.trigger(dag_id, conf)
     run = client.wait_run(dag_id, run_id, timeout=300)
     return run, run_id
@@ -144,6 +146,29 @@ def test_pipeline_tags_the_commit_and_promotes_only_better_models(local_platform
     assert len(predictions) == 5 and set(predictions) <= set(frame["target"])
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="mlflow-artifacts/")["Contents"]]
     assert [k for k in keys if "MLmodel" in k], keys[:20]
+
+    # The platform's serving component: each run's last task waited for it, it answers with the champion
+    # now, trained from the branch head, and predicts what the model itself predicts.
+    import httpx
+
+    assert client.xcom(PIPELINE, first_id, "served") == {"served": reg1["version"]}
+    assert client.xcom(PIPELINE, worse_id, "served") == {"served": str(v1.version)}
+    assert client.xcom(PIPELINE, better_id, "served") == {"served": reg3["version"]}
+    url = local_platform.layout.serving_url
+    info = httpx.get(f"{url}/model", timeout=10).json()
+    assert info["served"]["version"] == reg3["version"] and info["served"]["git_commit"] == head, info
+    rows = frame.drop(columns=["target"]).head(5)
+    answer = httpx.post(f"{url}/predict", json=json.loads(rows.to_json(orient="records", double_precision=15)))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == reg3["version"]
+    assert answer.json()["predictions"] == champion_model.predict(rows).tolist()
+    from airflow_gitops.checks.serving import serving_rows
+    from airflow_gitops.local.layout import dag_runtime_env
+
+    checks = {r.name: r for r in serving_rows(url, dag_runtime_env(local_platform.layout))}
+    assert [str(r.status) for r in checks.values()] == ["ok", "ok"], checks
+    assert f"v{reg3['version']}" in checks["verify.serving"].saw
+    assert "the model's own prediction" in checks["verify.serving.prediction"].saw
 
 
 def test_selfcheck_passes_and_fails_naming_aws_without_credentials(local_platform):

@@ -280,6 +280,25 @@ def test_registry_down_keeps_serving_and_reports_it(tmp_path, model_name):
         server.stop()
 
 
+def test_started_before_the_registry_it_registers_its_webhook_once_the_registry_answers(tmp_path, model_name):
+    """`up` starts serving and MLflow at once: the webhook must not be lost to that race (polling is 300 s
+    here, so only the webhook can make the new version served within the wait)."""
+    server = MlflowServer(tmp_path / "late-mlflow")
+    srv = ServingProcess(tmp_path / "s", server.uri, model_name, poll=300).start()
+    try:
+        assert srv.health()["webhook"].startswith("not registered"), srv.health()
+        server.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and srv.health()["webhook"] != "registered":
+            time.sleep(0.2)
+        assert srv.health()["webhook"] == "registered", srv.logs()[-2000:]
+        v = log_version(server.uri, model_name, seed=21)
+        srv.wait_version(v, timeout=20)
+    finally:
+        srv.stop()
+        server.stop()
+
+
 def test_signature_validation_in_process():
     """The validation layer alone, on a real fitted model (no server): types are cast to the signature."""
     import mlflow

@@ -179,6 +179,22 @@ def run(
 
 @app.command()
 @_friendly
+def predict(
+    records: Annotated[
+        str | None,
+        typer.Argument(help="A JSON list of records (- reads stdin); default: the served model's input example."),
+    ] = None,
+    file: SpecOption = None,
+) -> None:
+    """Ask the local serving component for predictions from the champion; print its answer."""
+    from .local.platform import LocalPlatform
+    from .local.predict import predict as ask
+
+    ask(LocalPlatform(_spec(file)), records, console)
+
+
+@app.command()
+@_friendly
 def render(
     target: TargetOption = TargetName.kubernetes,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("rendered"),

@@ -83,6 +83,10 @@ def git_connection(spec: PlatformSpec, *, key_file: str | None = None, known_hos
 
 
 # --- what DAG code sees ------------------------------------------------------------------------------
+# Where DAG code reaches the serving component (set only when serving is on).
+SERVING_URL_ENV = "MLOPS_SERVING_URL"
+
+
 def dag_runtime_env(
     spec: PlatformSpec,
     *,
@@ -90,6 +94,7 @@ def dag_runtime_env(
     s3_endpoint: str | None,
     aws_files: tuple[str, str] | None = None,
     s3_only_endpoint: bool = False,
+    serving_url: str | None = None,
 ) -> dict[str, str]:
     """The environment every task gets on every target (the DAG repository template relies on it).
 
@@ -108,6 +113,8 @@ def dag_runtime_env(
     }
     if aws_files:
         env["AWS_SHARED_CREDENTIALS_FILE"], env["AWS_CONFIG_FILE"] = aws_files
+    if serving_url:
+        env[SERVING_URL_ENV] = serving_url  # the template pipeline waits there for its new champion
     if s3_endpoint and s3_only_endpoint:
         env["AWS_ENDPOINT_URL_S3"] = s3_endpoint
     elif s3_endpoint and not aws_files:

@@ -24,6 +24,7 @@ from ..contract import PROBE_BRANCH, PROBE_BUNDLE
 from ..dburl import connect, explain_connect_error
 from ..gitremote import clone_url, git_env
 from ..kubernetes.target import KubernetesTarget
+from ..local.layout import dag_runtime_env
 from ..local.platform import LocalPlatform, PlatformStatus
 from ..local.target import LocalTarget
 from ..spec import PlatformSpec
@@ -31,6 +32,7 @@ from ..target import Target
 from .kube import kube_checks
 from .kube_containers import container_rows
 from .result import CheckResult, emit, fail, ok, skip, warn
+from .serving import serving_rows
 
 SELFCHECK_DAG = "platform_selfcheck"
 SELFCHECK_TASK = "selfcheck"
@@ -239,6 +241,9 @@ def run_verify_local(target: LocalTarget, *, probe: bool) -> list[CheckResult]:
         rows += _selfcheck(platform)
     else:
         rows.append(skip("task.selfcheck", "not run: fix the failing components first"))
+    lay = platform.layout
+    if lay.serving_url:
+        rows += serving_rows(lay.serving_url, dag_runtime_env(lay))
     return rows
 
 

@@ -9,6 +9,7 @@ when it listens): ``up`` checks its port, starts it in its phase, waits for its 
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,10 +18,11 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from .. import keystore, serving
 from ..binaries import venv_bin
 from . import forkserver, mlflow_store, preload
 from .aws import s3_env_file
-from .layout import HOST, Layout
+from .layout import HOST, Layout, dag_runtime_env
 from .supervisor import Program
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ class Component:
     starts_in: Phase | None = None
     # Its health is in the API server's /api/v2/monitor/health (fetched once per probe round).
     reported_by_api: bool = False
+    # One line for `status` beyond running/healthy (what it serves, ...).
+    detail: Callable[[LocalPlatform], str | None] | None = None
 
     @property
     def start_phase(self) -> Phase:
@@ -146,6 +150,45 @@ def _mlflow_program(platform: LocalPlatform) -> Program:
     return Program("mlflow", [*launch, *serve], directory=lay.mlflow)
 
 
+def _serving_program(platform: LocalPlatform) -> Program:
+    """``python -m airflow_gitops.serving`` on 127.0.0.1: the champion model over HTTP (serving/). It sees
+    what DAG code sees (MLflow, the AWS files); it registers its webhook with MLflow itself, signed with a
+    secret it reads from the 0600 file in the secrets folder (never argv or env)."""
+    lay = platform.layout
+    env = {**dag_runtime_env(lay), **serving.process_env(lay.spec)}
+    if lay.spec.serving.webhook:
+        keystore.serving_webhook_secret(lay.spec)  # generated 0600 once
+        env[serving.ENV_WEBHOOK_SECRET_FILE] = str(lay.secrets / keystore.SERVING_WEBHOOK_SECRET)
+        env[serving.ENV_WEBHOOK_URL] = f"{lay.serving_url}{serving.WEBHOOK_PATH}"
+    path = lay.supervisor / "serving.env.json"
+    keystore.write_private(path, json.dumps(env))
+    serve = [sys.executable, "-m", "airflow_gitops.serving", HOST, str(lay.ports.serving)]
+    return Program("serving", [*launch_command(path, BACKGROUND_NICE), *serve], directory=lay.root)
+
+
+def serving_health(layout: Layout) -> dict | None:
+    """The serving process's /health (its JSON, 200 or 503 alike), or None when it does not answer."""
+    try:
+        return probe_client().get(f"{layout.serving_url}/health").json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def serving_detail(platform: LocalPlatform) -> str | None:
+    """Served version vs where the alias points, or why nothing is served (for ``status``)."""
+    rep = serving_health(platform.layout)
+    if rep is None:
+        return "not answering"
+    served, alias = rep.get("served_version"), rep.get("alias_version")
+    text = f"serves v{served}" if served else f"serves nothing: {rep.get('reason')}"
+    text += f"; @{rep.get('alias')} -> v{alias}" if alias else f"; @{rep.get('alias')} not set"
+    for refused in rep.get("refused") or []:
+        text += f"; refused v{refused['version']}: {refused['reason']}"
+    if str(rep.get("registry", "ok")) != "ok":
+        text += f"; registry {rep['registry']}"
+    return text
+
+
 def _postgres_ready(platform: LocalPlatform) -> None:
     platform.postgres.ensure_database()
     platform.postgres.ensure_database(
@@ -208,6 +251,18 @@ COMPONENTS: list[Component] = [
         program=_forkserver_program,
         healthy=lambda p, _: forkserver.ping(str(p.layout.forkserver_socket)) is not None,
         starts_in=Phase.DATABASE,
+    ),
+    # It answers (200 with a model, 503 saying why not) from the start: a platform without a champion yet
+    # is healthy; `status` and `verify` say what it serves.
+    Component(
+        "serving",
+        Phase.SERVICES,
+        enabled=lambda layout: layout.spec.serving.enabled,
+        program=_serving_program,
+        healthy=lambda p, _: serving_health(p.layout) is not None,
+        port_key="serving",
+        url=("Model serving", lambda layout: layout.serving_url),
+        detail=serving_detail,
     ),
     _airflow_component(
         "api-server",

@@ -125,6 +125,11 @@ class Layout:
         return f"http://{HOST}:{self.ports.s3}"
 
     @property
+    def serving_url(self) -> str | None:
+        """The serving component (127.0.0.1 only); None when ``serving.enabled`` is false."""
+        return f"http://{HOST}:{self.ports.serving}" if self.spec.serving.enabled else None
+
+    @property
     def runs_local_s3(self) -> bool:
         return self.spec.aws.endpoint_url is None and self.spec.aws.credentials_file is None
 
@@ -157,4 +162,5 @@ def dag_runtime_env(layout: Layout) -> dict[str, str]:
         s3_endpoint=layout.s3_url,
         aws_files=(str(layout.aws_credentials), str(layout.aws_config)),
         s3_only_endpoint=layout.runs_local_s3,
+        serving_url=layout.serving_url,
     )

@@ -60,6 +60,7 @@ class ComponentStatus:
     healthy: bool
     pid: int | None
     log: str
+    detail: str | None = None  # e.g. what serving serves (components.Component.detail)
 
 
 @dataclass
@@ -444,13 +445,14 @@ class LocalPlatform:
             healthy=running and bool(health) and all(health.values()),
             state_dir=str(lay.root),
             components={
-                name: ComponentStatus(
-                    state=states[name]["statename"] if name in states else "STOPPED",
-                    healthy=health.get(name, False),
-                    pid=pids.get(name),
-                    log=str(self.supervisor.log_of(name)),
+                c.name: ComponentStatus(
+                    state=states[c.name]["statename"] if c.name in states else "STOPPED",
+                    healthy=health.get(c.name, False),
+                    pid=pids.get(c.name),
+                    log=str(self.supervisor.log_of(c.name)),
+                    detail=c.detail(self) if c.detail and running else None,
                 )
-                for name in self._names()
+                for c in components.enabled(lay)
             },
             urls=components.urls(lay),
             api_url=lay.api_url,

@@ -41,6 +41,9 @@ def print_status(report: PlatformStatus, console: Console) -> None:
         ok = "[green]yes[/]" if c.healthy else "[red]no[/]"
         table.add_row(name, c.state, ok, str(c.pid or "-"), c.log.removeprefix(report.state_dir + "/"))
     console.print(table)
+    for name, c in report.components.items():
+        if c.detail:
+            _NoWrap(console).print(f"  {name:15} {c.detail}")
     print_access(report, console)
     head, parsed = report.branch_head, report.parsed_commit
     sync = "in sync" if head and head == parsed else "catching up" if head else "branch not found"

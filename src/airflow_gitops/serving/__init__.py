@@ -20,3 +20,15 @@ ENV_WEBHOOK_SECRET_FILE = "AIRFLOW_GITOPS_SERVING_WEBHOOK_SECRET_FILE"  # 0600, 
 ENV_WEBHOOK_NAME = "AIRFLOW_GITOPS_SERVING_WEBHOOK_NAME"
 WEBHOOK_PATH = "/webhook/mlflow"
 DEFAULT_ALIAS = "champion"
+
+
+def process_env(spec) -> dict[str, str]:
+    """What the serving process reads from platform.yaml's ``serving:`` section, on every target (MLflow
+    and AWS come from ``contract.dag_runtime_env``, the webhook's URL and secret file from the target)."""
+    serving = spec.serving
+    return {
+        ENV_MODEL: spec.serving_model,
+        ENV_ALIAS: serving.alias,
+        ENV_POLL: f"{serving.poll_interval:g}",
+        ENV_MAX_BODY: str(serving.max_body_bytes),
+    }

@@ -90,7 +90,9 @@ def create_app(config: Config, client=None) -> FastAPI:
             log.warning("serving: could not remove the webhook %r (%s)", config.webhook_name, exc)
 
     def on_start():
+        """True once there is nothing left to do at start (registered, or no webhook to register)."""
         state["webhook_registered"] = register_webhook()
+        return state["webhook_registered"] or not (config.webhook_url and config.webhook_secret)
 
     watcher = Watcher(served, client, config.poll_interval, on_swap=on_swap,
                       on_refuse=lambda v, r: swaps.labels("refused").inc(), on_start=on_start)
@@ -178,6 +180,11 @@ def create_app(config: Config, client=None) -> FastAPI:
         rep = served.report()
         rep["webhook"] = _webhook_state(config, state)
         rep["served"] = cur.describe() if cur else None
+        if cur:
+            try:  # what to send it (the input example it was checked on): `airflow-gitops predict` uses it
+                rep["served"]["example"] = cur.example_records()[:5]
+            except BadInput:
+                rep["served"]["example"] = None
         rep["swaps"] = served.swaps
         return JSONResponse(rep, status_code=200 if cur else 503)
 

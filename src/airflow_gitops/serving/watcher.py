@@ -18,6 +18,7 @@ from typing import Any
 from .model import LoadedModel, load_version
 
 log = logging.getLogger("airflow_gitops.serving")
+START_RETRY_S = 1.0
 
 
 @dataclass
@@ -69,15 +70,18 @@ class Watcher:
         self._wake.set()
 
     def _run(self) -> None:
-        if self.on_start:
-            self.on_start()
+        # ``on_start`` (the webhook's registration) is retried every START_RETRY_S until it succeeds: the
+        # server may start before the registry answers (``up`` starts both at once).
+        started = self.on_start is None
         while not self._stop.is_set():
             self._wake.clear()
+            if not started:
+                started = bool(self.on_start())
             try:
                 self.sync()
             except Exception as exc:  # noqa: BLE001 - the watcher never dies; the next look retries
                 log.exception("serving: unexpected error while following the alias: %s", exc)
-            self._wake.wait(self.poll_interval)
+            self._wake.wait(self.poll_interval if started else min(self.poll_interval, START_RETRY_S))
 
     def sync(self) -> None:
         with self._lock:

@@ -1,6 +1,6 @@
 """Train, evaluate and register a scikit-learn classifier; promote it to ``champion`` only if it is better.
 
-ingest -> validate -> train -> evaluate -> log_to_mlflow -> register
+ingest -> validate -> train -> evaluate -> log_to_mlflow -> register -> served
 
 * ingest:    a dataset that ships with scikit-learn (no download) -> Parquet in s3://$MLOPS_DATA_BUCKET
 * validate:  schema, nulls, class balance; a failed check fails the run and says which one
@@ -9,6 +9,8 @@ ingest -> validate -> train -> evaluate -> log_to_mlflow -> register
 * log_to_mlflow: params, metrics and the model, in experiment $MLFLOW_EXPERIMENT_NAME
 * register:  a new version of $MLOPS_REGISTERED_MODEL tagged with the Git commit (bundle version) and
              the Airflow run id; alias ``champion`` moves only when the new version beats it on ``metric``
+* served:    when the alias moved and the platform serves models ($MLOPS_SERVING_URL), waits until the
+             serving component answers with the new champion
 
 Only small values travel through XCom (S3 keys, run ids, metrics). Heavy imports happen inside tasks.
 """
@@ -30,6 +32,7 @@ TEST_SIZE = 0.25
 SEED = 42
 MIN_CLASS_FRACTION = 0.05  # validation: every class has at least 5% of the rows
 MIN_ROWS = 50
+SERVED_WAIT_S = 120  # the new champion is served within a second or two of the alias move (webhook)
 
 
 def _build_model(name: str, model_params: dict):
@@ -254,6 +257,8 @@ def ml_training_pipeline():
                 model,
                 name="model",
                 signature=infer_signature(sample, model.predict(sample)),
+                # a served model is checked on it before it serves (and `verify` compares predictions on it)
+                input_example=sample.head(2),
                 # explicit requirements: skips MLflow's slow dependency inference
                 pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
                 # the model was trained by the task before, from this repository's code: pickle is fine, and
@@ -335,7 +340,45 @@ def ml_training_pipeline():
             "mlflow_run_id": logged["mlflow_run_id"],
         }
 
-    register(log_to_mlflow(evaluate(train(validate(ingest())))))
+    @task(multiple_outputs=False)
+    def served(registered: dict) -> dict:
+        """Wait until the serving component answers with the new champion (when serving is on and the
+        alias moved): the run shows push -> trained -> served."""
+        import time
+        import urllib.error
+        import urllib.request
+
+        url = os.environ.get("MLOPS_SERVING_URL")
+        if not url:
+            print("serving is off on this platform (serving.enabled: false): nothing to wait for")
+            return {"served": None}
+        if not registered["promoted"]:
+            print(f"champion unchanged ({registered['reason']}): serving keeps v{registered['champion_version']}")
+            return {"served": registered["champion_version"]}
+        want, health = registered["version"], {}
+        deadline = time.monotonic() + SERVED_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    health = json.load(r)
+            except urllib.error.HTTPError as err:  # 503: nothing served yet; the body says why
+                health = json.load(err)
+            except (OSError, ValueError) as err:
+                health = {"reason": f"{url} does not answer: {err}"}
+            if health.get("alias") and health["alias"] != CHAMPION_ALIAS:
+                print(f"serving follows @{health['alias']}, not @{CHAMPION_ALIAS}: nothing to wait for")
+                return {"served": health.get("served_version")}
+            if health.get("served_version") == want:
+                print(f"serving answers with {registered['model']} v{want} (commit {registered['git_commit']})")
+                return {"served": want}
+            refused = {r["version"]: r["reason"] for r in health.get("refused") or []}
+            if want in refused:
+                raise RuntimeError(f"serving refused v{want}: {refused[want]} (it keeps serving "
+                                   f"v{health.get('served_version')}); fix the model and push again")
+            time.sleep(0.5)
+        raise RuntimeError(f"serving did not serve v{want} within {SERVED_WAIT_S} s; last /health: {health}")
+
+    served(register(log_to_mlflow(evaluate(train(validate(ingest()))))))
 
 
 ml_training_pipeline()
