@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -98,14 +99,74 @@ def services(kube_node: KubeCluster, tmp_path_factory):
         stop_pg()
 
 
-def seed_spec(tmp: Path, cluster: KubeCluster, services, images: dict[str, str], *, ns: str, delivery: str) -> Path:
+@pytest.fixture(scope="module")
+def ml_services(kube_node: KubeCluster, tmp_path_factory):
+    """The seed's neighbours for its pipeline, on the gateway address: an S3 endpoint (rclone, the local
+    target's) holding the bucket, and an MLflow tracking server (SQLite store, artifacts proxied by it)."""
+    from serving_fixture import wait_http
+
+    from airflow_gitops.binaries import venv_bin
+
+    gw = kube_node.node.gateway
+    root = tmp_path_factory.mktemp("ml-services")
+    (root / "s3" / "mlops-data").mkdir(parents=True)
+    secret = f"real-node-{os.urandom(8).hex()}"
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind((gw, 0))
+            ports.append(sock.getsockname()[1])
+    s3_port, mlflow_port = ports
+    log = open(root / "services.log", "ab")  # noqa: SIM115 - closed below
+    s3 = subprocess.Popen(
+        [venv_bin("rclone"), "serve", "s3", "--addr", f"{gw}:{s3_port}", str(root / "s3"), "--vfs-cache-mode", "off"],
+        env={**os.environ, "RCLONE_AUTH_KEY": f'"{AWS_KEY_ID},{secret}"', "RCLONE_CONFIG": "/dev/null"},
+        stdout=log,
+        stderr=log,
+    )
+    mlflow = subprocess.Popen(
+        [sys.executable, "-m", "airflow_gitops.local.mlflow_server", gw, str(mlflow_port)],
+        env={
+            **os.environ,
+            "AIRFLOW_GITOPS_MLFLOW_STORE": f"sqlite:///{root / 'mlflow.db'}",
+            "AIRFLOW_GITOPS_MLFLOW_ARTIFACTS": str(root / "artifacts"),
+        },
+        stdout=log,
+        stderr=log,
+        cwd=root,
+    )
+    try:
+        wait_http(f"http://{gw}:{mlflow_port}/health", 120)
+        yield SimpleNamespace(
+            secret=secret, s3_url=f"http://{gw}:{s3_port}", mlflow_uri=f"http://{gw}:{mlflow_port}", root=root
+        )
+    finally:
+        for proc in (s3, mlflow):
+            proc.terminate()
+            proc.wait(30)
+        log.close()
+
+
+def _template_dags() -> dict[str, str]:
+    from airflow_gitops.dag_repo import template_dir
+
+    base = template_dir()
+    return {str(p.relative_to(base)): p.read_text() for p in (base / "dags").rglob("*.py")}
+
+
+def seed_spec(
+    tmp: Path, cluster: KubeCluster, services, images: dict[str, str], *, ns: str, delivery: str, ml=None
+) -> Path:
+    """``ml``: the ml_services fixture: the template's pipeline in the repository, its S3 and MLflow."""
     git, pg = services.git, services.pg
-    repo_url = git.new_repo(f"dags-{ns}", {"dags/hello_real_node.py": HELLO_DAG, "README.md": "DAGs\n"})
+    files = {"dags/hello_real_node.py": HELLO_DAG, "README.md": "DAGs\n", **(_template_dags() if ml else {})}
+    repo_url = git.new_repo(f"dags-{ns}", files)
     shutil.copy(git.key_path, tmp / "deploy_key")
     (tmp / "deploy_key").chmod(0o600)
     (tmp / "known_hosts").write_text(git.known_hosts_line + "\n")
     (tmp / "aws_credentials").write_text(
-        f"[default]\naws_access_key_id = {AWS_KEY_ID}\naws_secret_access_key = not-a-real-secret-{ns}\n"
+        f"[default]\naws_access_key_id = {AWS_KEY_ID}\n"
+        f"aws_secret_access_key = {ml.secret if ml else f'not-a-real-secret-{ns}'}\n"
     )
     (tmp / "aws_credentials").chmod(0o600)
     logs = tmp / "logs-volume"
@@ -144,8 +205,13 @@ def seed_spec(tmp: Path, cluster: KubeCluster, services, images: dict[str, str],
             "delivery": delivery,
         },
         "database": {"url": pg.create_database(ns.replace("-", "_"))},
-        "aws": {"credentials_file": "aws_credentials", "region": "ap-northeast-2", "bucket": "mlops-data"},
-        "mlflow": {"tracking_uri": f"http://{cluster.node.gateway}:5000"},
+        "aws": {
+            "credentials_file": "aws_credentials",
+            "region": "ap-northeast-2",
+            "bucket": "mlops-data",
+            **({"endpoint_url": ml.s3_url} if ml else {}),
+        },
+        "mlflow": {"tracking_uri": ml.mlflow_uri if ml else f"http://{cluster.node.gateway}:5000"},
         "logs": {"persistence": True, "existing_claim": "airflow-logs", "size": "1Gi", "storage_class": "manual"},
         "ingress": {"host": "airflow.local"},
         "kubernetes": {
@@ -186,9 +252,11 @@ def http(url: str, data: dict | None = None, token: str | None = None, timeout: 
 
 
 @pytest.mark.parametrize("delivery", ["git-sync", "bundle"])
-def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tmp_path, delivery):
+def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tmp_path, delivery, request):
     ns = f"seed-{delivery}"
-    spec_file = seed_spec(tmp_path, kube_node, services, images, ns=ns, delivery=delivery)
+    # The seed's own delivery (git-sync) also runs the seed's pipeline, a pod per task (issue 19).
+    ml = request.getfixturevalue("ml_services") if delivery == "git-sync" else None
+    spec_file = seed_spec(tmp_path, kube_node, services, images, ns=ns, delivery=delivery, ml=ml)
     env_before = os.environ.copy()
     os.environ["KUBECONFIG"] = str(kube_node.kubeconfig)
     os.environ["PATH"] = f"{kube_node.bin_dir}{os.pathsep}{os.environ['PATH']}"
@@ -282,6 +350,8 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
             while kubectl(kube_node, "-n", ns, "get", "pods", "-l", "kubernetes_executor=True", "-o", "name").strip():
                 assert time.monotonic() < deadline, "the task pod was not deleted after the task"
                 time.sleep(2)
+            if ml:
+                _pipeline_a_pod_per_task(kube_node, ns, base, auth, ml)
         finally:
             pf.terminate()
             pf.wait(10)
@@ -357,6 +427,77 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
             capture_output=True,
         )
         subprocess.run([str(kube_node.kubectl), "delete", "pv", f"{ns}-logs"], env=kube_node.env(), capture_output=True)
+
+
+PIPELINE_TASKS = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register", "served"]
+
+
+def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str, ml) -> None:
+    """The template's ml_training_pipeline: every task in a worker pod of its own (our image, the real
+    node), boto3 in the pods writing the bucket, MLflow registering the model and moving the alias; the
+    pods deleted afterwards, a task's log still readable through the API."""
+    from mlflow.tracking import MlflowClient
+
+    deadline = time.monotonic() + 180
+    while True:  # listed once the DAG processor has parsed the template (it came with the first commit)
+        _, dags = http(f"{base}/api/v2/dags", token=auth)
+        if "ml_training_pipeline" in {d["dag_id"] for d in dags["dags"]}:
+            break
+        assert time.monotonic() < deadline, dags
+        time.sleep(3)
+    t0 = time.monotonic()
+    _, run = http(f"{base}/api/v2/dags/ml_training_pipeline/dagRuns", {"logical_date": None}, token=auth)
+    run_url = f"{base}/api/v2/dags/ml_training_pipeline/dagRuns/{run['dag_run_id']}"
+    pods: dict[str, dict] = {}  # pod name -> task, node, image, phase
+    deadline = time.monotonic() + 900
+    while True:
+        for p in json.loads(
+            kubectl(cluster, "-n", ns, "get", "pods", "-l", "kubernetes_executor=True,dag_id=ml_training_pipeline",
+                    "-o", "json")
+        )["items"]:
+            statuses = p["status"].get("containerStatuses") or [{}]
+            pods[p["metadata"]["name"]] = {
+                "task": p["metadata"]["labels"].get("task_id"),
+                "node": p["spec"].get("nodeName"),
+                "image": statuses[0].get("imageID") or p["spec"]["containers"][0]["image"],
+                "phase": p["status"]["phase"],
+            }
+        _, state = http(run_url, token=auth)
+        if state["state"] in ("success", "failed"):
+            break
+        assert time.monotonic() < deadline, (state, pods)
+        time.sleep(1)
+    wall = time.monotonic() - t0
+    _, tis = http(f"{run_url}/taskInstances", token=auth)
+    states = {t["task_id"]: t["state"] for t in tis["task_instances"]}
+    if state["state"] != "success":
+        failed = [t for t, st in states.items() if st != "success"]
+        logs = {t: http(f"{run_url}/taskInstances/{t}/logs/1", token=auth)[1] for t in failed[:1]}
+        pytest.fail(f"ml_training_pipeline {state['state']}: {states}\n{json.dumps(logs)[-4000:]}")
+    print(f"\nml_training_pipeline on the real node: {wall:.0f} s, a pod per task:")
+    for name, info in sorted(pods.items(), key=lambda kv: PIPELINE_TASKS.index(kv[1]["task"])):
+        print(f"  {info['task']:14} {name:50} {info['node']} {info['image'][-19:]} {info['phase']}")
+    assert states == dict.fromkeys(PIPELINE_TASKS, "success"), states
+    by_task = {info["task"] for info in pods.values()}
+    assert by_task == set(PIPELINE_TASKS), pods  # each task in its own pod (a short one may be seen only once)
+    assert {info["node"] for info in pods.values()} == {cluster.node.name}, pods
+    # MLflow: the run logged from the pods, the model registered, the alias moved; the data in the bucket
+    client = MlflowClient(ml.mlflow_uri)
+    _, reg = http(f"{run_url}/taskInstances/register/xcomEntries/return_value", token=auth)
+    registered = json.loads(reg["value"]) if isinstance(reg["value"], str) else reg["value"]
+    assert registered["promoted"] is True, registered
+    champion = client.get_model_version_by_alias("mlops-classifier", "champion")
+    assert champion.version == registered["version"]
+    assert champion.tags["git.commit"] == state["bundle_version"] or state["bundle_version"] is None, champion.tags
+    datasets = list((ml.root / "s3" / "mlops-data" / "datasets").rglob("raw.parquet"))
+    assert datasets, "ingest wrote nothing into the bucket"
+    # the pods are gone; their logs are not
+    deadline = time.monotonic() + 120
+    while kubectl(cluster, "-n", ns, "get", "pods", "-l", "kubernetes_executor=True", "-o", "name").strip():
+        assert time.monotonic() < deadline, "the task pods were not deleted after the run"
+        time.sleep(2)
+    _, log = http(f"{run_url}/taskInstances/register/logs/1", token=auth)
+    assert "promoted to 'champion'" in json.dumps(log), log
 
 
 def test_an_image_the_node_cannot_get_is_one_message_naming_the_stuck_pods(kube_node, images, services, tmp_path):

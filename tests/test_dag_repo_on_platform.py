@@ -170,6 +170,20 @@ def test_pipeline_tags_the_commit_and_promotes_only_better_models(local_platform
     assert f"v{reg3['version']}" in checks["verify.serving"].saw
     assert "the model's own prediction" in checks["verify.serving.prediction"].saw
 
+    # `airflow-gitops predict`: the served model's own input example by default; bad records, one message
+    from conftest import quiet_console
+
+    from airflow_gitops.errors import PlatformError
+    from airflow_gitops.local.predict import predict
+
+    console = quiet_console()
+    said = predict(local_platform, None, console)
+    assert said["version"] == reg3["version"] and len(said["predictions"]) == 2  # the logged example's rows
+    assert f'"version": "{reg3["version"]}"' in console.export_text()
+    with pytest.raises(PlatformError) as err:
+        predict(local_platform, '[{"no such column": 1}]', quiet_console())
+    assert "422" in err.value.problem and "unknown column 'no such column'" in err.value.problem
+
 
 def test_selfcheck_passes_and_fails_naming_aws_without_credentials(local_platform):
     client = local_platform.client()

@@ -327,3 +327,32 @@ def test_signature_validation_in_process():
     with pytest.raises(BadInput, match="must be true or false|must be a number"):
         m.predict([{"a": True, "b": 2, "n": 3}])
     assert mlflow  # imported: the signature types come from MLflow itself
+
+
+# --- verify's serving rows (checks/serving.py) against the real server ----------------------------------
+def _rows(srv, uri):
+    from airflow_gitops.checks.serving import serving_rows
+
+    return [(r.name, str(r.status), r.saw) for r in serving_rows(srv.url, {"MLFLOW_TRACKING_URI": uri})]
+
+
+def test_verify_rows_no_model_yet_refused_version_and_a_good_prediction(mlflow_server, serve, model_name, tmp_path):
+    from airflow_gitops.checks.serving import serving_rows
+
+    srv = serve(model_name, poll=0.5)
+    ((name, status, saw),) = _rows(srv, mlflow_server.uri)
+    assert (name, status) == ("verify.serving", "skip") and "is not set" in saw
+    v1 = log_version(mlflow_server.uri, model_name, seed=31)
+    srv.wait_version(v1)
+    (served, prediction) = _rows(srv, mlflow_server.uri)
+    assert served[:2] == ("verify.serving", "ok") and f"v{v1}" in served[2]
+    assert prediction[:2] == ("verify.serving.prediction", "ok") and "the model's own prediction" in prediction[2]
+    bad = log_version(mlflow_server.uri, model_name, seed=32, broken=True, workdir=tmp_path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not srv.health()["refused"]:
+        time.sleep(0.1)
+    ((name, status, saw),) = _rows(srv, mlflow_server.uri)
+    assert status == "warn" and f"v{bad} was refused" in saw and "broken on purpose" in saw and f"v{v1} keeps" in saw
+    srv.stop()
+    (row,) = serving_rows(srv.url, {"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    assert str(row.status) == "fail" and "nothing answers" in row.saw and "logs serving" in row.fix
