@@ -357,6 +357,7 @@ def run_variant(
             base / kind, mlflow_uri, name, webhook=kind == "webhook", poll=60.0 if kind == "webhook" else args.poll
         )
     rss = RssSampler()
+    load_before = load()
     loadgen = None
     moves: list[dict] = []
     t_start = time.monotonic()
@@ -396,7 +397,9 @@ def run_variant(
             loadgen.stop()
         rss.stop()
         server.stop()
-    return summarize(kind, loadgen.records, rss.samples, (t_steady0, t_steady1), moves, expected, extra, t_start)
+    out = summarize(kind, loadgen.records, rss.samples, (t_steady0, t_steady1), moves, expected, extra, t_start)
+    out["load_before"] = load_before
+    return out
 
 
 def summarize(kind, records, samples, steady, moves, expected, extra, t_start) -> dict:
@@ -452,8 +455,18 @@ def summarize(kind, records, samples, steady, moves, expected, extra, t_start) -
             "all": [round(d, 3) for d in down],
         },
         "latency_ms": {
-            "steady": {"n": len(steady_lat), "p50": ms(pct(steady_lat, 0.5)), "p99": ms(pct(steady_lat, 0.99))},
-            "swap": {"n": len(swap_lat), "p50": ms(pct(swap_lat, 0.5)), "p99": ms(pct(swap_lat, 0.99))},
+            "steady": {
+                "n": len(steady_lat),
+                "p50": ms(pct(steady_lat, 0.5)),
+                "p99": ms(pct(steady_lat, 0.99)),
+                "max": ms(max(steady_lat)),
+            },
+            "swap": {
+                "n": len(swap_lat),
+                "p50": ms(pct(swap_lat, 0.5)),
+                "p99": ms(pct(swap_lat, 0.99)),
+                "max": ms(max(swap_lat, default=None)),
+            },
         },
         "rss_mib": {
             "steady_median": round(statistics.median(rss_steady) / 2**20, 1) if rss_steady else None,
@@ -478,7 +491,9 @@ def summarize(kind, records, samples, steady, moves, expected, extra, t_start) -
 # --- setup, report -------------------------------------------------------------------------------------
 
 
-def register(uri: str, name: str, seeds: list[int], workdir: Path) -> tuple[list[str], dict[str, list], list]:
+def register(
+    uri: str, name: str, seeds: list[int], workdir: Path, estimators: int
+) -> tuple[list[str], dict[str, list], list]:
     """Register one version per seed; the records the load sends and what each version predicts on them
     (loaded here from the registry, not through a server)."""
     import contextlib
@@ -486,7 +501,6 @@ def register(uri: str, name: str, seeds: list[int], workdir: Path) -> tuple[list
     import warnings
 
     import mlflow
-    import pandas as pd
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # its pickle/pip/schema warnings, once per version
     warnings.filterwarnings("ignore", module="mlflow")
@@ -495,12 +509,29 @@ def register(uri: str, name: str, seeds: list[int], workdir: Path) -> tuple[list
         contextlib.redirect_stdout(quiet),
         contextlib.redirect_stderr(quiet),
     ):
-        versions = [log_version(uri, name, seed, alias=None, workdir=workdir) for seed in seeds]
-    _, x = train(seeds[0])
-    rows = json.loads(x.head(5).to_json(orient="records"))  # what the signature was inferred from
-    frame = pd.DataFrame(rows).astype({"a": "float64", "b": "float64", "n": "int64"})
+        versions = [
+            log_version(uri, name, seed, alias=None, workdir=workdir, n_estimators=estimators) for seed in seeds
+        ]
+    _, x = train(seeds[0])  # the frame the first version's signature (its first 5 rows) came from
+    x = x.astype({"a": "float64", "b": "float64", "n": "int64"})
     mlflow.set_tracking_uri(uri)
-    expected = {v: mlflow.pyfunc.load_model(f"models:/{name}/{v}").predict(frame).tolist() for v in versions}
+    models = {v: mlflow.pyfunc.load_model(f"models:/{name}/{v}") for v in versions}
+    # 5 of its rows on which the versions' predictions tell them apart, so an answer shows who gave it
+    preds = {v: m.predict(x) for v, m in models.items()}
+    pick: list[int] = []
+
+    def distinct(idx: list[int]) -> int:
+        return len({tuple(preds[v][j] for j in idx) for v in versions})
+
+    for i in range(len(x)):
+        if distinct(pick) == len(versions) or len(pick) == 5:
+            break
+        if distinct([*pick, i]) > distinct(pick):
+            pick.append(i)
+    pick += [i for i in range(len(x)) if i not in pick][: 5 - len(pick)]
+    frame = x.iloc[pick]
+    rows = json.loads(frame.to_json(orient="records"))
+    expected = {v: m.predict(frame).tolist() for v, m in models.items()}
     if len({json.dumps(p) for p in expected.values()}) != len(versions):
         fail(f"the versions predict the same on the load's records ({expected}): a swap would not be visible")
     return versions, expected, rows
@@ -534,7 +565,14 @@ def print_table(res: dict) -> None:
         ("p99 steady (ms)", lambda r: r["latency_ms"]["steady"]["p99"], "ratio"),
         ("p50 during swaps (ms)", lambda r: r["latency_ms"]["swap"]["p50"], "ratio"),
         ("p99 during swaps (ms)", lambda r: r["latency_ms"]["swap"]["p99"], "ratio"),
+        ("max steady (ms)", lambda r: r["latency_ms"]["steady"]["max"], "ratio"),
+        ("max during swaps (ms)", lambda r: r["latency_ms"]["swap"]["max"], "ratio"),
         ("p99 swap / p99 steady", lambda r: r["swap_p99_over_steady_p99"], None),
+        (
+            "load average before / after",
+            lambda r: f"{r['load_before'].split('/')[0]} / {r['load_after'].split('/')[0]}",
+            None,
+        ),
         ("RSS steady, median (MiB)", lambda r: r["rss_mib"]["steady_median"], "ratio"),
         ("RSS peak during swaps (MiB)", lambda r: r["rss_mib"]["swap_peak"], "ratio"),
     ]
@@ -552,7 +590,8 @@ def print_table(res: dict) -> None:
     print(
         f"\n{res['moves']} alias moves between v{', v'.join(res['versions'])}; load {res['rate']:g} req/s from "
         f"{res['threads']} threads, {res['steady']} steady requests, >= {res['per_move']} per move; "
-        f"polling variant every {res['poll']:g} s; {res['nproc']} cores, load average at start {res['load_start']}"
+        f"polling variant every {res['poll']:g} s; random forests of {res['estimators']} trees; "
+        f"{res['nproc']} cores, load average at start {res['load_start']}"
     )
 
 
@@ -567,6 +606,9 @@ def main() -> int:
     ap.add_argument("--steady", type=int, default=500, help="requests in the steady phase (default 500)")
     ap.add_argument("--per-move", type=int, default=100, help="at least this many requests per move (default 100)")
     ap.add_argument("--versions", type=int, default=2, help="registered versions the alias cycles through")
+    ap.add_argument(
+        "--estimators", type=int, default=100, help="trees per random forest (default 100, the template's model)"
+    )
     ap.add_argument("--timeout", type=float, default=120, help="max seconds for a start or a move to be served")
     ap.add_argument("--request-timeout", type=float, default=10, help="client timeout per request (default 10 s)")
     ap.add_argument("--json", default=None, help="write the results here ('-': print them)")
@@ -592,6 +634,7 @@ def main() -> int:
         "steady": args.steady,
         "per_move": args.per_move,
         "poll": args.poll,
+        "estimators": args.estimators,
         "variants": {},
     }
     log(f"state under {base}; variants {variants}")
@@ -600,7 +643,9 @@ def main() -> int:
         from mlflow.tracking import MlflowClient
 
         name = "bench_" + uuid.uuid4().hex[:8]
-        versions, expected, rows = register(mlflow_server.uri, name, list(range(1, args.versions + 1)), base)
+        versions, expected, rows = register(
+            mlflow_server.uri, name, list(range(1, args.versions + 1)), base, args.estimators
+        )
         args.rows = rows
         res.update(versions=versions, model=name)
         client = MlflowClient(mlflow_server.uri)
