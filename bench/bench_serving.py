@@ -32,7 +32,7 @@ Not a test: it starts real processes on free loopback ports, state under /tmp/be
 them in ``finally`` (also on SIGTERM/SIGINT). It exits non-zero when it cannot measure (a server that
 does not start, a move that is not served within ``--timeout``, no successful request in a phase).
 
-    .venv/bin/python bench/bench_serving.py                     # 20 moves, all three variants, ~5 min
+    .venv/bin/python bench/bench_serving.py                     # 20 moves, all three variants, ~7 min
     .venv/bin/python bench/bench_serving.py --moves 5 --json serving.json
     .venv/bin/python bench/bench_serving.py --variants webhook,baseline
 """
