@@ -96,7 +96,14 @@ def train(seed: int, n_estimators: int = 5):
 
 
 def log_version(
-    uri: str, name: str, seed: int, *, alias: str | None = "champion", broken: bool = False, workdir: Path | None = None
+    uri: str,
+    name: str,
+    seed: int,
+    *,
+    alias: str | None = "champion",
+    broken: bool = False,
+    workdir: Path | None = None,
+    n_estimators: int = 5,
 ) -> str:
     """Log and register one version (a real sklearn model, or a pyfunc that fails to predict); its number."""
     import mlflow
@@ -106,7 +113,7 @@ def log_version(
     os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("serving-tests")
-    model, x = train(seed)
+    model, x = train(seed, n_estimators)
     sample = x.head(5)
     with mlflow.start_run(tags={"git.commit": f"c0ffee{seed:04d}"}) as run:
         if broken:
