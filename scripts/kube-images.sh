@@ -289,7 +289,8 @@ py() {
 }
 
 # airflow_inputs PLATFORM_YAML: "REF HASH" - the image reference and a sha256 of what the build reads
-# (the folder `render` writes: Dockerfile, requirements.txt, constraints.txt) plus the base's hash.
+# (the folder `render` writes: Dockerfile, requirements.txt, constraints.txt, the serving package) plus the
+# base's hash.
 airflow_inputs() {
   [ -f "$1" ] || die "no such platform.yaml: $1"
   py - "$1" "$(base_hash)" "$(declare -f build_airflow)" <<'PYEOF'
@@ -305,8 +306,8 @@ try:
     with tempfile.TemporaryDirectory() as d:
         folder = image.write_folder(spec, Path(d) / "image")
         h = hashlib.sha256(sys.argv[2].encode() + sys.argv[3].encode())
-        for f in sorted(folder.iterdir()):
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):  # airflow_gitops/serving/ too
+            h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes())
 except (PlatformError, SpecError) as err:
     raise SystemExit(f"kube-images: error: {err}") from None
 print(f"{spec.image.repository}:{spec.image.tag} {h.hexdigest()}")

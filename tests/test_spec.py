@@ -61,6 +61,9 @@ INVALID = [
     ("serving: {poll_interval: 0}", "serving.poll_interval", "greater than or equal"),
     ("serving: {max_body_bytes: 10}", "serving.max_body_bytes", "greater than or equal"),
     ("serving: {enable: true}", "serving.enable", "spelling"),
+    ("serving: {replicas: 0}", "serving.replicas", "greater than or equal"),
+    ("serving: {replicas: two}", "serving.replicas", "integer"),
+    ("serving: {ingress_host: 'Model Host'}", "serving.ingress_host", "lower-case"),
     ("local: {ports: {serving: 5000}}", "local.ports", "pick two"),
     ("- just\n- a list", "(top level)", "mapping"),
     ("dags: [unclosed", "line", "YAML"),
@@ -78,6 +81,7 @@ def test_serving_defaults_follow_the_template_pipeline():
     spec = parse_spec({})
     assert spec.serving.enabled and spec.serving.alias == pipeline_alias == "champion"
     assert spec.local.ports.serving == 5001
+    assert spec.serving.replicas == 2 and spec.serving.ingress_host is None  # Kubernetes: two pods, no Ingress
     assert spec.serving_model == spec.mlflow.registered_model == "mlops-classifier"
     spec = parse_spec({"mlflow": {"registered_model": "churn"}})
     assert spec.serving_model == "churn"

@@ -536,6 +536,15 @@ class ServingSpec(_Model):
     poll_interval: float = Field(10.0, ge=0.5, le=3600)  # the fallback when no webhook arrives
     webhook: bool = True  # MLflow's model_version_alias.created webhook, HMAC-signed
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    # Kubernetes: pods of the serving Deployment (each follows the alias and swaps on its own); with 2 or
+    # more a PodDisruptionBudget keeps one up through node drains.
+    replicas: int = Field(2, ge=1, le=100)
+    ingress_host: str | None = None  # Kubernetes: an Ingress for the serving Service at this host
+    tls_secret: str | None = None  # Kubernetes: the kubernetes.io/tls Secret for ingress_host
+
+    _ingress_names = field_validator("ingress_host", "tls_secret")(
+        classmethod(lambda cls, v: v if v is None else _k8s_name(v))
+    )
 
     @field_validator("model")
     @classmethod

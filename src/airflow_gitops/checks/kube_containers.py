@@ -9,6 +9,8 @@ so it proves what Airflow sees there, not only that objects exist.
 |                   | verify.container.dags    | ``airflow dags list`` in the scheduler: the repository's DAGs |
 | PostgreSQL        | verify.container.database| ``airflow db check`` in the scheduler                         |
 | AWS auth (boto3)  | verify.container.aws     | boto3's credentials in the scheduler come from the mounted file |
+| (serving)         | verify.serving.pods      | the serving Deployment's pods are Running (Ready needs a model) |
+|                   | verify.serving.health.POD| GET /health in each serving container: served version vs alias |
 
 No secret is printed: the AWS row shows where boto3 found its credentials and the access key id's last
 four characters (as the AWS console does).
@@ -20,8 +22,9 @@ import configparser
 import json
 
 from ..gitremote import branch_head
+from ..kubernetes import serving as serving_k8s
 from ..spec import PlatformSpec
-from .result import CheckResult, fail, ok, skip
+from .result import CheckResult, fail, ok, skip, warn
 
 GIT_SYNC_WORKTREE = "/git/repo"  # the chart's GITSYNC_ROOT (/git) + GITSYNC_LINK (repo)
 EXEC_TIMEOUT = 120
@@ -106,12 +109,12 @@ def _local_key_tail(spec: PlatformSpec) -> str | None:
         return None
 
 
-def _simulated(api, ns: str, release: str) -> bool:
-    """True when every pod of the release is on a kwok node (simulated: no container runs there)."""
+def _simulated(api, ns: str, selector: str) -> bool:
+    """True when every pod ``selector`` picks is on a kwok node (simulated: no container runs there)."""
     from kubernetes import client
 
     core = client.CoreV1Api(api)
-    nodes = {p.spec.node_name for p in core.list_namespaced_pod(ns, label_selector=f"release={release}").items}
+    nodes = {p.spec.node_name for p in core.list_namespaced_pod(ns, label_selector=selector).items}
     nodes.discard(None)
     if not nodes:
         return False
@@ -127,7 +130,7 @@ def container_rows(api, spec: PlatformSpec) -> list[CheckResult]:
     ns, release = spec.kubernetes.namespace, spec.kubernetes.release
     rows: list[CheckResult] = []
     try:
-        simulated = _simulated(api, ns, release)
+        simulated = _simulated(api, ns, f"release={release}")
     except Exception:  # noqa: BLE001 - listing nodes needs a cluster-wide permission many users lack
         simulated = False
     if simulated:
@@ -239,4 +242,102 @@ def container_rows(api, spec: PlatformSpec) -> list[CheckResult]:
                 )
     else:
         rows.append(skip("verify.container.git_sync", "dags.delivery is bundle: verify.container.dags shows the DAGs"))
+    return rows
+
+
+# --- the serving component ---------------------------------------------------------------------------
+SERVING_HEALTH = f"""import json, urllib.error, urllib.request
+try:
+    r = urllib.request.urlopen('http://127.0.0.1:{serving_k8s.PORT}/health', timeout=20)
+    code, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, body = e.code, e.read()
+print(json.dumps({{'status': code, 'health': json.loads(body)}}))"""
+
+
+def health_row(pod: str, status: int, health: dict, spec: PlatformSpec) -> CheckResult:
+    """One serving pod's /health answer as a row: the served version against the alias; no model (yet) is
+    a skip or a warning, not a failure (a fresh platform has none registered); a registry it cannot
+    reach is a failure (the MLflow URI or the network is wrong)."""
+    row = f"verify.serving.health.{pod}"
+    target = f"{health.get('model')}@{health.get('alias')}"
+    served, alias = health.get("served_version"), health.get("alias_version")
+    refused = {r.get("version"): r.get("reason") for r in health.get("refused") or []}
+    registry = health.get("registry") or "?"
+    fix_refused = f"fix the model version the alias points at, or move {target} back; `kubectl logs {pod}`"
+    if status == 200 and served is not None:
+        if served == alias:
+            return ok(row, f"{pod}: serving {target} v{served}, the alias's version")
+        if alias in refused:
+            return warn(
+                row, f"{pod}: serving v{served}; the alias's v{alias} was refused: {refused[alias]}", fix_refused
+            )
+        return warn(
+            row,
+            f"{pod}: serving v{served} while the alias points at v{alias} (swapping?)",
+            f"it follows the alias every {spec.serving.poll_interval:g}s; if it stays behind: kubectl logs {pod}",
+        )
+    if registry != "ok":
+        return fail(
+            row,
+            f"{pod}: no model served and the registry is {registry}",
+            f"check mlflow.tracking_uri ({health.get('model')} is looked up there) and that the pods reach it",
+        )
+    if alias in refused:
+        return warn(row, f"{pod}: no model served: the alias's v{alias} was refused: {refused[alias]}", fix_refused)
+    return skip(
+        row,
+        f"{pod}: no model served yet: {health.get('reason') or f'HTTP {status}'}",
+        f"train and register one (the template's pipeline moves {target})",
+    )
+
+
+def serving_rows(api, spec: PlatformSpec) -> list[CheckResult]:
+    """The serving Deployment: its pods Running; each one's /health, read in its container."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    if not spec.serving.enabled:
+        return [skip("verify.serving", "serving.enabled is false")]
+    ns, name, selector = spec.kubernetes.namespace, serving_k8s.name(spec), serving_k8s.label_selector(spec)
+    fix = f"kubectl -n {ns} describe pods -l {selector}; kubectl -n {ns} logs deploy/{name}"
+    try:
+        dep = client.AppsV1Api(api).read_namespaced_deployment(name, ns, _request_timeout=10)
+    except ApiException as err:
+        saw = (
+            f"no serving Deployment {ns}/{name}" if err.status == 404 else f"cannot read {ns}/{name}: HTTP {err.status}"
+        )
+        return [fail("verify.serving.pods", saw, "`airflow-gitops deploy` creates it (serving.enabled)")]
+    want = dep.spec.replicas if dep.spec.replicas is not None else 1
+    pods = [
+        p
+        for p in client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=selector).items
+        if p.metadata.deletion_timestamp is None
+    ]
+    running = [p for p in pods if p.status.phase == "Running"]
+    ready = [p for p in running if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+    counts = f"Deployment {name}: {len(running)}/{want} pods running, {len(ready)} ready (ready = a model is loaded)"
+    if len(running) < want:
+        return [fail("verify.serving.pods", counts, fix)]
+    rows = [ok("verify.serving.pods", counts)]
+    try:
+        simulated = _simulated(api, ns, selector)
+    except Exception:  # noqa: BLE001 - listing nodes needs a cluster-wide permission many users lack
+        simulated = False
+    if simulated:
+        rows.append(skip("verify.serving.health", "the serving pods run on simulated (kwok) nodes: no /health to ask"))
+        return rows
+    for p in running:
+        pod = p.metadata.name
+        rc, out, err = exec_in(api, ns, pod, "serving", ["python", "-c", SERVING_HEALTH])
+        try:
+            answer = json.loads(out.strip().splitlines()[-1]) if rc == 0 else {}
+        except (ValueError, IndexError):
+            answer = {}
+        if not isinstance(answer.get("health"), dict):
+            rows.append(
+                fail(f"verify.serving.health.{pod}", f"{pod}: /health: {_tail(err + ' ' + out) or f'exit {rc}'}", fix)
+            )
+            continue
+        rows.append(health_row(pod, answer["status"], answer["health"], spec))
     return rows

@@ -30,7 +30,7 @@ from ..local.target import LocalTarget
 from ..spec import PlatformSpec
 from ..target import Target
 from .kube import kube_checks
-from .kube_containers import container_rows
+from .kube_containers import container_rows, serving_rows
 from .result import CheckResult, emit, fail, ok, skip, warn
 from .serving import serving_rows
 
@@ -252,6 +252,7 @@ def run_verify_kubernetes(target: KubernetesTarget, *, probe: bool) -> list[Chec
     rows = kube_checks(spec)
     if all(r.status != "fail" for r in rows if r.name == "kube.cluster"):
         rows += _release_rows(spec)
+        rows += _serving_rows(spec)
     rows.append(
         skip(
             "task.selfcheck",
@@ -308,6 +309,16 @@ def _release_rows(spec: PlatformSpec) -> list[CheckResult]:
     if all(r.status == "ok" for r in rows):
         rows += container_rows(api, spec)
     return rows
+
+
+def _serving_rows(spec: PlatformSpec) -> list[CheckResult]:
+    from ..kubernetes.cluster import connect
+
+    try:
+        api = connect(spec)
+    except Exception:  # noqa: BLE001 - kube.cluster above already says why
+        return []
+    return serving_rows(api, spec)
 
 
 def _hook_rows(api, ns: str, release: str) -> list[CheckResult]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import PlatformError
 from ..spec import PlatformSpec
+from . import serving as serving_k8s
 from .cluster import connect
 from .render import CHART_NAME, ChartRef, Rendered, render
 
@@ -37,6 +38,15 @@ NEEDED = [
     ("rbac.authorization.k8s.io", "rolebindings", ("create", "patch")),
     ("networking.k8s.io", "ingresses", ("create", "patch")),
 ]
+# The serving objects (kubernetes/serving.py): applied, removed when serving is turned off, pods watched.
+SERVING_NEEDED = [
+    ("apps", "deployments", ("get", "list", "delete")),
+    ("apps", "replicasets", ("list",)),
+    ("", "services", ("get", "list", "delete")),
+    ("", "pods", ("list",)),
+    ("policy", "poddisruptionbudgets", ("get", "list", "create", "patch", "delete")),
+    ("networking.k8s.io", "ingresses", ("get", "list", "delete")),
+]
 
 
 def missing_permissions(api, namespace: str, *, namespace_exists: bool) -> list[str]:
@@ -44,7 +54,7 @@ def missing_permissions(api, namespace: str, *, namespace_exists: bool) -> list[
     from kubernetes import client
 
     authz = client.AuthorizationV1Api(api)
-    wanted = [(g, r, v, namespace) for g, r, verbs in NEEDED for v in verbs]
+    wanted = [(g, r, v, namespace) for g, r, verbs in NEEDED + SERVING_NEEDED for v in verbs]
     if not namespace_exists:
         wanted.append(("", "namespaces", "create", None))
     missing = []
@@ -249,9 +259,13 @@ def deploy_command(
             raise
         raise PlatformError(f"{err.problem}. Pods not ready: {'; '.join(pods[:8])}", err.fix) from None
     console.print(summary, highlight=False)
+    for line in apply_serving(api, spec, r.serving, dry_run=dry_run):
+        console.print(f"  {line}", highlight=False)
     if wait and not dry_run:
         ready = wait_ready(api, spec, timeout=timeout)
         console.print(f"ready: {', '.join(ready) or 'no workloads'}", highlight=False)
+        if r.serving:
+            console.print(wait_serving_running(api, spec, timeout=timeout), highlight=False)
     if r.secrets.deploy_public_key:
         console.print(f"Deploy key (public half): {r.secrets.deploy_public_key}", highlight=False, soft_wrap=True)
 
@@ -386,3 +400,157 @@ def apply_fernet_secret(spec: PlatformSpec, console) -> None:
     console.print(f"  Secret/{doc['metadata']['name']}: {state}", highlight=False)
     restarted = restart_airflow(api, spec)
     console.print(f"  restarted: {', '.join(restarted) or 'nothing (no release yet)'}", highlight=False)
+
+
+# --- the serving component (kubernetes/serving.py) -----------------------------------------------------
+def _serving_api(api, kind: str):
+    """(API object, method suffix) for one serving kind."""
+    from kubernetes import client
+
+    return {
+        "Deployment": (client.AppsV1Api(api), "namespaced_deployment"),
+        "Service": (client.CoreV1Api(api), "namespaced_service"),
+        "PodDisruptionBudget": (client.PolicyV1Api(api), "namespaced_pod_disruption_budget"),
+        "Ingress": (client.NetworkingV1Api(api), "namespaced_ingress"),
+    }[kind]
+
+
+def apply_serving(api, spec: PlatformSpec, docs: list[dict[str, Any]], *, dry_run: bool) -> list[str]:
+    """Server-side apply the serving objects; delete ours that platform.yaml no longer asks for (all of
+    them with ``serving.enabled: false``, the Ingress without ``serving.ingress_host``...). What happened,
+    one line per object."""
+    from kubernetes.client.exceptions import ApiException
+
+    ns = spec.kubernetes.namespace
+    want = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    lines = []
+    try:
+        for doc in docs:
+            kind, name = doc["kind"], doc["metadata"]["name"]
+            obj, suffix = _serving_api(api, kind)
+            try:
+                before = getattr(obj, f"read_{suffix}")(name, ns).metadata.resource_version
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                before = None
+            if dry_run:
+                lines.append(f"{kind}/{name}: {'would create' if before is None else 'would apply'}")
+                continue
+            after = getattr(obj, f"patch_{suffix}")(
+                name, ns, doc, field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml"
+            ).metadata.resource_version
+            lines.append(
+                f"{kind}/{name}: " + ("created" if before is None else "unchanged" if before == after else "updated")
+            )
+        for kind in serving_k8s.KINDS:
+            obj, suffix = _serving_api(api, kind)
+            for item in getattr(obj, f"list_{suffix}")(ns, label_selector=serving_k8s.label_selector(spec)).items:
+                if (kind, item.metadata.name) in want:
+                    continue
+                if not dry_run:
+                    getattr(obj, f"delete_{suffix}")(item.metadata.name, ns, propagation_policy="Background")
+                lines.append(f"{kind}/{item.metadata.name}: {'would delete' if dry_run else 'deleted'} (serving)")
+    except ApiException as err:
+        raise PlatformError(
+            f"applying the serving objects failed: HTTP {err.status} {err.reason}",
+            f"check your permissions in {ns} (kubectl auth can-i create deployments -n {ns}); "
+            "or set serving.enabled: false",
+        ) from None
+    return lines
+
+
+def _serving_pods(api, spec: PlatformSpec):
+    """(wanted replicas, the pods of the Deployment's CURRENT template, why not rolled out yet or None)."""
+    from kubernetes import client
+
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    ns, name = spec.kubernetes.namespace, serving_k8s.name(spec)
+    dep = apps.read_namespaced_deployment(name, ns)
+    want = dep.spec.replicas if dep.spec.replicas is not None else 1
+    if (dep.status.observed_generation or 0) < (dep.metadata.generation or 0):
+        return want, [], "its new spec is not observed yet"
+    revision = (dep.metadata.annotations or {}).get("deployment.kubernetes.io/revision")
+    selector = serving_k8s.label_selector(spec)
+    current = [
+        rs
+        for rs in apps.list_namespaced_replica_set(ns, label_selector=selector).items
+        if (rs.metadata.annotations or {}).get("deployment.kubernetes.io/revision") == revision
+        and any(o.uid == dep.metadata.uid for o in rs.metadata.owner_references or [])
+    ]
+    if not current:
+        return want, [], "its ReplicaSet is not created yet"
+    tpl_hash = (current[0].metadata.labels or {}).get("pod-template-hash")
+    pods = [
+        p
+        for p in core.list_namespaced_pod(ns, label_selector=f"{selector},pod-template-hash={tpl_hash}").items
+        if p.metadata.deletion_timestamp is None
+    ]
+    return want, pods, None
+
+
+def _running(pod) -> bool:
+    statuses = pod.status.container_statuses or []
+    return pod.status.phase == "Running" and bool(statuses) and all(c.state.running for c in statuses)
+
+
+def _stuck(pod) -> str | None:
+    """A reason a serving pod will not get Running by waiting (a crash loop, an image that cannot be pulled)."""
+    for c in (pod.status.init_container_statuses or []) + (pod.status.container_statuses or []):
+        waiting = c.state.waiting
+        if waiting and waiting.reason in (
+            "CrashLoopBackOff",
+            "ErrImagePull",
+            "ImagePullBackOff",
+            "InvalidImageName",
+            "CreateContainerConfigError",
+        ):
+            last = c.last_state.terminated if c.last_state else None
+            code = f", last exit {last.exit_code}" if last else ""
+            return f"{pod.metadata.name}: {c.name} {waiting.reason}{code} {(waiting.message or '')[:200]}".strip()
+    return None
+
+
+def wait_serving_running(api, spec: PlatformSpec, *, timeout: float, poll: float = 2.0) -> str:
+    """Wait until every pod of the serving Deployment's current template is Running, with no container
+    restarting between two looks. NOT Ready: readiness is "a model is loaded", and a fresh platform has
+    none registered yet, so waiting for it would time out on a healthy deploy."""
+    import time
+
+    ns, name = spec.kubernetes.namespace, serving_k8s.name(spec)
+    fix = (
+        f"see `kubectl -n {ns} describe pods -l {serving_k8s.label_selector(spec)}` and "
+        f"`kubectl -n {ns} logs deploy/{name}`"
+    )
+    deadline = time.monotonic() + timeout
+    stable: dict[str, int] | None = None
+    while True:
+        want, pods, why = _serving_pods(api, spec)
+        running = [p for p in pods if _running(p)]
+        stuck = [s for p in pods if (s := _stuck(p))]
+        if stuck:
+            raise PlatformError(f"the serving pods do not start: {'; '.join(stuck[:4])}", fix)
+        if why is None and len(running) >= want:
+            restarts = {
+                f"{p.metadata.name}/{c.name}": c.restart_count for p in running for c in p.status.container_statuses
+            }
+            if stable is not None and restarts == stable:
+                ready = sum(
+                    1
+                    for p in running
+                    if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+                )
+                return (
+                    f"serving: Deployment/{name} {len(running)}/{want} pods running, {ready} ready "
+                    "(ready = a model is loaded; none until the alias exists)"
+                )
+            stable = restarts
+        else:
+            stable = None
+        if time.monotonic() > deadline:
+            raise PlatformError(
+                f"after {timeout:.0f}s the serving Deployment {name} has {len(running)}/{want} pods running"
+                + (f" ({why})" if why else ""),
+                fix,
+            )
+        time.sleep(poll)

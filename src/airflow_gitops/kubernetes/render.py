@@ -5,6 +5,8 @@ Output folder (default ``rendered/``)::
     values.yaml         Helm values for the official chart (Secret names only, no key material)
     secrets.yaml        the Secrets, 0600, git-ignored: applied by `airflow-gitops deploy`
     manifests.yaml      the namespace and the logs PVC (ReadWriteMany)
+    serving.yaml        the serving Deployment, Service, PodDisruptionBudget (+ Ingress): applied by `deploy`
+                        (absent with serving.enabled: false)
     image/Dockerfile    apache/airflow:<version>-python<X.Y> + requirements.txt (the extra packages and
                         everything they pull in) + constraints.txt (every package), pinned from uv.lock
     NOTES.md            what you still create yourself (PostgreSQL, RWX storage, ingress controller, ...)
@@ -25,6 +27,7 @@ from ..errors import PlatformError
 from ..keystore import write_private
 from ..spec import PlatformSpec
 from . import image, manifests
+from . import serving as serving_k8s
 from .values import build_values
 
 OFFICIAL_REPO = "https://airflow.apache.org"
@@ -59,6 +62,7 @@ class Rendered:
     manifests: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
     chart_version: str | None = None
+    serving: list[dict[str, Any]] = field(default_factory=list)  # serving.yaml's objects (none: disabled)
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,7 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
             f"({sys.version_info.major}.{sys.version_info.minor}); uv.lock resolves {len(drift)} packages differently "
             f"for it ({', '.join(drift[:4])}{' ...' if len(drift) > 4 else ''}): set image.python to match"
         )
+    serving_docs = serving_k8s.manifests(spec)
     rendered_chart = render_chart(chart_obj, values, spec) if chart_obj is not None else None
 
     out.mkdir(parents=True, exist_ok=True)
@@ -185,6 +190,10 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
     )
     write_private(out / "secrets.yaml", dump_all(secret_bundle.secrets))
     (out / "manifests.yaml").write_text(dump_all(docs))
+    if serving_docs:
+        (out / "serving.yaml").write_text(dump_all(serving_docs))
+    else:
+        (out / "serving.yaml").unlink(missing_ok=True)  # serving turned off: no stale file to apply by hand
     image.write_folder(spec, out / "image")
     (out / "NOTES.md").write_text(
         NOTES.format(
@@ -211,7 +220,7 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
         )
         # The chart can embed generated secrets of its own (e.g. a Redis password): keep it private.
         write_private(out / "chart.yaml", body)
-    return Rendered(out, values, secret_bundle, docs, warnings, chart_version)
+    return Rendered(out, values, secret_bundle, docs, warnings, chart_version, serving_docs)
 
 
 def render_command(spec: PlatformSpec, out: Path, *, chart: str | None, console) -> Rendered:
@@ -221,6 +230,17 @@ def render_command(spec: PlatformSpec, out: Path, *, chart: str | None, console)
         ("values.yaml", f"values for the official chart {spec.kubernetes.chart_version}"),
         ("secrets.yaml", f"{len(r.secrets.secrets)} Secrets (0600, git-ignored; never printed)"),
         ("manifests.yaml", "namespace and logs PVC (ReadWriteMany)"),
+        *(
+            [
+                (
+                    "serving.yaml",
+                    f"serving {spec.serving_model}@{spec.serving.alias}: "
+                    + ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in r.serving),
+                )
+            ]
+            if r.serving
+            else []
+        ),
         ("image/", f"Dockerfile, requirements.txt, constraints.txt (Airflow {image.airflow_version()}, from uv.lock)"),
         ("NOTES.md", "what you still create yourself"),
     ]:

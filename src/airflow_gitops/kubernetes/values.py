@@ -57,6 +57,24 @@ def runtime_env(spec: PlatformSpec, warnings: list[str] | None = None) -> dict[s
     return contract.dag_runtime_env(spec, mlflow_uri=uri, s3_endpoint=spec.aws.endpoint_url)
 
 
+def aws_volume(spec: PlatformSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, mount) of the AWS credentials Secret at boto3's default place, on every pod that reads S3
+    (the chart's pods and the serving pods alike)."""
+    volume = {"name": AWS_VOLUME, "secret": {"secretName": spec.secrets.aws_secret, "defaultMode": 0o440}}
+    return volume, {"name": AWS_VOLUME, "mountPath": AWS_MOUNT, "readOnly": True}
+
+
+def placement(spec: PlatformSpec) -> dict[str, Any]:
+    """``nodeSelector`` / ``tolerations`` from kubernetes.* (the chart's values and a pod spec use the same keys)."""
+    k8s = spec.kubernetes
+    out: dict[str, Any] = {}
+    if k8s.node_selector:
+        out["nodeSelector"] = dict(k8s.node_selector)
+    if k8s.tolerations:
+        out["tolerations"] = [t.model_dump(exclude_none=True) for t in k8s.tolerations]
+    return out
+
+
 def tpl_literal(value: str) -> str:
     """``value`` as a Helm template that renders to exactly ``value``: the chart runs every ``config`` value
     through ``tpl``, so Airflow's own Jinja (``{{ ti.dag_id }}``) would fail and ``{{ .Values.x }}`` would be
@@ -171,10 +189,9 @@ def build_values(
 
     config = airflow_config(spec)
 
-    volumes: list[dict[str, Any]] = [
-        {"name": AWS_VOLUME, "secret": {"secretName": names.aws_secret, "defaultMode": 0o440}},
-    ]
-    mounts: list[dict[str, Any]] = [{"name": AWS_VOLUME, "mountPath": AWS_MOUNT, "readOnly": True}]
+    aws_vol, aws_mount = aws_volume(spec)
+    volumes: list[dict[str, Any]] = [aws_vol]
+    mounts: list[dict[str, Any]] = [aws_mount]
 
     values: dict[str, Any] = {
         "executor": spec.airflow.executor,
@@ -205,10 +222,7 @@ def build_values(
         },
     }
     k8s = spec.kubernetes
-    if k8s.node_selector:
-        values["nodeSelector"] = dict(k8s.node_selector)
-    if k8s.tolerations:
-        values["tolerations"] = [t.model_dump(exclude_none=True) for t in k8s.tolerations]
+    values.update(placement(spec))
     for key, ref in (("gitSync", k8s.git_sync_image), ("statsd", k8s.statsd_image)):
         if ref:
             repository, tag = ref.rsplit(":", 1)
