@@ -73,6 +73,8 @@ def test_kubernetes_values_validate_against_chart_schema(tmp_path, delivery):
         "AWS_PROFILE": "default",
         "AWS_DEFAULT_REGION": "ap-northeast-2",
         "AWS_ENDPOINT_URL": "https://s3.example.com",
+        # the template pipeline's `served` task waits there (the serving Service: release-serving, port 80)
+        "MLOPS_SERVING_URL": "http://airflow-serving.airflow.svc",
     }
     if delivery == "git-sync":
         gs = values["dags"]["gitSync"]

@@ -30,7 +30,8 @@ from ..local.target import LocalTarget
 from ..spec import PlatformSpec
 from ..target import Target
 from .kube import kube_checks
-from .kube_containers import container_rows, serving_rows
+from .kube_containers import container_rows
+from .kube_containers import serving_rows as kube_serving_rows
 from .result import CheckResult, emit, fail, ok, skip, warn
 from .serving import serving_rows
 
@@ -318,7 +319,7 @@ def _serving_rows(spec: PlatformSpec) -> list[CheckResult]:
         api = connect(spec)
     except Exception:  # noqa: BLE001 - kube.cluster above already says why
         return []
-    return serving_rows(api, spec)
+    return kube_serving_rows(api, spec)
 
 
 def _hook_rows(api, ns: str, release: str) -> list[CheckResult]:

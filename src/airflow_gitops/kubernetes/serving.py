@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..serving import ENV_ALIAS, ENV_MAX_BODY, ENV_MODEL, ENV_POLL
+from ..serving import process_env
 from ..spec import PlatformSpec
 from . import values as v
 from .image import SERVING_CODE_DIR
@@ -32,7 +32,7 @@ KINDS = ("Deployment", "Service", "PodDisruptionBudget", "Ingress")
 
 
 def name(spec: PlatformSpec) -> str:
-    return f"{spec.kubernetes.release}-serving"
+    return v.serving_name(spec)
 
 
 def selector(spec: PlatformSpec) -> dict[str, str]:
@@ -53,13 +53,9 @@ def _meta(spec: PlatformSpec) -> dict[str, Any]:
 def env(spec: PlatformSpec) -> dict[str, str]:
     """The serving process's environment: what every Airflow pod gets, then serving's own settings."""
     out = v.runtime_env(spec)
-    s = spec.serving
     out.update(
         {
-            ENV_MODEL: spec.serving_model,
-            ENV_ALIAS: s.alias,
-            ENV_POLL: f"{s.poll_interval:g}",
-            ENV_MAX_BODY: str(s.max_body_bytes),
+            **process_env(spec),
             "PYTHONPATH": SERVING_CODE_DIR,  # where the image keeps the serving package
             # The image's entrypoint would wait for Airflow's database first; serving never uses it.
             "CONNECTION_CHECK_MAX_COUNT": "0",

@@ -54,7 +54,21 @@ def runtime_env(spec: PlatformSpec, warnings: list[str] | None = None) -> dict[s
                 f"mlflow.tracking_uri is not set: MLFLOW_TRACKING_URI is the placeholder {uri}; "
                 "set mlflow.tracking_uri to your MLflow server's in-cluster URL"
             )
-    return contract.dag_runtime_env(spec, mlflow_uri=uri, s3_endpoint=spec.aws.endpoint_url)
+    return contract.dag_runtime_env(
+        spec, mlflow_uri=uri, s3_endpoint=spec.aws.endpoint_url, serving_url=serving_url(spec)
+    )
+
+
+def serving_name(spec: PlatformSpec) -> str:
+    """The serving component's Deployment and Service (kubernetes/serving.py)."""
+    return f"{spec.kubernetes.release}-serving"
+
+
+def serving_url(spec: PlatformSpec) -> str | None:
+    """Where pods reach the serving component (its Service, port 80); None when serving is off."""
+    if not spec.serving.enabled:
+        return None
+    return f"http://{serving_name(spec)}.{spec.kubernetes.namespace}.svc"
 
 
 def aws_volume(spec: PlatformSpec) -> tuple[dict[str, Any], dict[str, Any]]:
