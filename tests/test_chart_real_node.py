@@ -352,6 +352,7 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
                 time.sleep(2)
             if ml:
                 _pipeline_a_pod_per_task(kube_node, ns, base, auth, ml)
+                _faults_mid_run(kube_node, ns, base, auth)
         finally:
             pf.terminate()
             pf.wait(10)
@@ -498,6 +499,51 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
         time.sleep(2)
     _, log = http(f"{run_url}/taskInstances/register/logs/1", token=auth)
     assert "promoted to 'champion'" in json.dumps(log), log
+
+
+def _faults_mid_run(cluster: KubeCluster, ns: str, base: str, auth: str) -> None:
+    """A second run of the pipeline: its running ``train`` worker pod is deleted (the task is retried), then
+    the scheduler pod (its Deployment replaces it; the new scheduler adopts the run): the run succeeds."""
+
+    def pods(selector: str) -> list[dict]:
+        return json.loads(kubectl(cluster, "-n", ns, "get", "pods", "-l", selector, "-o", "json"))["items"]
+
+    def wait(what: str, predicate, timeout: float = 300):
+        deadline = time.monotonic() + timeout
+        while not (found := predicate()):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.5)
+        return found
+
+    _, run = http(f"{base}/api/v2/dags/ml_training_pipeline/dagRuns", {"logical_date": None}, token=auth)
+    run_url = f"{base}/api/v2/dags/ml_training_pipeline/dagRuns/{run['dag_run_id']}"
+    train = "kubernetes_executor=True,dag_id=ml_training_pipeline,task_id=train"
+    (victim,) = wait("the train pod to run", lambda: [
+        p["metadata"]["name"] for p in pods(train) if p["status"]["phase"] == "Running"][:1])
+    kubectl(cluster, "-n", ns, "delete", "pod", victim, "--grace-period=0", "--wait=false")
+    t_worker = time.monotonic()
+    wait("train to be retried", lambda: [
+        p for p in pods(train) if p["metadata"]["name"] != victim and p["status"]["phase"] in ("Running", "Succeeded")
+    ])
+    (scheduler,) = [p["metadata"]["name"] for p in pods("component=scheduler")]
+    wait("evaluate to start", lambda: pods("kubernetes_executor=True,dag_id=ml_training_pipeline,task_id=evaluate"))
+    kubectl(cluster, "-n", ns, "delete", "pod", scheduler, "--wait=false")
+    t_scheduler = time.monotonic()
+
+    def finished():
+        _, state = http(run_url, token=auth)
+        return state if state["state"] in ("success", "failed") else None
+
+    state = wait("the run to finish", finished, 600)
+    _, tis = http(f"{run_url}/taskInstances", token=auth)
+    tries = {t["task_id"]: (t["state"], t["try_number"]) for t in tis["task_instances"]}
+    print(f"\nfaults: worker pod of train deleted, scheduler pod {scheduler} deleted: run {state['state']} "
+          f"{time.monotonic() - t_scheduler:.0f} s after the scheduler's deletion "
+          f"({time.monotonic() - t_worker:.0f} s after the worker's); tries {tries}")
+    assert state["state"] == "success", tries
+    assert tries["train"] == ("success", 2), tries  # the deleted pod's try failed, the retry succeeded
+    new = [p["metadata"]["name"] for p in pods("component=scheduler")]
+    assert new and scheduler not in new, new
 
 
 def test_an_image_the_node_cannot_get_is_one_message_naming_the_stuck_pods(kube_node, images, services, tmp_path):
