@@ -18,23 +18,44 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import contract
+from ..errors import PlatformError
 from ..spec import PlatformSpec
 
 HOST = "127.0.0.1"
 
 
 def unix_socket_path(directory: Path, name: str, short_suffix: str) -> Path:
-    """``directory/name``, or ``/tmp/airflow-gitops-<digest of directory><short_suffix>`` when that is too
-    long for a Unix socket (AF_UNIX paths are limited to ~107 bytes)."""
+    """``directory/name``, or ``<private dir>/<name>`` when that is too long for a Unix socket (AF_UNIX
+    paths are limited to 107 BYTES): the private dir is ``/tmp/airflow-gitops-<uid>-<digest of directory>``,
+    made 0700 by us and checked at every use (ours, private, not a symlink), so no other local user can
+    put a socket where the platform's clients look (``private_socket_dir``)."""
     path = directory / name
-    if len(str(path)) < 100:
+    if len(os.fsencode(str(path))) < 100:
         return path
-    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
-    return Path("/tmp") / f"airflow-gitops-{digest}{short_suffix}"
+    digest = hashlib.sha256(os.fsencode(str(directory))).hexdigest()[:12]
+    return private_socket_dir(Path("/tmp") / f"airflow-gitops-{os.geteuid()}-{digest}") / name
+
+
+def private_socket_dir(path: Path) -> Path:
+    """``path`` as a directory only we can enter: created 0700, or refused when it is not ours and private."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise PlatformError(
+            f"{path} (where this platform keeps its sockets, its state path being long) is not a private "
+            f"directory of yours (owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}): another user may "
+            "have planted it",
+            f"remove it (`rm -rf {path}`) and run the command again, or use a shorter state path",
+        )
+    return path
 
 
 @dataclass(frozen=True)

@@ -112,17 +112,44 @@ class Supervisor:
     def running(self) -> bool:
         if not self.socket.exists():
             return False
+        self._check_peer()
         try:
             return self.rpc().getState()["statename"] == "RUNNING"
         except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
             return False
+
+    def _check_peer(self) -> None:
+        """Refuse a socket another user listens on: nothing is sent to it (not even "are you up?")."""
+        import socket
+        import struct
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(5)
+            try:
+                conn.connect(str(self.socket))
+            except OSError:
+                return  # nobody listens: not running (a stale socket; supervisord replaces it)
+            pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid not in (os.geteuid(), 0):
+            raise PlatformError(
+                f"the supervisor socket {self.socket} is held by process {pid} of another user (uid {uid}), "
+                "not by this platform",
+                f"stop that process and remove {self.socket}; then run the command again",
+            )
 
     def start_daemon(self, hide: Iterable[str] = ()) -> None:
         """Start supervisord; its programs inherit this environment minus the variables in ``hide``."""
         cmd = [venv_bin("supervisord"), "-c", str(self.conf)]
         hidden = set(hide)
         env = {k: v for k, v in os.environ.items() if k not in hidden}
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise PlatformError(
+                "supervisord did not start within 60 s (is something else at its socket path?)",
+                f"see the log; remove {self.socket} if no platform of yours runs",
+                log=str(self.log_dir / "supervisord.log"),
+            ) from None
         if result.returncode != 0:
             raise PlatformError(
                 f"supervisord did not start: {result.stderr.strip() or result.stdout.strip()}",
