@@ -111,3 +111,35 @@ def test_a_socket_another_user_listens_on_is_refused_before_anything_is_sent():
         assert os.waitstatus_to_exitcode(status) == 0  # it was sent nothing
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_second_up_in_the_same_state_folder_says_who_holds_it_and_touches_nothing(tmp_path):
+    """Issue 22 (Low): two `up` at once used to kill each other's processes. The first holds a lock."""
+    import subprocess
+    import sys
+
+    from conftest import make_spec, quiet_console
+
+    from airflow_gitops.local.platform import LocalPlatform
+
+    spec = make_spec(tmp_path)
+    platform = LocalPlatform(spec)
+    spec.state_dir.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'up, pid %d' % os.getpid()); print('held', flush=True);"
+         "time.sleep(60)", str(spec.state_dir / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.name for p in spec.state_dir.iterdir())
+        for verb in (platform.up, platform.down):
+            with pytest.raises(PlatformError) as err:
+                verb(quiet_console())
+            assert f"another airflow-gitops command (up, pid {holder.pid})" in err.value.problem
+            assert "wait until it has finished" in err.value.fix
+        assert sorted(p.name for p in spec.state_dir.iterdir()) == before  # nothing started, nothing written
+    finally:
+        holder.kill()
+        holder.wait()

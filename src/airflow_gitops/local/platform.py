@@ -9,6 +9,7 @@ If anything fails, everything started is stopped again and the error names the c
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -194,7 +195,35 @@ class LocalPlatform:
             return counts(read_stored(conn, None))
 
     # --- verbs -----------------------------------------------------------------------------------
+    @contextmanager
+    def _exclusive(self, verb: str):
+        """One ``up``/``down`` at a time in a state folder (flock on ``<state>/.lock``, released when the
+        process ends, however it ends); the second says who holds it and touches nothing."""
+        import fcntl
+
+        root = self.layout.root
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "?"
+                raise PlatformError(
+                    f"another airflow-gitops command ({holder}) is starting or stopping the platform in {root}",
+                    "wait until it has finished, then run the command again",
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{verb}, pid {os.getpid()}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
     def up(self, console: Console) -> None:
+        with self._exclusive("up"):
+            self._up(console)
+
+    def _up(self, console: Console) -> None:
         # Every ${VAR} and from_file of connections/variables is read first: a missing one fails here,
         # before anything starts.
         declared = managed.resolve(self.spec)
@@ -395,6 +424,10 @@ class LocalPlatform:
         return process_hooks.sweep(roots, self.layout.airflow_home, say)
 
     def down(self, console: Console) -> None:
+        with self._exclusive("down"):
+            self._down(console)
+
+    def _down(self, console: Console) -> None:
         if not self.supervisor.running():
             left = self._sweep(_printer(console))
             state = "Stopped what was left" if left else "Nothing is running"
