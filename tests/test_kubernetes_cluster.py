@@ -121,7 +121,7 @@ def test_deploy_installs_the_official_chart_ready_and_idempotent(cluster_env, tm
     second = deploy(spec_file, tmp_path / "out")
     assert second.exit_code == 0, second.output
     assert (
-        second.output.count(": unchanged") == 7
+        second.output.count(": unchanged") == 7 + 3  # + the serving Deployment, Service, PDB
         and ": created" not in second.output
         and ": updated" not in second.output
     )
