@@ -72,6 +72,8 @@ class Supervisor:
             f"directory={self.conf_dir}",
             "nodaemon=false",
             "minfds=1024",
+            # What the components write (logs, task logs, S3 objects, MLflow's files) is for us alone.
+            "umask=077",
             "",
             "[rpcinterface:supervisor]",
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
