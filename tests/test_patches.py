@@ -4,8 +4,10 @@ patch off - visibly, in the component's log and in ``doctor`` - when one of them
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import subprocess
@@ -59,11 +61,13 @@ def test_every_guard_matches_the_installed_airflow_and_fastapi_so_every_patch_ap
             "import json\n"
             "from airflow_gitops.local import patches, preload\n"
             "mismatches = {g.patch: g.mismatches() for g in patches.all_guards()}\n"
+            "from_files = {g.patch: g.mismatches(imported=False) for g in patches.all_guards()}\n"
             "applied = [preload.patch_fastapi_route_building(), preload.patch_local_executor(['json']),\n"
             "           preload.patch_scheduler_busy_sleep(0.1), preload.patch_dag_processor_poll()]\n"
             "from airflow.executors.local_executor import LocalExecutor\n"
             "again = [preload.patch_fastapi_route_building(), preload.patch_scheduler_busy_sleep(0.1)]\n"
-            "print(json.dumps({'mismatches': mismatches, 'applied': applied, 'again': again,\n"
+            "print(json.dumps({'mismatches': mismatches, 'from_files': from_files, 'applied': applied,\n"
+            "  'again': again,\n"
             "  'states': {n: s.on for n, s in patches.STATES.items()},\n"
             "  'still_match': {g.patch: g.mismatches() for g in patches.all_guards()},\n"
             "  'replaced': getattr(LocalExecutor.start, patches.PATCHED, False)}))\n",
@@ -76,6 +80,7 @@ def test_every_guard_matches_the_installed_airflow_and_fastapi_so_every_patch_ap
     assert got.returncode == 0, got.stderr[-3000:]
     out = json.loads(got.stdout.strip().splitlines()[-1])
     assert out["mismatches"] == {name: [] for name in APPLY}
+    assert out["from_files"] == {name: [] for name in APPLY}  # doctor's import-free read agrees
     assert out["applied"] == [True, True, True, True]
     assert out["again"] == [False, False]  # a second patch changes nothing
     assert out["states"] == {name: True for name in APPLY}
@@ -140,17 +145,46 @@ def test_the_fingerprint_ignores_indentation_blank_and_comment_lines_not_code(tm
     assert patches.fingerprint(base) != patches.fingerprint(doc)
 
 
-def test_doctor_shows_each_patch_on_and_a_changed_one_off(monkeypatch):
+def test_doctor_shows_each_patch_on_without_importing_airflow():
+    code = (
+        "import json, sys\n"
+        "from airflow_gitops.checks.doctor import DOCTOR\n"
+        "from airflow_gitops.checks.patches import patch_checks\n"
+        "rows = [[r.name, r.status.value, r.saw] for r in patch_checks()]\n"
+        "print(json.dumps({'rows': rows, 'imported': sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('airflow', 'fastapi'))}))\n"
+    )
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr[-3000:]
+    out = json.loads(got.stdout.strip().splitlines()[-1])
+    assert [r[0] for r in out["rows"]] == [f"patch.{name}" for name in APPLY]
+    assert all(status == "ok" and saw.startswith("on: ") for _, status, saw in out["rows"]), out["rows"]
+    assert out["imported"] == []  # read from the installed files: Airflow is not started in doctor
     [check] = [c for c in DOCTOR if c.group == "patches"]
     assert check.targets == (LocalTarget,)
-    rows = patch_checks()
-    assert [r.name for r in rows] == [f"patch.{name}" for name in APPLY]
-    assert all(r.status.name == "ok" and r.saw.startswith("on: ") for r in rows), rows
-    owner, attr = _owner(APPLY["scheduler_sleep"][1])
-    monkeypatch.setattr(owner, attr, lambda self, session: 0)
-    rows = {r.name: r for r in patch_checks()}
-    off = rows.pop("patch.scheduler_sleep")
-    assert off.status.name == "warn" and off.saw.startswith("off: upstream changed")
-    assert "SchedulerJobRunner._do_scheduling changed" in off.saw and "local/patches/scheduler_sleep.py" in off.fix
-    assert all(r.status.name == "ok" for r in rows.values())
-    assert getattr(owner, attr).__name__ == "<lambda>"  # doctor applied nothing
+
+
+def test_doctor_shows_a_patch_off_when_the_installed_file_changed(tmp_path, monkeypatch):
+    """A stand-in upstream module on disk (a copy of the guarded function with one line changed) plays an
+    upgraded Airflow: the doctor row reads it and reports the patch off."""
+    from airflow_gitops.local.patches import scheduler_sleep
+
+    [(target, fp)] = [(t, f) for t, f in scheduler_sleep.GUARD.verified["3.3.2"].items() if "_do_scheduling" in t]
+    original = inspect.getsource(patches.resolve(target))
+    (tmp_path / "upgraded_upstream.py").write_text(
+        "class SchedulerJobRunner:\n" + original.replace("return num_queued_tis", "return num_queued_tis or 0", 1)
+    )
+    assert "num_queued_tis or 0" in (tmp_path / "upgraded_upstream.py").read_text()
+    (tmp_path / "same_upstream.py").write_text("class SchedulerJobRunner:\n" + original)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for module, state in (("same_upstream", "ok"), ("upgraded_upstream", "warn")):
+        guard = dataclasses.replace(
+            scheduler_sleep.GUARD, verified={"3.3.2": {f"{module}:SchedulerJobRunner._do_scheduling": fp}}
+        )
+        monkeypatch.setattr(scheduler_sleep, "GUARD", guard)
+        rows = {r.name: r for r in patch_checks()}
+        row = rows.pop("patch.scheduler_sleep")
+        assert row.status.name == state, row
+        assert all(r.status.name == "ok" for r in rows.values())
+    assert row.saw.startswith("off: upstream changed: SchedulerJobRunner._do_scheduling changed: turned off")
+    assert "verified on Airflow 3.3.2" in row.saw and "local/patches/scheduler_sleep.py" in row.fix

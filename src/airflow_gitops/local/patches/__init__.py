@@ -11,10 +11,13 @@ change of behaviour. Re-verify a patch on a new upstream version, then add that 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -24,12 +27,64 @@ PATCHED = "_airflow_gitops"  # set on every function a patch put in place
 ORIGINAL = "_airflow_gitops_original"  # the upstream function it replaced
 
 
+def _digest(source: str) -> str:
+    lines = textwrap.dedent(source).splitlines()
+    text = "\n".join(line.rstrip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def fingerprint(obj) -> str:
     """sha256 of ``inspect.getsource(obj)`` normalised: dedented, blank and comment-only lines dropped,
     trailing spaces stripped (any change to the code or its docstring changes it)."""
-    lines = textwrap.dedent(inspect.getsource(obj)).splitlines()
-    text = "\n".join(line.rstrip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _digest(inspect.getsource(obj))
+
+
+def _module_file(module: str):
+    """The installed source file of ``module``, found without importing it or its packages."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)  # a top-level name: nothing is imported
+    if spec is not None and not rest:
+        return spec.origin if spec.origin and spec.origin.endswith(".py") else None
+    for base in (spec and spec.submodule_search_locations) or ():
+        for candidate in (f"{base}/{'/'.join(rest)}.py", f"{base}/{'/'.join(rest)}/__init__.py"):
+            if os.path.isfile(candidate):
+                return candidate
+    return None
+
+
+def source_fingerprint(target: str, _hops: int = 2) -> str | None:
+    """:func:`fingerprint` of ``"module:Class.attr"`` read from the installed file without importing
+    anything (``doctor``: milliseconds, and no Airflow start-up in the checking process); follows one
+    ``from X import name`` of the module. None when the module or a name is missing."""
+    module, _, qualname = target.partition(":")
+    path = _module_file(module)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    body = ast.parse(text).body
+    parts = qualname.split(".")
+    for i, part in enumerate(parts):
+        found = [
+            n for n in body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.name == part
+        ]
+        if not found:
+            if i == 0 and _hops:
+                for node in body:
+                    if isinstance(node, ast.ImportFrom) and any(a.name == part and not a.asname for a in node.names):
+                        origin = (
+                            importlib.util.resolve_name(
+                                "." * node.level + (node.module or ""), module.rpartition(".")[0]
+                            )
+                            if node.level
+                            else node.module
+                        )
+                        return source_fingerprint(f"{origin}:{qualname}", _hops - 1)
+            return None
+        node = found[-1]
+        body = node.body
+    first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+    return _digest("\n".join(text.splitlines()[first - 1 : node.end_lineno]))
 
 
 def resolve(target: str):
@@ -74,10 +129,14 @@ class Guard:
     def targets(self) -> list[str]:
         return list(dict.fromkeys(t for prints in self.verified.values() for t in prints))
 
-    def mismatches(self) -> list[str]:
-        """The guarded functions that are missing or differ from every verified version ([] = all match)."""
+    def mismatches(self, *, imported: bool = True) -> list[str]:
+        """The guarded functions that are missing or differ from every verified version ([] = all match):
+        of the imported objects (what a patch would replace), or read from the installed files."""
         found = {}
         for target in self.targets:
+            if not imported:
+                found[target] = source_fingerprint(target)
+                continue
             obj = resolve(target)
             try:
                 found[target] = None if obj is None else fingerprint(obj)
