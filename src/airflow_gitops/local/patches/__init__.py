@@ -54,8 +54,8 @@ def _module_file(module: str):
 
 def source_fingerprint(target: str, _hops: int = 2) -> str | None:
     """:func:`fingerprint` of ``"module:Class.attr"`` read from the installed file without importing
-    anything (``doctor``: milliseconds, and no Airflow start-up in the checking process); follows one
-    ``from X import name`` of the module. None when the module or a name is missing."""
+    anything (``doctor``: milliseconds, and no Airflow start-up in the checking process); follows a
+    ``from X import name`` of the module (two at most). None when the module or a name is missing."""
     module, _, qualname = target.partition(":")
     path = _module_file(module)
     if path is None:
