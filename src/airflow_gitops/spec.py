@@ -550,16 +550,20 @@ class ServingSpec(_Model):
     @classmethod
     def _model(cls, v: str | None) -> str | None:
         if v is not None and (not v.strip() or len(v) > 256 or not v.isprintable() or any(c in v for c in "/:@")):
-            raise ValueError(f"{_short(v)} must be a registered model name (printable, no '/', ':' or '@', "
-                             "at most 256 characters), e.g. 'mlops-classifier'; or null for mlflow.registered_model")
+            raise ValueError(
+                f"{_short(v)} must be a registered model name (printable, no '/', ':' or '@', "
+                "at most 256 characters), e.g. 'mlops-classifier'; or null for mlflow.registered_model"
+            )
         return v
 
     @field_validator("alias")
     @classmethod
     def _alias(cls, v: str) -> str:
         if not _MLFLOW_ALIAS.match(v) or v.lower() == "latest" or re.fullmatch(r"[vV]\d+", v):
-            raise ValueError(f"{_short(v)} must be an MLflow alias: letters, digits, '_' or '-', not 'latest' "
-                             "nor v<number> (MLflow reserves those), e.g. 'champion'")
+            raise ValueError(
+                f"{_short(v)} must be an MLflow alias: letters, digits, '_' or '-', not 'latest' "
+                "nor v<number> (MLflow reserves those), e.g. 'champion'"
+            )
         return v
 
 

@@ -23,6 +23,7 @@ from .declared import drift_checks, resolve_checks
 from .fernet import check_decrypts, check_key
 from .git import git_checks
 from .kube import kube_checks
+from .patches import patch_checks
 from .preload import preload_checks
 from .result import CheckResult, emit, fail, skip
 from .spec_files import spec_checks
@@ -67,6 +68,7 @@ DOCTOR: list[Check] = [
     Check("aws", lambda ctx: aws_checks(ctx.target.spec)),
     Check("kube", lambda ctx: kube_checks(ctx.target.spec), targets=(KubernetesTarget,)),
     Check("preload", lambda ctx: preload_checks(ctx.target.spec), targets=(LocalTarget,)),
+    Check("patches", lambda ctx: patch_checks(), targets=(LocalTarget,)),
 ]
 
 

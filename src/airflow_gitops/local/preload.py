@@ -35,8 +35,10 @@ Measured by ``bench/bench_inner_loop.py``; figures in docs/performance.md ("Inne
    458 differ); :func:`patch_fastapi_route_building` reuses the identical ones. The API server's start
    is the critical path of ``up``.
 
-Every patch checks that the Airflow internals it wraps exist and changes nothing (reporting "n/a" in
-the component's log) when they do not; tests/test_preload.py fails on an Airflow that moved them.
+Each patch of Airflow (or FastAPI) internals is a module of ``patches/`` behind a guard: it checks the
+fingerprint of every upstream function it replaces or relies on, and when one differs from the versions
+it was verified on it changes nothing, says so in the component's log (and "n/a" in the note below) and
+in ``doctor``; tests/test_patches.py fails on an upstream that changed them.
 ``launch.py`` runs an Airflow component through :func:`run` when one of the environment variables
 below that applies to it is set (non-empty).
 """
@@ -53,6 +55,10 @@ import time
 from pathlib import Path
 
 from .forkserver import SOCKET_ENV_VAR
+from .patches import local_executor
+from .patches.dag_processor_poll import patch_dag_processor_poll
+from .patches.fastapi_routes import patch_fastapi_route_building
+from .patches.scheduler_sleep import patch_scheduler_busy_sleep
 
 ENV_VAR = "AIRFLOW_GITOPS_PRELOAD"  # comma-separated modules (``module:function`` also calls it)
 BUSY_SLEEP_ENV_VAR = "AIRFLOW_GITOPS_SCHEDULER_BUSY_SLEEP"  # seconds, e.g. "0.1"
@@ -167,232 +173,14 @@ def preload(modules: list[str]) -> tuple[int, float]:
 
 
 def patch_local_executor(modules: list[str]) -> bool:
-    """Preload in LocalExecutor right before it forks its workers, and fork them at the first task.
+    """Preload ``modules`` in LocalExecutor right before it forks its workers, and fork them at the first
+    task (``patches/local_executor.py``). False (nothing changed) when its guard is off."""
 
-    Airflow forks ``[core] parallelism`` workers in ``LocalExecutor.start``, i.e. while the platform is
-    starting. Here ``start`` forks none; ``_check_workers`` forks them when the first task is queued
-    (Airflow's own path for replacing dead workers), and right before that the modules are imported.
-    So the ~4 CPU-s of imports stay out of ``airflow-gitops up`` (where seven processes already compete
-    for two cores), and a platform that runs no task does not hold the libraries (~210 MiB PSS); the
-    first task after a start waits for the import once instead.
+    def before_first_fork() -> None:
+        ok, seconds = preload(modules)
+        print(f"airflow-gitops: preloaded {ok}/{len(modules)} modules in {seconds:.1f} s", file=sys.stderr, flush=True)
 
-    ``LocalExecutor._spawn_workers_with_gc_freeze`` calls ``gc.freeze()`` before forking and
-    ``gc.unfreeze()`` after, which hands every preloaded object back to the scheduler's collector; its
-    full collections then write to those objects' pages, copying them away from the workers that share
-    them (measured: scheduler PSS 386 -> 562 MiB within 25 idle minutes). Freezing again after the fork
-    keeps them shared.
-
-    Airflow 3.3 internals; returns False (and changes nothing) if they are not there.
-    """
-    try:
-        from airflow.executors.local_executor import LocalExecutor
-    except ImportError:
-        return False
-    start = getattr(LocalExecutor, "start", None)
-    spawn = getattr(LocalExecutor, "_spawn_workers_with_gc_freeze", None)
-    if start is None or spawn is None or getattr(start, "_airflow_gitops", False):
-        return False
-    state = {"preloaded": False, "starting": False}
-
-    def patched_start(self):
-        state["starting"] = True
-        try:
-            return start(self)
-        finally:
-            state["starting"] = False
-
-    def patched_spawn(self, spawn_number):
-        if state["starting"]:
-            return None  # at the first task instead (_check_workers)
-        if not state["preloaded"]:
-            state["preloaded"] = True
-            ok, seconds = preload(modules)
-            print(
-                f"airflow-gitops: preloaded {ok}/{len(modules)} modules in {seconds:.1f} s", file=sys.stderr, flush=True
-            )
-        try:
-            return spawn(self, spawn_number)
-        finally:
-            gc.freeze()
-
-    for fn, name in ((patched_start, "start"), (patched_spawn, "_spawn_workers_with_gc_freeze")):
-        fn._airflow_gitops = True
-        setattr(LocalExecutor, name, fn)
-    return True
-
-
-def _wrap(cls, name: str, make) -> bool:
-    """Replace ``cls.name`` by ``make(original)``, once; False (nothing changed) if it is missing."""
-    original = getattr(cls, name, None)
-    if original is None or getattr(original, "_airflow_gitops", False):
-        return False
-    patched = make(original)
-    patched._airflow_gitops = True
-    setattr(cls, name, patched)
-    return True
-
-
-def patch_scheduler_busy_sleep(busy: float, window: float = 60.0) -> bool:
-    """Sleep ``busy`` seconds between idle scheduler loops while a Dag run is queued or running, and for
-    ``window`` seconds after a DAG bundle moved to a new version (a push: the run a user triggers next
-    is picked up within ``busy`` instead of up to ``[scheduler] scheduler_idle_sleep_time``).
-
-    Wraps ``SchedulerJobRunner._do_scheduling`` (Airflow 3.3 internals; False and no change if they
-    are not there): after each call, two small queries (active runs, bundle versions) decide the next
-    idle sleep. (Bundle versions are compared as a mapping: PostgreSQL returns the rows in a different
-    order after each refresh updates them, which made every loop look like a push.)
-    """
-    try:
-        from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
-        from airflow.models.dagbundle import DagBundleModel
-        from airflow.models.dagrun import DagRun
-        from airflow.utils.state import DagRunState
-        from sqlalchemy import select
-    except ImportError:
-        return False
-    active = (DagRunState.QUEUED, DagRunState.RUNNING)
-    seen = {"versions": None, "until": 0.0}
-
-    def make(original):
-        def _do_scheduling(self, session):
-            result = original(self, session)
-            idle = getattr(self, "_airflow_gitops_idle_sleep", None)
-            if idle is None:
-                idle = self._airflow_gitops_idle_sleep = self._scheduler_idle_sleep_time
-            try:
-                versions = dict(session.execute(select(DagBundleModel.name, DagBundleModel.version)).all())
-                if seen["versions"] is not None and versions != seen["versions"]:
-                    seen["until"] = time.monotonic() + window
-                seen["versions"] = versions
-                busy_now = time.monotonic() < seen["until"] or (
-                    session.scalar(select(DagRun.id).where(DagRun.state.in_(active)).limit(1)) is not None
-                )
-            except Exception:  # noqa: BLE001 - never break the scheduler loop over a sleep length
-                busy_now = False
-            self._scheduler_idle_sleep_time = min(busy, idle) if busy_now else idle
-            return result
-
-        return _do_scheduling
-
-    return _wrap(SchedulerJobRunner, "_do_scheduling", make)
-
-
-def patch_dag_processor_poll() -> bool:
-    """Let Airflow's DAG processor collect a finished parse at once instead of up to 1 s later.
-
-    ``DagFileProcessorManager._run_parsing_loop`` waits on its processors' sockets for up to
-    ``1 - loop_duration`` seconds. A parse process closes its sockets (EOF wakes the loop) a moment
-    before the kernel lets it be reaped, so ``is_ready`` is often still False in that iteration and
-    the result - and the start of the next file - waits out the rest of the second: with
-    ``parsing_processes`` 1, up to ~1 s per file. Here the wait is cut to 10 ms while some processor
-    has closed all its sockets but not been reaped yet. Airflow 3.3 internals: returns False (and
-    changes nothing) if they are not there.
-    """
-    try:
-        from airflow.dag_processing.manager import DagFileProcessorManager
-    except ImportError:
-        return False
-
-    def make(original):
-        def _service_processor_sockets(self, timeout=1.0):
-            procs = getattr(self, "_processors", {})
-            if procs and any(not getattr(p, "_open_sockets", True) for p in procs.values()):
-                timeout = 0.01 if timeout is None else min(timeout, 0.01)
-            return original(self, timeout=timeout)
-
-        return _service_processor_sockets
-
-    return _wrap(DagFileProcessorManager, "_service_processor_sockets", make)
-
-
-class _Uncacheable(Exception):
-    pass
-
-
-def _key(value):
-    """A hashable key equal only for values FastAPI may treat alike: hashable values by type and equality
-    (classes, functions and objects without ``__eq__`` by identity), lists/tuples/dicts element-wise;
-    anything else is not cached (raises ``_Uncacheable``)."""
-    if isinstance(value, (list, tuple)):
-        return (type(value), tuple(_key(v) for v in value))
-    if isinstance(value, dict):
-        return (dict, tuple(sorted(((_key(k), _key(v)) for k, v in value.items()), key=repr)))
-    try:
-        hash(value)
-    except TypeError:
-        raise _Uncacheable from None
-    return (type(value), value)
-
-
-def patch_fastapi_route_building() -> bool:
-    """Build each distinct pydantic ``TypeAdapter`` behind FastAPI's route fields once, and each endpoint's
-    signature once, in this process (the API server: its start is ~40 % route building).
-
-    ``fastapi.include_router`` re-creates every route of the included router, and each new route makes a
-    ``ModelField`` - a new ``TypeAdapter`` (a pydantic core schema) - for every parameter and response
-    model again, from the same annotation and ``FieldInfo``. Here ``ModelField.__post_init__`` looks the
-    adapter up by everything it is built from (annotation, metadata, ``FieldInfo`` attributes, config;
-    see :func:`_key`; a field with a value that cannot be keyed is built as before), and
-    ``get_typed_signature`` / ``get_typed_return_annotation`` by the endpoint (a function's signature
-    does not change). FastAPI 0.129-0.136 internals (Airflow 3.3 pins fastapi < 0.137); returns False and
-    changes nothing when they are not there. tests/test_preload.py checks that every route of Airflow's
-    API server validates and serialises with the same schemas as without the patch.
-    """
-    try:
-        import fastapi.dependencies.utils as deps
-        import fastapi.routing as routing
-        from fastapi._compat import v2
-    except ImportError:
-        return False
-    model_field = getattr(v2, "ModelField", None)
-    if model_field is None or not hasattr(v2, "asdict") or not hasattr(model_field, "__post_init__"):
-        return False
-    if not callable(getattr(deps, "get_typed_signature", None)) or not callable(
-        getattr(routing, "get_typed_return_annotation", None)
-    ):
-        return False
-    adapters: dict = {}
-
-    def make_post_init(original):
-        def __post_init__(self):
-            try:
-                d = v2.asdict(self.field_info)
-                key = (
-                    _key(d["annotation"]),
-                    _key(tuple(d["metadata"])),
-                    _key(d["attributes"]),
-                    _key(self.config),
-                )
-            except _Uncacheable:
-                return original(self)
-            adapter = adapters.get(key)
-            if adapter is None:
-                original(self)
-                adapters[key] = self._type_adapter
-            else:
-                self._type_adapter = adapter
-
-        return __post_init__
-
-    def memo(original):
-        seen: dict = {}
-
-        def by_call(call):
-            try:
-                return seen[call]
-            except KeyError:
-                result = seen[call] = original(call)
-                return result
-            except TypeError:  # an unhashable callable
-                return original(call)
-
-        return by_call
-
-    if not _wrap(model_field, "__post_init__", make_post_init):
-        return False
-    _wrap(deps, "get_typed_signature", memo)
-    _wrap(routing, "get_typed_return_annotation", memo)  # APIRoute calls it by this name
-    return True
+    return local_executor.patch_local_executor(before_first_fork)
 
 
 @functools.cache

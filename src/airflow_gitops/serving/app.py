@@ -44,10 +44,16 @@ def create_app(config: Config, client=None) -> FastAPI:
     client = client or MlflowClient()
     served = Served(config.model, config.alias)
     reg = CollectorRegistry()
-    requests_total = Counter("serving_requests", "Requests by endpoint and status", ["endpoint", "status"],
-                             registry=reg)
-    latency = Histogram("serving_request_seconds", "Request latency by endpoint", ["endpoint"], registry=reg,
-                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+    requests_total = Counter(
+        "serving_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=reg
+    )
+    latency = Histogram(
+        "serving_request_seconds",
+        "Request latency by endpoint",
+        ["endpoint"],
+        registry=reg,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
     errors = Counter("serving_errors", "Requests that failed, by kind", ["kind"], registry=reg)
     version_g = Gauge("serving_model_version", "The served model version (0: none)", registry=reg)
     swaps = Counter("serving_swaps", "Model swaps and refused versions", ["result"], registry=reg)
@@ -65,13 +71,15 @@ def create_app(config: Config, client=None) -> FastAPI:
             from .webhook import ensure_webhook
 
             try:
-                state["webhook_id"] = ensure_webhook(client, config.webhook_name, config.webhook_url,
-                                                     config.webhook_secret)
+                state["webhook_id"] = ensure_webhook(
+                    client, config.webhook_name, config.webhook_url, config.webhook_secret
+                )
                 log.info("serving: webhook %r registered for %s", config.webhook_name, config.webhook_url)
                 return True
             except Exception as exc:  # noqa: BLE001 - polling still works; retried at the next look
-                log.warning("serving: could not register the webhook (%s); polling every %.0f s",
-                            exc, config.poll_interval)
+                log.warning(
+                    "serving: could not register the webhook (%s); polling every %.0f s", exc, config.poll_interval
+                )
         return False
 
     state: dict[str, Any] = {"webhook_registered": False, "webhook_id": None}
@@ -94,8 +102,14 @@ def create_app(config: Config, client=None) -> FastAPI:
         state["webhook_registered"] = register_webhook()
         return state["webhook_registered"] or not (config.webhook_url and config.webhook_secret)
 
-    watcher = Watcher(served, client, config.poll_interval, on_swap=on_swap,
-                      on_refuse=lambda v, r: swaps.labels("refused").inc(), on_start=on_start)
+    watcher = Watcher(
+        served,
+        client,
+        config.poll_interval,
+        on_swap=on_swap,
+        on_refuse=lambda v, r: swaps.labels("refused").inc(),
+        on_start=on_start,
+    )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -155,8 +169,9 @@ def create_app(config: Config, client=None) -> FastAPI:
             log.exception("serving: v%s failed to predict", model.version)
             return reply(endpoint, started, 500, {"error": f"the model failed to predict: {type(exc).__name__}: {exc}"})
         headers = {"X-Model-Version": model.version}
-        return reply(endpoint, started, 200,
-                     {"predictions": predictions, "model": model.name, "version": model.version}, headers)
+        return reply(
+            endpoint, started, 200, {"predictions": predictions, "model": model.name, "version": model.version}, headers
+        )
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -203,8 +218,9 @@ def create_app(config: Config, client=None) -> FastAPI:
         why = verify(config.webhook_secret, dict(request.headers), raw)
         if why:
             webhooks.labels("refused").inc()
-            log.warning("serving: refused a webhook delivery from %s: %s",
-                        request.client.host if request.client else "?", why)
+            log.warning(
+                "serving: refused a webhook delivery from %s: %s", request.client.host if request.client else "?", why
+            )
             return JSONResponse({"error": f"refused: {why}"}, status_code=401)
         try:
             event = json.loads(raw)
@@ -245,15 +261,19 @@ def _records(body: Any) -> Any:
 
 def _mlflow_records(body: Any) -> Any:
     if not isinstance(body, dict):
-        raise BadInput(400, "MLflow's format is a JSON object with one of: dataframe_records, dataframe_split, "
-                            "instances, inputs")
+        raise BadInput(
+            400, "MLflow's format is a JSON object with one of: dataframe_records, dataframe_split, instances, inputs"
+        )
     keys = [k for k in ("dataframe_records", "dataframe_split", "instances", "inputs") if k in body]
     if len(keys) != 1:
         raise BadInput(400, "give exactly one of dataframe_records, dataframe_split, instances, inputs")
     value = body[keys[0]]
     if keys[0] == "dataframe_split":
-        if not isinstance(value, dict) or not isinstance(value.get("columns"), list) \
-                or not isinstance(value.get("data"), list):
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("columns"), list)
+            or not isinstance(value.get("data"), list)
+        ):
             raise BadInput(400, 'dataframe_split needs {"columns": [...], "data": [[...], ...]}')
         cols = value["columns"]
         out = []

@@ -119,8 +119,13 @@ class Watcher:
         cur = s.current
         if (cur is not None and cur.version == version) or version in s.refused:
             return
-        log.info("serving: %s@%s -> v%s; loading it beside %s", s.name, s.alias, version,
-                 f"v{cur.version}" if cur else "nothing")
+        log.info(
+            "serving: %s@%s -> v%s; loading it beside %s",
+            s.name,
+            s.alias,
+            version,
+            f"v{cur.version}" if cur else "nothing",
+        )
         try:
             candidate = load_version(self.client, s.name, version)
         except Exception as exc:  # noqa: BLE001 - any failure refuses the version
@@ -130,8 +135,13 @@ class Watcher:
                 log.warning("serving: could not fetch v%s (%s); keeping the served model", version, reason)
                 return
             s.refused[version] = reason
-            log.error("serving: refused %s v%s: %s (still serving %s)", s.name, version, reason,
-                      f"v{cur.version}" if cur else "nothing")
+            log.error(
+                "serving: refused %s v%s: %s (still serving %s)",
+                s.name,
+                version,
+                reason,
+                f"v{cur.version}" if cur else "nothing",
+            )
             if self.on_refuse:
                 self.on_refuse(version, reason)
             return
@@ -139,8 +149,13 @@ class Watcher:
         s.current = candidate  # the swap: one assignment
         s.problem = None
         s.swaps = [*s.swaps[-19:], {"from": old.version if old else None, "to": version, "at": time.time()}]
-        log.info("serving: now serving %s v%s (loaded in %.2f s, checked in %.2f s)", s.name, version,
-                 candidate.load_seconds, candidate.check_seconds)
+        log.info(
+            "serving: now serving %s v%s (loaded in %.2f s, checked in %.2f s)",
+            s.name,
+            version,
+            candidate.load_seconds,
+            candidate.check_seconds,
+        )
         if self.on_swap:
             self.on_swap(old, candidate)
 
