@@ -214,6 +214,8 @@ def seed_spec(
         "mlflow": {"tracking_uri": ml.mlflow_uri if ml else f"http://{cluster.node.gateway}:5000"},
         "logs": {"persistence": True, "existing_claim": "airflow-logs", "size": "1Gi", "storage_class": "manual"},
         "ingress": {"host": "airflow.local"},
+        # serving needs an MLflow to follow: only where the test runs one
+        "serving": {"enabled": bool(ml), "poll_interval": 2},
         "kubernetes": {
             "namespace": ns,
             "release": "airflow",
@@ -276,9 +278,14 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
             for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
                 assert c["image"] in ours, (pod["metadata"]["name"], c["name"], c["image"])
         running = [p for p in pods if p["status"]["phase"] == "Running"]
+        serving_pods = [p for p in running if p["metadata"]["labels"].get("component") == "serving"]
         for pod in running:
             statuses = pod["status"]["containerStatuses"]
+            if pod in serving_pods:  # Ready = a model is loaded: none is registered yet
+                assert not any(s["ready"] for s in statuses), (pod["metadata"]["name"], statuses)
+                continue
             assert all(s["ready"] for s in statuses), (pod["metadata"]["name"], statuses)
+        assert len(serving_pods) == (2 if ml else 0), [p["metadata"]["name"] for p in serving_pods]
         components = {p["metadata"]["labels"].get("component") for p in running}
         assert {"scheduler", "api-server", "dag-processor", "triggerer", "statsd"} <= components, components
         # The migration and create-user Jobs (helm hooks, deleted once they succeed) ran to completion.
@@ -499,6 +506,19 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
         time.sleep(2)
     _, log = http(f"{run_url}/taskInstances/register/logs/1", token=auth)
     assert "promoted to 'champion'" in json.dumps(log), log
+    # serving: the `served` task saw the Service answer with the new champion; each pod is Ready now
+    _, served = http(f"{run_url}/taskInstances/served/xcomEntries/return_value", token=auth)
+    served = json.loads(served["value"]) if isinstance(served["value"], str) else served["value"]
+    assert served == {"served": registered["version"]}, served
+    deadline = time.monotonic() + 60
+    while True:
+        serving = json.loads(kubectl(cluster, "-n", ns, "get", "pods", "-l", "component=serving", "-o", "json"))
+        ready = [p for p in serving["items"]
+                 if all(c["ready"] for c in p["status"].get("containerStatuses") or [{"ready": False}])]
+        if len(ready) == 2:
+            break
+        assert time.monotonic() < deadline, [p["status"].get("containerStatuses") for p in serving["items"]]
+        time.sleep(2)
 
 
 def _faults_mid_run(cluster: KubeCluster, ns: str, base: str, auth: str) -> None:
