@@ -202,6 +202,7 @@ class LocalPlatform:
         import fcntl
 
         root = self.layout.root
+        created = not root.exists()  # then a failed preflight leaves nothing behind, not even the lock
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -218,6 +219,9 @@ class LocalPlatform:
             yield
         finally:
             os.close(fd)
+            if created and [p.name for p in root.iterdir()] == [".lock"]:
+                (root / ".lock").unlink()
+                root.rmdir()
 
     def up(self, console: Console) -> None:
         with self._exclusive("up"):
