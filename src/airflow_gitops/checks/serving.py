@@ -80,13 +80,15 @@ def _environ(env: dict[str, str]):
 def _prediction(url: str, model: str, version: str, env: dict[str, str], name: str) -> CheckResult:
     """The model's input example (or one row from its signature) through ``POST /predict``, compared with
     what the model predicts when loaded here."""
+    from ..serving.model import to_json
+
     try:
         with _environ(env):
             import mlflow.pyfunc
 
             loaded = mlflow.pyfunc.load_model(f"models:/{model}/{version}")
             frame = _example_frame(loaded)
-            own = _plain(loaded.predict(frame))
+            own = to_json(loaded.predict(frame))
     except Exception as exc:  # noqa: BLE001 - any failure to load is the row's finding
         return fail(name, f"could not load {model} v{version} here to compare: {type(exc).__name__}: {exc}"[:400],
                     "check MLflow and the S3 endpoint (`airflow-gitops doctor`)")
@@ -122,17 +124,6 @@ def _example_frame(loaded):
 
 def _plain_value(v):
     return v.item() if hasattr(v, "item") else v
-
-
-def _plain(predictions) -> list:
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(predictions, pd.DataFrame):
-        return [{k: _plain_value(v) for k, v in row.items()} for row in predictions.to_dict(orient="records")]
-    if isinstance(predictions, pd.Series | np.ndarray):
-        return [_plain_value(v) for v in list(predictions)]
-    return list(predictions) if isinstance(predictions, list) else [predictions]
 
 
 def _same(a, b) -> bool:
