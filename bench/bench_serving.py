@@ -79,31 +79,27 @@ def fail(msg: str) -> None:
 # --- the load ------------------------------------------------------------------------------------------
 
 
-class Load:
+class LoadThreads:
     """``threads`` threads sending ``rate`` requests/s in total, on a fixed schedule (request i is due at
-    t0 + i/rate; a thread that is late sends at once, never in a burst to catch up beyond that)."""
+    t0 + i/rate; a thread that is late sends at once, never in a burst to catch up beyond that). Runs in
+    its own process (``--load-child``, see :class:`Load`); each answer is one JSON line on ``out``."""
 
-    def __init__(self, url: str, body: bytes, rate: float, threads: int, timeout: float):
-        self.url, self.body, self.rate, self.timeout = url, body, rate, timeout
-        self.records: list[tuple] = []  # (t_send, t_end, ok, status_or_error, version, predictions)
+    def __init__(self, url: str, body: bytes, rate: float, threads: int, timeout: float, out):
+        self.url, self.body, self.rate, self.timeout, self.out = url, body, rate, timeout, out
         self._lock = threading.Lock()
         self._next = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
         self.t0 = 0.0
 
-    def start(self) -> None:
+    def run_until_stdin_closes(self) -> None:
         self.t0 = time.monotonic()
         for t in self._threads:
             t.start()
-
-    def stop(self) -> None:
+        sys.stdin.read()  # the parent closes our stdin to stop us
         self._stop.set()
         for t in self._threads:
             t.join(self.timeout + 5)
-
-    def sent(self) -> int:
-        return self._next
 
     def _run(self) -> None:
         headers = {"content-type": "application/json"}
@@ -126,12 +122,76 @@ class Load:
                         rec = (t_send, t_end, False, r.status_code, None, None)
                 except httpx.HTTPError as exc:
                     rec = (t_send, time.monotonic(), False, type(exc).__name__, None, None)
-                self.records.append(rec)
+                line = json.dumps(rec) + "\n"
+                with self._lock:
+                    self.out.write(line)
+                    self.out.flush()
+
+
+class Load:
+    """The load generator in a child process of its own, so that what this process does during a move
+    (moving the alias, watching for the new version, sampling memory) never delays the load's requests
+    or its clock: latencies are the child's (send -> answer on CLOCK_MONOTONIC, the same clock here).
+    ``records`` are read back from the child's output file as they come."""
+
+    def __init__(self, url: str, body: bytes, rate: float, threads: int, timeout: float, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.body_file = workdir / "load-body.json"
+        self.body_file.write_bytes(body)
+        self.out_file = workdir / "load-records.jsonl"
+        self.out_file.write_text("")
+        self.cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--load-child",
+            json.dumps([url, str(self.body_file), rate, threads, timeout, str(self.out_file)]),
+        ]
+        self.timeout = timeout
+        self.records: list[tuple] = []  # (t_send, t_end, ok, status_or_error, version, predictions)
+        self.proc: subprocess.Popen | None = None
+        self._fh = None
+        self._partial = ""
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE)
+        self._fh = open(self.out_file)  # noqa: SIM115 - closed in stop()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(self.timeout + 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._read()
+        self._fh.close()
+
+    def _read(self) -> None:
+        chunk = self._fh.read()
+        if not chunk:
+            return
+        text = self._partial + chunk
+        lines = text.split("\n")
+        self._partial = lines.pop()  # an unfinished last line waits for the next read
+        self.records.extend(tuple(json.loads(line)) for line in lines if line)
+        if self.proc is not None and self.proc.poll() not in (None, 0):
+            fail(f"the load generator exited with {self.proc.returncode}")
+
+    def sent(self) -> int:
+        """Requests answered so far (sent and finished)."""
+        self._read()
+        return len(self.records)
 
     def first_ok(self, since: float, version: str | None = None) -> float | None:
         """End time of the first successful answer to a request sent after ``since`` (from ``version``)."""
+        self._read()
         best = None
-        for t_send, t_end, ok, _, ver, _ in list(self.records):
+        for t_send, t_end, ok, _, ver, _ in reversed(self.records):
+            if t_send < since - 30:  # older than any request that can count (records come in ~send order)
+                break
             if ok and t_send >= since and (version is None or ver == version) and (best is None or t_end < best):
                 best = t_end
         return best
@@ -366,7 +426,9 @@ def run_variant(
         log(f"[{kind}] serving v{versions[0]} at {server.url} ({time.monotonic() - t_start:.1f} s)")
         rss.pid = server.pid()
         rss.start()
-        loadgen = Load(f"{server.url}/invocations", body, args.rate, args.threads, args.request_timeout)
+        loadgen = Load(
+            f"{server.url}/invocations", body, args.rate, args.threads, args.request_timeout, base / kind / "load"
+        )
         loadgen.start()
 
         def until_sent(n: int, what: str) -> None:
@@ -419,6 +481,18 @@ def summarize(kind, records, samples, steady, moves, expected, extra, t_start) -
             wrong += 1
     steady_lat = [r[1] - r[0] for r in counted if r[2] and steady[0] <= r[0] < steady[1]]
     swap_lat = [r[1] - r[0] for r in counted if r[2] and in_window(r[0])]
+    # where in its move the slowest requests of the swap windows were sent (from the move, and from served)
+    slowest = []
+    for r in sorted((r for r in counted if r[2] and in_window(r[0])), key=lambda r: r[0] - r[1])[:10]:
+        m = next(m for m in moves if m["t_move"] <= r[0] <= m["t_served"] + SWAP_TAIL)
+        slowest.append(
+            {
+                "ms": ms(r[1] - r[0]),
+                "sent_after_move_s": round(r[0] - m["t_move"], 3),
+                "sent_after_served_s": round(r[0] - m["t_served"], 3),
+                "version": r[4],
+            }
+        )
     if not steady_lat:
         fail(f"[{kind}] no successful request in the steady phase")
     if moves and not swap_lat:
@@ -468,6 +542,7 @@ def summarize(kind, records, samples, steady, moves, expected, extra, t_start) -
                 "max": ms(max(swap_lat, default=None)),
             },
         },
+        "slowest_during_swaps": slowest,
         "rss_mib": {
             "steady_median": round(statistics.median(rss_steady) / 2**20, 1) if rss_steady else None,
             "swap_peak": round(max(rss_swap) / 2**20, 1) if rss_swap else None,
@@ -595,7 +670,16 @@ def print_table(res: dict) -> None:
     )
 
 
+def load_child(spec: str) -> int:
+    url, body_file, rate, threads, timeout, out_file = json.loads(spec)
+    with open(out_file, "a") as out:
+        LoadThreads(url, Path(body_file).read_bytes(), rate, threads, timeout, out).run_until_stdin_closes()
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--load-child":
+        return load_child(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--moves", type=int, default=20, help="alias moves per variant (default 20)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))

@@ -76,6 +76,11 @@ def test_serves_champion_and_describes_it(mlflow_server, serve, model_name):
     metrics = httpx.get(f"{srv.url}/metrics").text
     assert f"serving_model_version {float(v)}" in metrics
     assert 'serving_requests_total{endpoint="predict",status="200"} 1.0' in metrics
+    # The imported modules and the first model are out of the cyclic GC's scans (no ~90 ms full
+    # collections during swaps; bench/bench_serving.py measures the effect).
+    logs = srv.logs()
+    assert "objects frozen out of the garbage collector's scans (start)" in logs, logs[-2000:]
+    assert f"(first model v{v} served)" in logs, logs[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -356,3 +361,68 @@ def test_verify_rows_no_model_yet_refused_version_and_a_good_prediction(mlflow_s
     srv.stop()
     (row,) = serving_rows(srv.url, {"MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert str(row.status) == "fail" and "nothing answers" in row.saw and "logs serving" in row.fix
+
+
+def test_freeze_heap_takes_live_objects_out_of_gc_scans_and_gil_slices_are_restored():
+    import gc
+    import sys
+
+    from airflow_gitops.serving.watcher import freeze_heap, short_gil_slices
+
+    marker = [object()]  # a tracked container made before the freeze
+    assert any(o is marker for o in gc.get_objects())
+    try:
+        assert freeze_heap("test") >= 1
+        assert not any(o is marker for o in gc.get_objects())  # frozen: a full collection does not scan it
+    finally:
+        gc.unfreeze()
+    before = sys.getswitchinterval()
+    with short_gil_slices(0.0005):
+        assert sys.getswitchinterval() == pytest.approx(min(before, 0.0005))
+    assert sys.getswitchinterval() == before
+
+
+def test_the_loading_worker_killed_is_replaced_and_downloads_are_cleaned(mlflow_server, serve, model_name):
+    """The new version's download + first check run in a worker process (fetcher.py). Killed, it is
+    replaced at the next move; only the served and the previous version's folders stay; stopping the
+    server stops the worker and removes the folders."""
+    import re
+    from pathlib import Path
+
+    import psutil
+
+    v1 = log_version(mlflow_server.uri, model_name, seed=21)
+    srv = serve(model_name, poll=60)
+    srv.wait_version(v1)
+    server = psutil.Process(srv.proc.pid)
+    (root,) = set(re.findall(r"downloaded under (\S+) by", srv.logs()))
+
+    def worker():
+        kids = [p for p in server.children() if any("spawn_main" in a for a in p.cmdline())]
+        assert len(kids) == 1, [p.cmdline() for p in server.children()]
+        return kids[0]
+
+    def folders():
+        return {d.name.split("-")[0] for d in Path(root).iterdir()}
+
+    def gone(proc):
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE  # dead, not yet reaped by the server
+        except psutil.NoSuchProcess:
+            return True
+
+    first = worker()
+    first.kill()
+    v2 = log_version(mlflow_server.uri, model_name, seed=22)
+    srv.wait_version(v2, timeout=60)
+    assert worker().pid != first.pid
+    assert f"the model-loading process (pid {first.pid}) had died" in srv.logs()
+    r = httpx.post(f"{srv.url}/predict", json=ROWS)
+    assert r.status_code == 200 and r.json()["predictions"] == own_prediction(mlflow_server.uri, model_name, v2, ROWS)
+    v3 = log_version(mlflow_server.uri, model_name, seed=23)
+    srv.wait_version(v3, timeout=60)
+    assert folders() == {f"v{v2}", f"v{v3}"}  # v1's folder went when v3 came
+    last = worker()
+    srv.stop()
+    assert gone(last)  # stopped with the server
+    assert not Path(root).exists()

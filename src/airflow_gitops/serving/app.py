@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from . import WEBHOOK_PATH
+from .fetcher import Fetcher
 from .model import BadInput
 from .watcher import Served, Watcher
 
@@ -34,6 +35,7 @@ class Config:
     webhook_secret: str | None = None  # None: no webhook endpoint (polling only)
     webhook_url: str | None = None  # given: register it with MLflow at start (and after a registry outage)
     webhook_name: str = "airflow-gitops-serving"
+    fetch_in_worker: bool = True  # download + first check of a new version in a worker process (fetcher.py)
 
 
 def create_app(config: Config, client=None) -> FastAPI:
@@ -102,6 +104,7 @@ def create_app(config: Config, client=None) -> FastAPI:
         state["webhook_registered"] = register_webhook()
         return state["webhook_registered"] or not (config.webhook_url and config.webhook_secret)
 
+    fetcher = Fetcher(client.tracking_uri) if config.fetch_in_worker else None
     watcher = Watcher(
         served,
         client,
@@ -109,18 +112,24 @@ def create_app(config: Config, client=None) -> FastAPI:
         on_swap=on_swap,
         on_refuse=lambda v, r: swaps.labels("refused").inc(),
         on_start=on_start,
+        fetcher=fetcher,
     )
 
     @asynccontextmanager
     async def lifespan(app):
+        if fetcher:
+            fetcher.start()
         watcher.start()
         yield
         watcher.stop()
         await run_in_threadpool(watcher.thread.join, 5)  # its registration, if under way, finishes first
         await run_in_threadpool(unregister_webhook)
+        if fetcher:
+            await run_in_threadpool(fetcher.close)
 
     app = FastAPI(title="airflow-gitops serving", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.served, app.state.watcher, app.state.config = served, watcher, config
+    app.state.fetcher = fetcher
 
     def reply(endpoint: str, started: float, status: int, body: Any, headers=None) -> JSONResponse:
         requests_total.labels(endpoint, str(status)).inc()

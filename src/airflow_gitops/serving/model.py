@@ -43,6 +43,7 @@ class LoadedModel:
     loaded_at: float
     load_seconds: float
     check_seconds: float
+    local_dir: str | None = None  # where the fetch worker downloaded it (None: MLflow's own temp folder)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -171,13 +172,28 @@ def columns_of(pyfunc_model) -> tuple[Column, ...] | None:
     return tuple(out)
 
 
-def load_version(client, name: str, version: str) -> LoadedModel:
-    """Load ``models:/name/version`` and check it predicts on its input example; raises on any failure."""
+def check(candidate: LoadedModel) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Predict on the model's input example; raises when it cannot or predicts nonsense."""
+    example = candidate.example_records()
+    out = candidate.predict(example)
+    if len(out) != len(example):
+        raise ValueError(f"it returned {len(out)} predictions for {len(example)} example rows")
+    for v in out:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"it predicted {v} on its input example")
+    return example, out
+
+
+def load_version(client, name: str, version: str, fetched: dict[str, Any] | None = None) -> LoadedModel:
+    """Load ``models:/name/version`` and check it predicts on its input example; raises on any failure.
+
+    ``fetched``: the version was downloaded and checked by the fetch worker (``fetcher.py``): load it from
+    that folder and check that it predicts here what it predicted there."""
     import mlflow.pyfunc
 
     started = time.monotonic()
     mv = client.get_model_version(name, version)
-    pyfunc_model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    pyfunc_model = mlflow.pyfunc.load_model(fetched["path"] if fetched else f"models:/{name}/{version}")
     loaded = time.monotonic()
     commit = (mv.tags or {}).get("git.commit")
     if not commit and mv.run_id:
@@ -193,17 +209,67 @@ def load_version(client, name: str, version: str) -> LoadedModel:
         model=pyfunc_model,
         columns=columns_of(pyfunc_model),
         loaded_at=time.time(),
-        load_seconds=loaded - started,
+        load_seconds=(fetched["seconds"] if fetched else 0.0) + loaded - started,
         check_seconds=0.0,
+        local_dir=fetched["dir"] if fetched else None,
     )
-    example = candidate.example_records()
-    out = candidate.predict(example)
-    if len(out) != len(example):
-        raise ValueError(f"it returned {len(out)} predictions for {len(example)} example rows")
-    for v in out:
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"it predicted {v} on its input example")
+    _, out = check(candidate)
+    if fetched and out != fetched["predictions"]:
+        raise ValueError(
+            f"it predicts {out!r:.200} on its input example here but {fetched['predictions']!r:.200} in the worker"
+        )
     return _replace_check(candidate, time.monotonic() - loaded)
+
+
+def fetch_and_check(tracking_uri: str | None, name: str, version: str, dest: str) -> dict[str, Any]:
+    """In the fetch worker: download the version into ``dest``, load it, check it. Never raises: a
+    failure comes back as ``{"error": ..., "unreachable": ...}`` (exceptions do not all pickle)."""
+    started = time.monotonic()
+    try:
+        import mlflow.artifacts
+        import mlflow.pyfunc
+
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=dest, tracking_uri=tracking_uri
+        )
+        pyfunc_model = mlflow.pyfunc.load_model(path)
+        candidate = LoadedModel(name, str(version), None, None, pyfunc_model, columns_of(pyfunc_model), 0.0, 0.0, 0.0)
+        _, out = check(candidate)
+        return {"path": path, "predictions": out, "seconds": time.monotonic() - started}
+    except BaseException as exc:  # noqa: BLE001 - every failure is the answer
+        return {"error": short_error(exc), "unreachable": looks_unreachable(exc)}
+
+
+class Relayed(Exception):
+    """A failure the fetch worker reported: its own one-line reason, and whether the registry was unreachable."""
+
+    def __init__(self, reason: str, unreachable: bool = False):
+        super().__init__(reason)
+        self.reason, self.unreachable = reason, unreachable
+
+
+def short_error(exc: BaseException) -> str:
+    if isinstance(exc, Relayed):
+        return exc.reason
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def looks_unreachable(exc: BaseException) -> bool:
+    """The registry or its artifact store did not answer (not the model's fault: try again later)."""
+    import requests
+
+    if isinstance(exc, Relayed):
+        return exc.unreachable
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, requests.ConnectionError | ConnectionError | TimeoutError):
+            return True
+        text = str(seen)
+        if "Max retries exceeded" in text or "Connection refused" in text or "EndpointConnectionError" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _replace_check(m: LoadedModel, seconds: float) -> LoadedModel:

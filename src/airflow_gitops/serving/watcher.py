@@ -9,16 +9,52 @@ changes nothing but the reported ``registry`` state.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import LoadedModel, load_version
+from .model import LoadedModel, load_version, looks_unreachable, short_error
 
 log = logging.getLogger("airflow_gitops.serving")
 START_RETRY_S = 1.0
+# While a version loads beside the served one, the loader thread and the request threads share the GIL.
+# With CPython's default 5 ms switch interval a request thread that gave the GIL up (sklearn's trees
+# release it for each tree) waits up to 5 ms to get it back, again and again: the "convoy effect" that
+# made p99 during a swap 2.6-5.9x the steady p99 (bench/bench_serving.py). For the load only, the
+# interval drops to 0.5 ms: the loader is interrupted sooner, requests keep their pace.
+LOAD_SWITCH_INTERVAL_S = float(os.environ.get("AIRFLOW_GITOPS_SERVING_LOAD_SWITCH_S", "0.0005"))
+
+
+def freeze_heap(why: str) -> int:
+    """Move every object alive now out of the cyclic GC's reach (``gc.freeze``): the imported modules of
+    MLflow, pandas, sklearn and FastAPI are ~240,000 tracked objects, and a full collection scanning them
+    stops every thread for ~90 ms on this machine — a request that meets one waits that long. Frozen,
+    a full collection scans only what was made since (~0.1 ms). Called once at start (after the imports
+    a load needs, nothing served yet: the collection first is harmless) and once after the first model
+    is served (the modules its loading imported). Not after later swaps: an old model is freed by
+    reference counting, and a frozen cycle would never be."""
+    if why == "start":
+        gc.collect()
+    gc.freeze()
+    count = gc.get_freeze_count()
+    log.info("serving: %d objects frozen out of the garbage collector's scans (%s)", count, why)
+    return count
+
+
+@contextlib.contextmanager
+def short_gil_slices(interval: float = LOAD_SWITCH_INTERVAL_S):
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, interval))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 @dataclass
@@ -51,8 +87,11 @@ class Served:
 class Watcher:
     """A thread: every ``poll_interval`` seconds, or at once when :meth:`wake` is called (the webhook)."""
 
-    def __init__(self, served: Served, client, poll_interval: float, on_swap=None, on_refuse=None, on_start=None):
+    def __init__(
+        self, served: Served, client, poll_interval: float, on_swap=None, on_refuse=None, on_start=None, fetcher=None
+    ):
         self.served, self.client, self.poll_interval = served, client, poll_interval
+        self.fetcher = fetcher  # a fetcher.Fetcher: download + first check in a worker process (None: here)
         self.on_swap, self.on_refuse, self.on_start = on_swap, on_refuse, on_start
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -73,6 +112,9 @@ class Watcher:
         # ``on_start`` (the webhook's registration) is retried every START_RETRY_S until it succeeds: the
         # server may start before the registry answers (``up`` starts both at once).
         started = self.on_start is None
+        import mlflow.pyfunc  # noqa: F401 - imported before the heap is frozen (what every load needs)
+
+        freeze_heap("start")
         while not self._stop.is_set():
             self._wake.clear()
             if not started:
@@ -103,11 +145,11 @@ class Watcher:
                 if s.current is None:
                     log.info("serving: %s", s.problem)
                 return
-            s.registry_error = _short(exc)
+            s.registry_error = short_error(exc)
             log.warning("serving: the registry did not answer (%s); keeping the served model", s.registry_error)
             return
         except Exception as exc:  # noqa: BLE001 - connection errors come in many types
-            s.registry_error = _short(exc)
+            s.registry_error = short_error(exc)
             log.warning("serving: the registry did not answer (%s); keeping the served model", s.registry_error)
             return
         s.registry_error = None
@@ -127,14 +169,18 @@ class Watcher:
             f"v{cur.version}" if cur else "nothing",
         )
         try:
-            candidate = load_version(self.client, s.name, version)
+            fetched = self.fetcher.fetch(s.name, version) if self.fetcher else None
+            with short_gil_slices():
+                candidate = load_version(self.client, s.name, version, fetched)
         except Exception as exc:  # noqa: BLE001 - any failure refuses the version
-            reason = _short(exc)
-            if _looks_unreachable(exc):  # not the model's fault: retried at the next look
+            reason = short_error(exc)
+            if looks_unreachable(exc):  # not the model's fault: retried at the next look
                 s.registry_error = reason
                 log.warning("serving: could not fetch v%s (%s); keeping the served model", version, reason)
                 return
             s.refused[version] = reason
+            if self.fetcher:  # its downloaded folder, if it got that far, goes
+                self.fetcher.keep(self.fetcher.kept)
             log.error(
                 "serving: refused %s v%s: %s (still serving %s)",
                 s.name,
@@ -156,24 +202,9 @@ class Watcher:
             candidate.load_seconds,
             candidate.check_seconds,
         )
+        if old is None:
+            freeze_heap(f"first model v{version} served")
+        if self.fetcher:  # the folders of the served and the previous version stay (a request may still use it)
+            self.fetcher.keep({candidate.local_dir, old.local_dir if old else None})
         if self.on_swap:
             self.on_swap(old, candidate)
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text[:300]}"
-
-
-def _looks_unreachable(exc: BaseException) -> bool:
-    import requests
-
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, requests.ConnectionError | ConnectionError | TimeoutError):
-            return True
-        text = str(seen)
-        if "Max retries exceeded" in text or "Connection refused" in text or "EndpointConnectionError" in text:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
