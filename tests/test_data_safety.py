@@ -261,3 +261,14 @@ def test_a_failed_initdb_removes_only_what_it_created(open_dir, existed):
     assert not (root / "postgres.location").exists()
     assert not pg.initialized
     assert not (data.parent / ".pwfile").exists()
+
+
+def test_initdb_refuses_a_file_where_the_data_folder_goes(open_dir):
+    spec = make_spec(open_dir)
+    pg = LocalPostgres(LocalPlatform(spec).layout)
+    spec.state_dir.mkdir(parents=True)
+    (spec.state_dir / "postgres").write_text("a file of the user's")
+    with pytest.raises(PlatformError) as err:  # before: FileExistsError's stack trace
+        pg.initdb(open_dir / "initdb.log")
+    assert "not a folder" in err.value.render() and "Fix:" in err.value.render()
+    assert (spec.state_dir / "postgres").read_text() == "a file of the user's"
