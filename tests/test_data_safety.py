@@ -104,6 +104,67 @@ def test_an_interrupted_carry_over_completes_on_the_next_up(platform, monkeypatc
     assert _pg_run_ids(platform) == set(runs)
 
 
+@pytest.fixture
+def s3(platform):
+    """The platform's own S3 endpoint (rclone serving ``<state>/s3``, as the ``s3`` component runs it)."""
+    from conftest import wait_for
+
+    from airflow_gitops.local import components
+    from airflow_gitops.local.aws import write_local_aws_files
+
+    lay = platform.layout
+    lay.supervisor.mkdir(parents=True, exist_ok=True)
+    write_local_aws_files(lay)
+    program = components._s3_program(platform)
+    server = subprocess.Popen(program.command, cwd=program.directory, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: server.poll() is None and _answers_any(f"{lay.s3_url}/"), 60, "the S3 endpoint")
+        yield mlflow_store._s3(lay)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _answers_any(url: str) -> bool:
+    """Any HTTP answer (an unsigned GET / is refused with 403) means the endpoint serves."""
+    import httpx
+
+    try:
+        httpx.get(url, timeout=2)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def test_an_up_that_stopped_before_the_artifact_upload_uploads_them_next_time(platform, s3, monkeypatch):
+    """Killed after PostgreSQL's commit, before any artifact reached S3 (the stand-in: the upload
+    function raises ``Killed``): the next carry-over uploads them and sets both old stores aside."""
+    lay = platform.layout
+    db = mlflow_store.legacy_store(lay)
+    runs = _sqlite_store(db, "old-experiment", 1)
+    artifact = lay.mlflow / "artifacts" / "1" / runs[0] / "artifacts" / "model.txt"
+    artifact.parent.mkdir(parents=True)
+    artifact.write_text("the only copy")
+    real_upload = mlflow_store._upload_artifacts
+
+    def killed(*args):
+        raise Killed
+
+    monkeypatch.setattr(mlflow_store, "_upload_artifacts", killed)
+    with pytest.raises(Killed):
+        mlflow_store.migrate_legacy(platform, _steps()[1])
+    monkeypatch.setattr(mlflow_store, "_upload_artifacts", real_upload)
+    assert db.exists() and artifact.exists() and _pg_run_ids(platform) == set(runs)
+
+    mlflow_store.migrate_legacy(platform, _steps()[1])
+    key = f"{mlflow_store.ARTIFACT_PREFIX}/1/{runs[0]}/artifacts/model.txt"
+    body = s3.get_object(Bucket=lay.spec.aws.bucket, Key=key)["Body"].read()
+    assert body == b"the only copy"
+    assert (lay.mlflow / "artifacts.migrated").is_dir() and (lay.mlflow / "mlflow.db.migrated").exists()
+    assert not db.exists() and _pg_run_ids(platform) == set(runs)
+
+
 def test_the_same_store_restored_after_a_carry_over_is_recognised(platform):
     lay = platform.layout
     db = mlflow_store.legacy_store(lay)
