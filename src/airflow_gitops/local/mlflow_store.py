@@ -236,11 +236,24 @@ def _held_data(conn) -> list[str]:
     return held
 
 
+def _refuse_to_merge(conn, old_db: Path) -> None:
+    held = _held_data(conn)
+    if held:
+        raise PlatformError(
+            f"{old_db} holds an MLflow store that is not in PostgreSQL, and MLflow's PostgreSQL database "
+            f"`{DB_NAME}` already holds data of its own ({', '.join(held)}): not merged, nothing copied or deleted",
+            f"keep one: move {old_db} out of {old_db.parent} (its runs are then not carried over) and `up` again, "
+            f"or empty MLflow's PostgreSQL database first to carry {old_db.name} over instead",
+        )
+
+
 def _copy_store(platform: LocalPlatform, old_db: Path, target, fingerprint: str) -> None:
     """Every table of ``old_db`` into MLflow's PostgreSQL schema, in one transaction with its record."""
     import sqlalchemy
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+    with target.connect() as conn:
+        _refuse_to_merge(conn, old_db)  # before MLflow opens (and so checks) a schema holding data
     source = sqlalchemy.create_engine(f"sqlite:///{old_db}")
     try:
         # MLflow's own schema, at the installed MLflow's head revision (and its default experiment).
@@ -251,15 +264,7 @@ def _copy_store(platform: LocalPlatform, old_db: Path, target, fingerprint: str)
         dst_meta.reflect(target)
         with source.connect() as src, target.begin() as dst:
             _same_revision(src, dst, old_db)
-            held = _held_data(dst)
-            if held:  # nothing is deleted: the transaction ends without a change
-                raise PlatformError(
-                    f"{old_db} holds an MLflow store that is not in PostgreSQL, and MLflow's PostgreSQL database "
-                    f"`{DB_NAME}` already holds data of its own ({', '.join(held)}): not merged, "
-                    "nothing copied or deleted",
-                    f"keep one: move {old_db} out of {old_db.parent} (its runs are then not carried over) and "
-                    f"`up` again, or empty MLflow's PostgreSQL database first to carry {old_db.name} over instead",
-                )
+            _refuse_to_merge(dst, old_db)  # again, in the transaction that deletes
             tables = [t for t in dst_meta.sorted_tables if t.name != "alembic_version" and t.name in src_meta.tables]
             for table in reversed(tables):  # children first: nothing of the fresh schema stays behind
                 dst.execute(table.delete())
