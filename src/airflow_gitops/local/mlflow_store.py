@@ -9,7 +9,8 @@ state directory (``mlflow/mlflow.db``), the artifacts still go to S3.
 
 A state directory from before (SQLite store and artifacts on disk under ``mlflow/``) is carried over
 once on ``up``: every table copied into PostgreSQL, every artifact uploaded to the same relative key in
-S3 (so ``mlflow-artifacts:/`` URIs stay valid), the old files kept as ``*.migrated``.
+S3 (so ``mlflow-artifacts:/`` URIs stay valid), the old files kept as ``*.migrated``. An ``up`` that
+stopped half-way is finished by the next one; PostgreSQL data is never replaced (:func:`migrate_legacy`).
 """
 
 from __future__ import annotations
@@ -153,29 +154,108 @@ def ensure_bucket(layout: Layout) -> None:
 
 
 def migrate_legacy(platform: LocalPlatform, step) -> None:
-    """Carry a SQLite store and on-disk artifacts over to PostgreSQL and S3, once."""
+    """Carry a SQLite store and on-disk artifacts over to PostgreSQL and S3, once.
+
+    Every step can be repeated: the copy commits together with a record of the SQLite file's
+    SHA-256 (:data:`CARRIED_OVER`), so an ``up`` that stopped after that commit (before the artifacts
+    were uploaded or ``mlflow.db`` renamed) is finished by the next one, and the same file copied back
+    later is recognised. A store PostgreSQL does not know yet is copied only into a database without
+    data of its own (:func:`_held_data`); otherwise nothing changes and one message names both. The
+    old files are renamed, never over an earlier copy (:func:`_set_aside`)."""
     lay = platform.layout
     old_db, old_artifacts = legacy_store(lay), lay.mlflow / "artifacts"
     if not lay.runs_local_postgres or not old_db.exists():
         if old_artifacts.is_dir() and any(old_artifacts.iterdir()):
             _upload_artifacts(lay, old_artifacts, step)
         return
-    step("carrying MLflow's SQLite store and artifacts over to PostgreSQL and S3 (once)")
     import sqlalchemy
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    source = sqlalchemy.create_engine(f"sqlite:///{old_db}")
+    fingerprint = _sha256(old_db)
     target = sqlalchemy.create_engine(store_uri(platform))
     try:
         with target.connect() as conn:
-            has_rows = conn.execute(
-                sqlalchemy.text("SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'")
-            ).scalar()
-            if has_rows and conn.execute(sqlalchemy.text("SELECT count(*) FROM runs")).scalar():
-                raise PlatformError(
-                    f"MLflow's PostgreSQL database already holds runs and {old_db} holds others: not merged",
-                    f"keep one: move {old_db} away (its runs are then not carried over) and `up` again",
-                )
+            done = _carried_over(conn, fingerprint)
+        if done:
+            step(f"{old_db} is in PostgreSQL already (carried over by an earlier `up`): finishing the carry-over")
+        else:
+            step("carrying MLflow's SQLite store and artifacts over to PostgreSQL and S3 (once)")
+            _copy_store(platform, old_db, target, fingerprint)
+    finally:
+        target.dispose()
+    if old_artifacts.is_dir():
+        _upload_artifacts(lay, old_artifacts, step)
+    _set_aside(old_db)
+
+
+# Where the carry-over records the SQLite files it copied: its own schema in MLflow's database (MLflow
+# sees only ``public``), written in the copy's transaction, so the record exists exactly when the copy does.
+CARRIED_OVER = "airflow_gitops.carried_over"
+
+# Rows a store holds that nobody put there: MLflow's Default experiment and workspace (a fresh schema
+# has them) and the serving component's webhook (registered again at every start).
+_NOT_DATA = {
+    "experiments": "experiment_id <> 0",
+    "workspaces": "name <> 'default'",
+    "webhooks": "name <> 'airflow-gitops-serving'",
+    "webhook_events": "webhook_id NOT IN (SELECT webhook_id FROM webhooks WHERE name = 'airflow-gitops-serving')",
+}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _carried_over(conn, fingerprint: str) -> bool:
+    import sqlalchemy
+
+    if conn.execute(sqlalchemy.text("SELECT to_regclass(:t)"), {"t": CARRIED_OVER}).scalar() is None:
+        return False
+    q = sqlalchemy.text(f"SELECT count(*) FROM {CARRIED_OVER} WHERE sha256 = :h")
+    return bool(conn.execute(q, {"h": fingerprint}).scalar())
+
+
+def _held_data(conn) -> list[str]:
+    """``table (n rows)`` for each of MLflow's tables in PostgreSQL holding something a user or their
+    pipelines made (every row except :data:`_NOT_DATA`'s): empty when there is nothing to lose."""
+    import sqlalchemy
+
+    held = []
+    for name in sorted(sqlalchemy.inspect(conn).get_table_names()):  # the public schema: MLflow's
+        if name == "alembic_version":
+            continue
+        where = f" WHERE {_NOT_DATA[name]}" if name in _NOT_DATA else ""
+        rows = conn.execute(sqlalchemy.text(f'SELECT count(*) FROM "{name}"{where}')).scalar()
+        if rows:
+            held.append(f"{name} ({rows} rows)")
+    return held
+
+
+def _refuse_to_merge(conn, old_db: Path) -> None:
+    held = _held_data(conn)
+    if held:
+        raise PlatformError(
+            f"{old_db} holds an MLflow store that is not in PostgreSQL, and MLflow's PostgreSQL database "
+            f"`{DB_NAME}` already holds data of its own ({', '.join(held)}): not merged, nothing copied or deleted",
+            f"keep one: move {old_db} out of {old_db.parent} (its runs are then not carried over) and `up` again, "
+            f"or empty MLflow's PostgreSQL database first to carry {old_db.name} over instead",
+        )
+
+
+def _copy_store(platform: LocalPlatform, old_db: Path, target, fingerprint: str) -> None:
+    """Every table of ``old_db`` into MLflow's PostgreSQL schema, in one transaction with its record."""
+    import sqlalchemy
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    with target.connect() as conn:
+        _refuse_to_merge(conn, old_db)  # before MLflow opens (and so checks) a schema holding data
+    source = sqlalchemy.create_engine(f"sqlite:///{old_db}")
+    try:
         # MLflow's own schema, at the installed MLflow's head revision (and its default experiment).
         SqlAlchemyStore(store_uri(platform), "mlflow-artifacts:/")
         src_meta = sqlalchemy.MetaData()
@@ -184,6 +264,7 @@ def migrate_legacy(platform: LocalPlatform, step) -> None:
         dst_meta.reflect(target)
         with source.connect() as src, target.begin() as dst:
             _same_revision(src, dst, old_db)
+            _refuse_to_merge(dst, old_db)  # again, in the transaction that deletes
             tables = [t for t in dst_meta.sorted_tables if t.name != "alembic_version" and t.name in src_meta.tables]
             for table in reversed(tables):  # children first: nothing of the fresh schema stays behind
                 dst.execute(table.delete())
@@ -192,12 +273,31 @@ def migrate_legacy(platform: LocalPlatform, step) -> None:
                 if rows:
                     dst.execute(table.insert(), rows)
             _reset_sequences(dst, dst_meta)
+            schema = CARRIED_OVER.split(".")[0]
+            dst.execute(sqlalchemy.text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
+            dst.execute(
+                sqlalchemy.text(
+                    f"CREATE TABLE IF NOT EXISTS {CARRIED_OVER} (sha256 text PRIMARY KEY, source text NOT NULL, "
+                    "carried_at timestamptz NOT NULL DEFAULT now())"
+                )
+            )
+            dst.execute(
+                sqlalchemy.text(f"INSERT INTO {CARRIED_OVER} (sha256, source) VALUES (:h, :s) ON CONFLICT DO NOTHING"),
+                {"h": fingerprint, "s": str(old_db)},
+            )
     finally:
         source.dispose()
-        target.dispose()
-    if old_artifacts.is_dir():
-        _upload_artifacts(lay, old_artifacts, step)
-    old_db.rename(old_db.with_name("mlflow.db.migrated"))
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a carried-over ``path`` to ``<name>.migrated`` (``.migrated.2``, ... when an earlier copy
+    is there: a store copied back and carried over again never replaces the first one)."""
+    for n in range(1, 10_000):
+        dest = path.with_name(f"{path.name}.migrated" + (f".{n}" if n > 1 else ""))
+        if not dest.exists() and not dest.is_symlink():
+            path.rename(dest)
+            return dest
+    raise PlatformError(f"{path} cannot be set aside: too many {path.name}.migrated.* next to it", "remove old ones")
 
 
 def _same_revision(src, dst, old_db: Path) -> None:
@@ -238,4 +338,4 @@ def _upload_artifacts(layout: Layout, folder: Path, step) -> None:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         key = f"{ARTIFACT_PREFIX}/{path.relative_to(folder).as_posix()}"
         s3.upload_file(str(path), layout.spec.aws.bucket, key)
-    folder.rename(folder.with_name("artifacts.migrated"))
+    _set_aside(folder)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -87,9 +88,38 @@ class LocalPostgres:
         return (self.data_dir / "PG_VERSION").exists()
 
     def initdb(self, log) -> None:
+        """Create the cluster. A failed attempt removes only what it made (the folders it created, what
+        it wrote into an empty folder that was there, the location marker) and gives such a folder its
+        owner and mode back; a folder holding files but no cluster is refused before anything touches it."""
         if self.initialized:
             return
+        marker = self.layout.root / "postgres.location"
+        had_marker = marker.exists()
         data_dir = self._choose_data_dir()
+        created = _missing_folders(data_dir)  # outermost first
+        before = None if created else data_dir.stat(follow_symlinks=False)
+        try:
+            if before is not None:
+                _refuse_unusable(data_dir, before)  # before anything is written there
+            try:
+                self._run_initdb(data_dir, log)
+            except BaseException:
+                if created:
+                    shutil.rmtree(data_dir, ignore_errors=True)
+                    for folder in reversed(created[:-1]):  # parents we made, while nobody else uses them
+                        try:
+                            folder.rmdir()
+                        except OSError:
+                            break
+                else:
+                    _empty_again(data_dir, before)
+                raise
+        except BaseException:
+            if not had_marker:
+                marker.unlink(missing_ok=True)
+            raise
+
+    def _run_initdb(self, data_dir: Path, log) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         su_password = keystore.pg_superuser_password(self.layout.spec)
         user = postgres_user()
@@ -120,9 +150,9 @@ class LocalPostgres:
             pwfile.unlink(missing_ok=True)
         log.write_text(result.stdout + result.stderr)
         if result.returncode != 0:
-            shutil.rmtree(data_dir, ignore_errors=True)
             raise PlatformError(
-                "initdb failed while creating the local PostgreSQL cluster",
+                f"initdb failed while creating the local PostgreSQL cluster in {data_dir} "
+                "(what this attempt created there is removed again)",
                 "read the log; a common cause is a state directory the 'postgres' user cannot write",
                 log=str(log),
             )
@@ -180,6 +210,40 @@ class LocalPostgres:
     def url(self, name: str = DB_NAME, user: str = DB_USER, password: str | None = None) -> str:
         password = password or keystore.db_password(self.layout.spec)
         return f"postgresql+psycopg2://{user}:{password}@{HOST}:{self.port}/{name}"
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, outermost first."""
+    missing = []
+    while not path.exists() and not path.is_symlink() and path != path.parent:
+        missing.insert(0, path)
+        path = path.parent
+    return missing
+
+
+def _refuse_unusable(data_dir: Path, before: os.stat_result) -> None:
+    """An existing data folder without a cluster is used only when it is an empty folder (never a link)."""
+    if not stat.S_ISDIR(before.st_mode):
+        raise PlatformError(
+            f"{data_dir} is in the way of the local PostgreSQL cluster: it is not a folder",
+            f"move {data_dir} elsewhere, then `up` again",
+        )
+    if any(data_dir.iterdir()):
+        raise PlatformError(
+            f"the PostgreSQL data folder {data_dir} holds files but no cluster (no PG_VERSION): left untouched",
+            f"move what {data_dir} holds elsewhere (or the folder itself), then `up` again",
+        )
+
+
+def _empty_again(data_dir: Path, before: os.stat_result) -> None:
+    """A folder that was there, empty, before a failed initdb: empty again, with its owner and mode."""
+    for child in data_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    os.chown(data_dir, before.st_uid, before.st_gid)
+    os.chmod(data_dir, stat.S_IMODE(before.st_mode))
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.25) -> bool:
