@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from airflow_gitops import contract
+from airflow_gitops import contract, names
 from airflow_gitops.spec import parse_spec
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "airflow_gitops"
 
 # Each unit may import only units of a LOWER layer (or itself). Top-level modules are units of their own.
 LAYERS = [
-    {"errors", "contract", "binaries", "dburl", "providers"},
+    {"errors", "names", "binaries", "dburl", "providers"},
     {"spec"},
-    {"keystore", "gitremote", "target"},
+    {"contract", "keystore", "gitremote", "target"},
     {"fernetkeys", "dag_repo", "managed", "serving"},
     {"local", "kubernetes"},
     {"checks", "init"},
@@ -143,12 +143,12 @@ def test_tuned_defaults_may_be_overridden_and_win(tmp_path):
 
 
 def test_every_key_the_local_target_sets_is_declared_in_the_contract(tmp_path):
-    """So the collision check (derived from contract.SETTINGS) covers everything the platform sets."""
+    """So the collision check (derived from names.SETTINGS) covers everything the platform sets."""
     from airflow_gitops.local.airflow_env import airflow_config
     from airflow_gitops.local.layout import Layout
 
     spec = parse_spec({}, base_dir=tmp_path)
-    undeclared = set(airflow_config(Layout(spec), "postgresql://u:p@127.0.0.1/db")) - set(contract.SETTINGS)
+    undeclared = set(airflow_config(Layout(spec), "postgresql://u:p@127.0.0.1/db")) - set(names.SETTINGS)
     assert undeclared == set()
 
 

@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from . import contract, dburl, providers
+from . import dburl, names, providers
 from .errors import PlatformError
 
 DEFAULT_SPEC_FILE = "platform.yaml"
@@ -178,7 +178,7 @@ class AirflowSpec(_Model):
     load_examples: bool = False
     dags_are_paused_at_creation: bool = False
     # Extra `[section] key = value` overrides, e.g. {"core": {"default_task_retries": 1}}. Keys the platform
-    # manages (contract.SETTINGS) are errors naming the platform.yaml key to set instead.
+    # manages (names.SETTINGS) are errors naming the platform.yaml key to set instead.
     config: dict[str, dict[str, str | int | float | bool]] = Field(default_factory=dict)
 
     @field_validator("config")
@@ -192,7 +192,7 @@ class AirflowSpec(_Model):
                     raise ValueError(
                         f"key {_short(section)}.{_short(key)} is not an Airflow config key (lower_snake_case)"
                     )
-        collisions = contract.config_collisions(v)
+        collisions = names.config_collisions(v)
         if collisions:
             raise ValueError("; ".join(f"{path.removeprefix('airflow.config.')} {msg}" for path, msg in collisions))
         return v
@@ -1101,7 +1101,7 @@ def _inline_secrets(value: Any, path: tuple[str, ...], secret: bool) -> list[tup
     if isinstance(value, dict):
         out = []
         for k, v in value.items():
-            out += _inline_secrets(v, (*path, k), secret or contract.looks_secret(k))
+            out += _inline_secrets(v, (*path, k), secret or names.looks_secret(k))
         return out
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _inline_secrets(v, (*path, str(i)), secret)]
@@ -1113,9 +1113,9 @@ def _inline_secrets(value: Any, path: tuple[str, ...], secret: bool) -> list[tup
 def _declared_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
     """connections / variables / pools: secrets by reference only, names that stay distinct as env vars."""
     out: list[tuple[str, str]] = []
-    for kind, names in (("connections", spec.connections), ("variables", spec.variables)):
+    for kind, declared in (("connections", spec.connections), ("variables", spec.variables)):
         seen: dict[str, str] = {}
-        for name in names:
+        for name in declared:
             if name.upper() in seen:
                 out.append(
                     (
@@ -1128,14 +1128,14 @@ def _declared_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
             seen[name.upper()] = name
     for conn_id, conn in spec.connections.items():
         reserved = {
-            contract.GIT_CONN_ID: "the Connection airflow-gitops pulls the DAG repository with (set by dags.*)",
+            names.GIT_CONN_ID: "the Connection airflow-gitops pulls the DAG repository with (set by dags.*)",
             "airflow_db": "the Connection the Helm chart points at the metadata database (set by database.url)",
         }.get(conn_id.lower())
         if reserved:
             out.append((f"connections.{conn_id}", f"is {reserved}; pick another id"))
         out += _inline_secrets(conn.extra, ("connections", conn_id, "extra"), False)
     for key, value in spec.variables.items():
-        out += _inline_secrets(value, ("variables", key), contract.looks_secret(key))
+        out += _inline_secrets(value, ("variables", key), names.looks_secret(key))
     if "default_pool" in spec.pools:
         out.append(
             (

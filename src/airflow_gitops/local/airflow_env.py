@@ -2,7 +2,7 @@
 
 Environment variables (not an ``airflow.cfg``) so that one dict serves supervisor's programs and the
 one-off ``airflow db migrate``, and so that secrets never land in a config file users might commit.
-Every ``[section] key`` set here is declared in :data:`..contract.SETTINGS` (a test holds it so),
+Every ``[section] key`` set here is declared in :data:`..names.SETTINGS` (a test holds it so),
 which is also what makes a colliding ``airflow.config`` key an error.
 """
 
@@ -13,8 +13,8 @@ import io
 import json
 from pathlib import Path
 
-from .. import contract, keystore
-from ..contract import GIT_CONN_ID
+from .. import contract, keystore, names
+from ..names import GIT_CONN_ID
 from . import forkserver, preload
 from .layout import HOST, Layout, dag_runtime_env
 
@@ -114,7 +114,7 @@ def airflow_env(layout: Layout, database_url: str) -> dict[str, str]:
     """The environment of every Airflow process; the secret settings go into ``config_file`` (0600)."""
     env, secret = {}, configparser.ConfigParser(interpolation=None)
     for (section, key), value in airflow_config(layout, database_url).items():
-        declared = contract.SETTINGS.get((section, key)) or contract.Setting(section, key, None)
+        declared = names.SETTINGS.get((section, key)) or names.Setting(section, key, None)
         if (section, key) in SECRET_SETTINGS:
             if not secret.has_section(section):
                 secret.add_section(section)
