@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import contract, keystore, names
 from ..names import GIT_CONN_ID
-from . import forkserver, preload
+from . import preload
 from .layout import HOST, Layout, dag_runtime_env
 
 ADMIN_USER = "admin"
@@ -162,5 +162,5 @@ def launcher_env(layout: Layout) -> dict[str, str]:
     # needs (the API server builds its app) and then waits until `up` has stamped the migration.
     env[preload.WAIT_ENV_VAR] = str(layout.migrated_stamp)
     # They are forked from one process that imported Airflow once for all of them (forkserver.py).
-    env[forkserver.SOCKET_ENV_VAR] = str(layout.forkserver_socket)
+    env[preload.SOCKET_ENV_VAR] = str(layout.forkserver_socket)
     return env
