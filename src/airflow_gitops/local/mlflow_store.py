@@ -24,7 +24,7 @@ from ..errors import PlatformError
 from .layout import Layout
 
 if TYPE_CHECKING:
-    from .platform import LocalPlatform
+    from .parts import Parts
 
 DB_NAME = "mlflow"
 DB_USER = "mlflow"
@@ -47,7 +47,7 @@ def db_password(layout: Layout) -> str:
     return keystore.ensure(layout.secrets / DB_PASSWORD, keystore._password)
 
 
-def store_uri(platform: LocalPlatform) -> str:
+def store_uri(platform: Parts) -> str:
     if platform.layout.runs_local_postgres:
         return platform.postgres.url(DB_NAME, DB_USER, db_password(platform.layout))
     return f"sqlite:///{legacy_store(platform.layout)}"
@@ -85,7 +85,7 @@ def webhook_env(layout: Layout) -> dict[str, str]:
     }
 
 
-def env_file(platform: LocalPlatform) -> str:
+def env_file(platform: Parts) -> str:
     """The 0600 environment the MLflow server starts with (the store URI holds a password: no argv)."""
     lay = platform.layout
     path = _env_path(lay)
@@ -109,7 +109,7 @@ def ready_file(layout: Layout) -> Path:
     return layout.mlflow / "store.ready"
 
 
-def prepare(platform: LocalPlatform, step) -> None:
+def prepare(platform: Parts, step) -> None:
     """Once PostgreSQL and S3 answer: carry an old store over (:func:`migrate_legacy`), then let the
     server, which has been importing MLflow meanwhile, open its store."""
     migrate_legacy(platform, step)
@@ -152,7 +152,7 @@ def ensure_bucket(layout: Layout) -> None:
             raise
 
 
-def migrate_legacy(platform: LocalPlatform, step) -> None:
+def migrate_legacy(platform: Parts, step) -> None:
     """Carry a SQLite store and on-disk artifacts over to PostgreSQL and S3, once."""
     lay = platform.layout
     old_db, old_artifacts = legacy_store(lay), lay.mlflow / "artifacts"
