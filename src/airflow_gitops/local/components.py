@@ -58,7 +58,6 @@ class Component:
     healthy: Callable[[Parts, dict | None], bool]
     port_key: str | None = None  # its key in local.ports
     keeps: str | None = None  # what of its data survives down/up
-    loses: str | None = None  # what of its data is lost on down
     # (label, URL that DAG code and users reach it at, local or external) for `status`
     url: tuple[str, Callable[[Layout], str | None]] | None = None
     # At the start of its phase (e.g. carry old data over; a component that `starts_in` an earlier phase
@@ -310,5 +309,4 @@ def persistence(layout: Layout) -> dict[str, list[str]]:
             keeps.append("MLflow runs and models (SQLite under mlflow/)")
     return {
         "survives down/up": keeps + PLATFORM_KEEPS,
-        "lost on down": [c.loses for c in comps if c.loses],
     }

@@ -410,9 +410,6 @@ class LocalPlatform:
         console.print(
             f"Stopped. All data is kept in {self.layout.root}; `airflow-gitops up` resumes it.", soft_wrap=True
         )
-        lost = components.persistence(self.layout)["lost on down"]
-        if lost:
-            console.print("Lost on down: " + "; ".join(lost), soft_wrap=True)
 
     def parsed_commit(self, bundle: str = contract.BUNDLE_NAME) -> str | None:
         """The bundle version (Git commit) Airflow's DAG processor last parsed."""
