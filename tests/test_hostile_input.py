@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from airflow_gitops import spec as spec_module
 from airflow_gitops.cli import app
 from airflow_gitops.spec import MAX_SPEC_BYTES, SpecError, load_spec, parse_spec
+from airflow_gitops.spec import load as spec_load
 
 MAX_MESSAGE = 2_000
 TOKEN = "s3cr3tT0kenValue"
@@ -182,7 +182,7 @@ def test_big_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
     with path.open("wb") as f:  # sparse: 50 MB without writing them
         f.truncate(50 * 1024 * 1024)
     read = []
-    monkeypatch.setattr(spec_module.os, "fdopen", lambda *a, **k: read.append(a) or open(*a, **k))
+    monkeypatch.setattr(spec_load.os, "fdopen", lambda *a, **k: read.append(a) or open(*a, **k))
     start = time.monotonic()
     with pytest.raises(SpecError, match="larger than 1024 KiB"):
         load_spec(path)
@@ -223,7 +223,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
                 raise PermissionError(13, "Permission denied", str(p))
             return real_open(p, *a, **k)
 
-        monkeypatch.setattr(spec_module.os, "open", refuse)
+        monkeypatch.setattr(spec_load.os, "open", refuse)
     result = _invoke(["render", "-f", str(path), "--out", str(tmp_path / "out")])
     _assert_clean_failure(result, tmp_path, "permission denied", "chmod u+r")
 

@@ -98,7 +98,7 @@ def test_a_changed_upstream_function_turns_its_patch_off_untouched_and_logged(na
         return None
 
     monkeypatch.setattr(owner, attr, changed)
-    monkeypatch.setattr(patches, "STATES", {})
+    monkeypatch.setattr(patches.guard, "STATES", {})  # where Guard records it
     assert apply() is False
     assert getattr(owner, attr) is changed  # the patch did not wrap it
     qual = target.partition(":")[2]
@@ -106,7 +106,7 @@ def test_a_changed_upstream_function_turns_its_patch_off_untouched_and_logged(na
     guard = GUARDS[name]
     assert line.startswith(f"airflow-gitops: patch {name}: {qual} changed: turned off: upstream code changed")
     assert f"(verified on {guard.label} {', '.join(guard.verified)}" in line
-    assert patches.STATES[name].on is False and qual in patches.STATES[name].detail
+    assert patches.guard.STATES[name].on is False and qual in patches.guard.STATES[name].detail
 
 
 def test_a_missing_or_changed_function_it_relies_on_turns_the_patch_off_too(monkeypatch, capsys):

@@ -307,15 +307,13 @@ def test_power_cut_then_up_keeps_everything(platform, tmp_path, monkeypatch):
     assert client.wait_run(PROBE, finished, timeout=300)["state"] == "success"
     runs_before = {r["dag_run_id"]: r["state"] for r in client.dag_runs(PROBE)}
     ml = _mlflow_state(platform, tmp_path)
-    durable_s3 = not platform.status().persistence["lost on down"]
     bucket, key, body = platform.spec.aws.bucket, f"t-crash/{tag}.txt", uuid.uuid4().bytes
     s3 = _s3_client(platform, monkeypatch)
-    if durable_s3:
-        try:
-            s3.create_bucket(Bucket=bucket)
-        except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
-            pass
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        pass
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
     in_flight = client.trigger(PROBE)
     wait_for(lambda: _in_flight(client, in_flight), 120, "a run in flight")
 
@@ -356,10 +354,4 @@ def test_power_cut_then_up_keeps_everything(platform, tmp_path, monkeypatch):
         MlflowClient(platform.layout.mlflow_url).get_model_version_by_alias(ml["model"], "champion").version
         == (ml["version"])
     )
-    if durable_s3:
-        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
-    else:
-        print(
-            "[power cut] S3 object check skipped: this platform's S3 endpoint keeps objects in memory "
-            f"(lost on down: {platform.status().persistence['lost on down']})"
-        )
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body  # the S3 endpoint is disk-backed

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import contract, dburl, keystore
+from . import contract, dburl, keystore, names
 from .errors import PlatformError
 from .spec import MAX_SECRET_FILE_BYTES, FromFile, PlatformSpec, SpecError
 
@@ -157,7 +157,7 @@ class _Resolver:
                 self.secrets.append(text)
             return text
         if isinstance(value, dict):
-            return {k: self.value(v, f"{path}.{k}", secret or contract.looks_secret(k)) for k, v in value.items()}
+            return {k: self.value(v, f"{path}.{k}", secret or names.looks_secret(k)) for k, v in value.items()}
         if isinstance(value, list):
             return [self.value(v, f"{path}.{i}", secret) for i, v in enumerate(value)]
         return value
@@ -224,7 +224,7 @@ def resolve(spec: PlatformSpec, environ: dict[str, str] | None = None) -> Declar
             extra=r.value(c.extra, f"{base}.extra", False),
         )
     for key, value in spec.variables.items():
-        resolved = r.value(value, f"variables.{key}", contract.looks_secret(key))
+        resolved = r.value(value, f"variables.{key}", names.looks_secret(key))
         out.variables[key] = Variable(key, _variable_text(resolved))
     if r.problems:
         err = SpecError("platform.yaml", r.problems)

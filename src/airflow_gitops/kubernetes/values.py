@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .. import contract, managed
-from ..contract import GIT_CONN_ID, SecretKey
+from .. import contract, managed, names
+from ..contract import SecretKey
 from ..errors import PlatformError
+from ..names import GIT_CONN_ID
 from ..spec import PlatformSpec
 from .image import airflow_version
 
@@ -102,7 +103,7 @@ def airflow_config(spec: PlatformSpec) -> dict[str, dict[str, str]]:
     secret = contract.secret_config_keys(spec)
     config: dict[str, dict[str, str]] = {"core": {"auth_manager": FAB_AUTH_MANAGER}}
     for (section, key), value in {**contract.user_config(spec), **contract.common_config(spec)}.items():
-        if contract.Setting(section, key, None).env not in secret:
+        if names.Setting(section, key, None).env not in secret:
             config.setdefault(section, {})[key] = tpl_literal(value)
     return config
 

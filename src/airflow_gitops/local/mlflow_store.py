@@ -25,7 +25,7 @@ from ..errors import PlatformError
 from .layout import Layout
 
 if TYPE_CHECKING:
-    from .platform import LocalPlatform
+    from .parts import Parts
 
 DB_NAME = "mlflow"
 DB_USER = "mlflow"
@@ -48,7 +48,7 @@ def db_password(layout: Layout) -> str:
     return keystore.ensure(layout.secrets / DB_PASSWORD, keystore._password)
 
 
-def store_uri(platform: LocalPlatform) -> str:
+def store_uri(platform: Parts) -> str:
     if platform.layout.runs_local_postgres:
         return platform.postgres.url(DB_NAME, DB_USER, db_password(platform.layout))
     return f"sqlite:///{legacy_store(platform.layout)}"
@@ -86,7 +86,7 @@ def webhook_env(layout: Layout) -> dict[str, str]:
     }
 
 
-def env_file(platform: LocalPlatform) -> str:
+def env_file(platform: Parts) -> str:
     """The 0600 environment the MLflow server starts with (the store URI holds a password: no argv)."""
     lay = platform.layout
     path = _env_path(lay)
@@ -110,7 +110,7 @@ def ready_file(layout: Layout) -> Path:
     return layout.mlflow / "store.ready"
 
 
-def prepare(platform: LocalPlatform, step) -> None:
+def prepare(platform: Parts, step) -> None:
     """Once PostgreSQL and S3 answer: carry an old store over (:func:`migrate_legacy`), then let the
     server, which has been importing MLflow meanwhile, open its store."""
     migrate_legacy(platform, step)
@@ -153,7 +153,7 @@ def ensure_bucket(layout: Layout) -> None:
             raise
 
 
-def migrate_legacy(platform: LocalPlatform, step) -> None:
+def migrate_legacy(platform: Parts, step) -> None:
     """Carry a SQLite store and on-disk artifacts over to PostgreSQL and S3, once.
 
     Every step can be repeated: the copy commits together with a record of the SQLite file's

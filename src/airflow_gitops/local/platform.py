@@ -14,7 +14,6 @@ import socket
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -32,6 +31,7 @@ from .components import Phase
 from .dag_repo import ensure_probe_branch, seed_local_repo
 from .layout import HOST, Layout
 from .postgres import LocalPostgres, wait_until
+from .status import ComponentStatus, PlatformStatus
 from .supervisor import Supervisor
 from .sync import Plan, apply, counts, plan, print_plan, read_stored
 
@@ -53,39 +53,6 @@ def port_free(port: int) -> bool:
 def _printer(console: Console):
     """Plain lines (command lines may hold brackets rich would read as markup)."""
     return lambda line: console.print(line, soft_wrap=True, markup=False, highlight=False)
-
-
-@dataclass
-class ComponentStatus:
-    state: str
-    healthy: bool
-    pid: int | None
-    log: str
-    detail: str | None = None  # e.g. what serving serves (components.Component.detail)
-
-
-@dataclass
-class PlatformStatus:
-    """What ``status`` shows (and ``status --json`` prints); never a secret, only the password's file."""
-
-    running: bool
-    healthy: bool
-    state_dir: str
-    components: dict[str, ComponentStatus]
-    urls: dict[str, str]
-    api_url: str
-    login: dict[str, str]
-    dag_repo: str
-    branch: str
-    sub_path: str
-    branch_head: str | None
-    parsed_commit: str | None
-    persistence: dict[str, list[str]] = field(default_factory=dict)
-    # connections / variables / pools -> {"managed": n, "hand_made": m} (names only; empty when stopped)
-    declared: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class LocalPlatform:
@@ -443,9 +410,6 @@ class LocalPlatform:
         console.print(
             f"Stopped. All data is kept in {self.layout.root}; `airflow-gitops up` resumes it.", soft_wrap=True
         )
-        lost = components.persistence(self.layout)["lost on down"]
-        if lost:
-            console.print("Lost on down: " + "; ".join(lost), soft_wrap=True)
 
     def parsed_commit(self, bundle: str = contract.BUNDLE_NAME) -> str | None:
         """The bundle version (Git commit) Airflow's DAG processor last parsed."""

@@ -54,7 +54,6 @@ import sys
 import time
 from pathlib import Path
 
-from .forkserver import SOCKET_ENV_VAR
 from .patches import local_executor
 from .patches.dag_processor_poll import patch_dag_processor_poll
 from .patches.fastapi_routes import patch_fastapi_route_building
@@ -66,6 +65,7 @@ PATCH_ENV_VAR = "AIRFLOW_GITOPS_DAG_PROCESSOR_POLL_PATCH"  # "1"
 API_ROUTES_ENV_VAR = "AIRFLOW_GITOPS_API_ROUTE_MEMO"  # "1": the API server builds each route's types once
 WAIT_ENV_VAR = "AIRFLOW_GITOPS_MIGRATED_STAMP"  # path: import first, then wait for `up`'s migration stamp
 WAIT_MAX_S = 600
+SOCKET_ENV_VAR = "AIRFLOW_GITOPS_FORKSERVER"  # path of the fork server's socket: start through it
 
 # What ``airflow COMMAND`` imports before it touches the database: imported while the database may still
 # be migrated (``WAIT_ENV_VAR``). ``airflow.api_fastapi.main`` builds the API server's app at import

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .platform import PlatformStatus
+from .status import PlatformStatus
 
 
 def print_access(report: PlatformStatus, console: Console) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import Guard, wrap
+from .guard import Guard, wrap
 
 GUARD = Guard(
     "dag_processor_poll",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 
-from . import PATCHED, Guard, wrap
+from .guard import PATCHED, Guard, wrap
 
 GUARD = Guard(
     "local_executor",

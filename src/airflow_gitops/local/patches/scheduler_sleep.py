@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from . import Guard, wrap
+from .guard import Guard, wrap
 
 GUARD = Guard(
     "scheduler_sleep",
