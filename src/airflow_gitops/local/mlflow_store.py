@@ -88,7 +88,7 @@ def webhook_env(layout: Layout) -> dict[str, str]:
 def env_file(platform: LocalPlatform) -> str:
     """The 0600 environment the MLflow server starts with (the store URI holds a password: no argv)."""
     lay = platform.layout
-    path = _env_path(lay)
+    path = env_path(lay)
     env = {
         STORE_ENV: store_uri(platform),
         ARTIFACTS_ENV: artifacts_destination(lay),
@@ -101,7 +101,7 @@ def env_file(platform: LocalPlatform) -> str:
     return str(path)
 
 
-def _env_path(layout: Layout) -> Path:
+def env_path(layout: Layout) -> Path:
     return layout.supervisor / "mlflow.env.json"
 
 
@@ -113,7 +113,7 @@ def prepare(platform: LocalPlatform, step) -> None:
     """Once PostgreSQL and S3 answer: carry an old store over (:func:`migrate_legacy`), then let the
     server, which has been importing MLflow meanwhile, open its store."""
     migrate_legacy(platform, step)
-    token = json.loads(keystore.read_private(_env_path(platform.layout)))[READY_TOKEN_ENV]
+    token = json.loads(keystore.read_private(env_path(platform.layout)))[READY_TOKEN_ENV]
     ready_file(platform.layout).write_text(token)
 
 
