@@ -5,7 +5,8 @@
 | Airflow UI access   | verify.api + verify.component.* (``/api/v2/monitor/health`` + supervisor) |
 | DAG GitSync         | verify.dag_sync (parsed commit == branch head); ``--probe``: push-to-live |
 | PostgreSQL          | verify.postgres (the metadata database answers, with its version)      |
-| AWS auth (boto3)    | task.* from the ``platform_selfcheck`` DAG, run by Airflow itself        |
+| AWS auth (boto3)    | task.* from the ``platform_selfcheck`` DAG, run by Airflow itself;       |
+|                     | verify.s3_credentials.* with each component's real environment           |
 
 On Kubernetes the same rows are read from the running containers (checks/kube_containers.py).
 """
@@ -32,6 +33,7 @@ from ..target import Target
 from .kube import kube_checks
 from .kube_containers import container_rows
 from .kube_containers import serving_rows as kube_serving_rows
+from .process_s3 import s3_credential_rows
 from .result import CheckResult, emit, fail, ok, skip, warn
 from .serving import serving_rows
 
@@ -242,6 +244,8 @@ def run_verify_local(target: LocalTarget, *, probe: bool) -> list[CheckResult]:
         rows += _selfcheck(platform)
     else:
         rows.append(skip("task.selfcheck", "not run: fix the failing components first"))
+    # The credentials boto3 really uses in a task, MLflow and serving (their environment, not the files).
+    rows += s3_credential_rows(platform)
     lay = platform.layout
     if lay.serving_url:
         rows += serving_rows(lay.serving_url, dag_runtime_env(lay))

@@ -159,10 +159,15 @@ def _serving_program(platform: Parts) -> Program:
         keystore.serving_webhook_secret(lay.spec)  # generated 0600 once
         env[serving.ENV_WEBHOOK_SECRET_FILE] = str(lay.secrets / keystore.SERVING_WEBHOOK_SECRET)
         env[serving.ENV_WEBHOOK_URL] = f"{lay.serving_url}{serving.WEBHOOK_PATH}"
-    path = lay.supervisor / "serving.env.json"
+    path = serving_env_path(lay)
     keystore.write_private(path, json.dumps(env))
     serve = [sys.executable, "-m", "airflow_gitops.serving", HOST, str(lay.ports.serving)]
     return Program("serving", [*launch_command(path, BACKGROUND_NICE), *serve], directory=lay.root)
+
+
+def serving_env_path(layout: Layout):
+    """The 0600 environment file the serving component starts with."""
+    return layout.supervisor / "serving.env.json"
 
 
 def serving_health(layout: Layout) -> dict | None:

@@ -89,7 +89,7 @@ def webhook_env(layout: Layout) -> dict[str, str]:
 def env_file(platform: Parts) -> str:
     """The 0600 environment the MLflow server starts with (the store URI holds a password: no argv)."""
     lay = platform.layout
-    path = _env_path(lay)
+    path = env_path(lay)
     env = {
         STORE_ENV: store_uri(platform),
         ARTIFACTS_ENV: artifacts_destination(lay),
@@ -102,7 +102,7 @@ def env_file(platform: Parts) -> str:
     return str(path)
 
 
-def _env_path(layout: Layout) -> Path:
+def env_path(layout: Layout) -> Path:
     return layout.supervisor / "mlflow.env.json"
 
 
@@ -114,7 +114,7 @@ def prepare(platform: Parts, step) -> None:
     """Once PostgreSQL and S3 answer: carry an old store over (:func:`migrate_legacy`), then let the
     server, which has been importing MLflow meanwhile, open its store."""
     migrate_legacy(platform, step)
-    token = json.loads(keystore.read_private(_env_path(platform.layout)))[READY_TOKEN_ENV]
+    token = json.loads(keystore.read_private(env_path(platform.layout)))[READY_TOKEN_ENV]
     ready_file(platform.layout).write_text(token)
 
 
@@ -247,7 +247,7 @@ def _refuse_to_merge(conn, old_db: Path) -> None:
         )
 
 
-def _copy_store(platform: LocalPlatform, old_db: Path, target, fingerprint: str) -> None:
+def _copy_store(platform: Parts, old_db: Path, target, fingerprint: str) -> None:
     """Every table of ``old_db`` into MLflow's PostgreSQL schema, in one transaction with its record."""
     import sqlalchemy
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore

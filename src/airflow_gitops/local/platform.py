@@ -23,7 +23,7 @@ from .. import contract, dburl, gitremote, keystore, managed
 from ..binaries import venv_bin
 from ..errors import PlatformError
 from ..fernetkeys import key_file, read_keys
-from . import components, forkserver, preload, process_hooks
+from . import components, environment, forkserver, preload, process_hooks
 from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
 from .aws import write_local_aws_files
@@ -257,9 +257,10 @@ class LocalPlatform:
             self.postgres.initdb(lay.logs / "initdb.log")
         keystore.write_private(self.env_file, json.dumps(self.airflow_env()))
         self.supervisor.write_conf(self.programs())
-        # The ${VAR}s platform.yaml refers to are read by airflow-gitops (database.url, connections,
-        # variables), never by Airflow: they stay out of every component's and task's environment.
-        self.supervisor.start_daemon(hide=self.spec.env_references())
+        # An allow-listed environment, not the shell's (environment.py): no token, ssh-agent, AWS key or
+        # AIRFLOW__ setting of the user's reaches a component or task, nor the ${VAR}s platform.yaml
+        # refers to (read by airflow-gitops, never by Airflow).
+        self.supervisor.start_daemon(environment.supervisord_env(self.layout))
         migrate = False
         for phase in Phase:
             if phase is Phase.AIRFLOW_IMPORT:
@@ -330,6 +331,7 @@ class LocalPlatform:
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 cwd=self.layout.airflow_home,
+                env=environment.supervisord_env(self.layout),  # what the components start with
             )
         if result.returncode != 0:
             raise PlatformError(

@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import time
 import xmlrpc.client
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,11 +139,10 @@ class Supervisor:
                 f"stop that process and remove {self.socket}; then run the command again",
             )
 
-    def start_daemon(self, hide: Iterable[str] = ()) -> None:
-        """Start supervisord; its programs inherit this environment minus the variables in ``hide``."""
+    def start_daemon(self, env: Mapping[str, str]) -> None:
+        """Start supervisord with exactly ``env`` (``environment.supervisord_env``): its programs inherit it."""
         cmd = [venv_bin("supervisord"), "-c", str(self.conf)]
-        hidden = set(hide)
-        env = {k: v for k, v in os.environ.items() if k not in hidden}
+        env = dict(env)
         try:
             result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
         except subprocess.TimeoutExpired:
