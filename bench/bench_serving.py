@@ -25,7 +25,7 @@ until the new version answers and until ``--per-move`` requests were sent since 
 * downtime per move: the longest gap between two successful answers from the move to served + 0.5 s;
 * latency p50/p99 of successful requests (send -> answer, from the client), steady phase vs the swap
   windows (move -> served + 0.5 s);
-* RSS of the server's process tree (psutil, every 50 ms): median in the steady phase, peak in the swap
+* RSS and PSS of the server's process tree (psutil, every 50 ms): median in the steady phase, peak in the swap
   windows.
 
 Not a test: it starts real processes on free loopback ports, state under /tmp/bench-serving-*, stops
@@ -202,7 +202,7 @@ class RssSampler:
 
     def __init__(self):
         self.pid: int | None = None
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, int, int]] = []  # (t, RSS sum, PSS sum)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -221,13 +221,17 @@ class RssSampler:
             try:
                 root = psutil.Process(pid)
                 procs = [root, *root.children(recursive=True)]
-                rss = 0
+                rss = pss = 0
                 for p in procs:
                     try:
-                        rss += p.memory_info().rss
-                    except psutil.NoSuchProcess:
+                        # RSS counts the pages a process shares (libraries, a fork's) once per process; PSS
+                        # divides them among the sharers: the sum over the tree is what it really holds.
+                        info = p.memory_full_info()
+                        rss += info.rss
+                        pss += info.pss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
                         pass
-                self.samples.append((time.monotonic(), rss))
+                self.samples.append((time.monotonic(), rss, pss))
             except psutil.NoSuchProcess:
                 pass
 
@@ -505,8 +509,10 @@ def summarize(kind, records, samples, steady, moves, expected, extra, t_start) -
         points = ([before[-1]] if before else []) + after
         gaps = [y - x for x, y in zip(points, points[1:], strict=False)]
         downtime.append(max(gaps) if gaps else None)
-    rss_steady = [v for t, v in samples if steady[0] <= t < steady[1]]
-    rss_swap = [v for t, v in samples if in_window(t)]
+    rss_steady = [v for t, v, _ in samples if steady[0] <= t < steady[1]]
+    rss_swap = [v for t, v, _ in samples if in_window(t)]
+    pss_steady = [v for t, _, v in samples if steady[0] <= t < steady[1]]
+    pss_swap = [v for t, _, v in samples if in_window(t)]
     served = [m["served_s"] for m in moves]
     down = [d for d in downtime if d is not None]
     failed_kinds: dict[str, int] = {}
@@ -546,6 +552,8 @@ def summarize(kind, records, samples, steady, moves, expected, extra, t_start) -
         "rss_mib": {
             "steady_median": round(statistics.median(rss_steady) / 2**20, 1) if rss_steady else None,
             "swap_peak": round(max(rss_swap) / 2**20, 1) if rss_swap else None,
+            "pss_steady_median": round(statistics.median(pss_steady) / 2**20, 1) if pss_steady else None,
+            "pss_swap_peak": round(max(pss_swap) / 2**20, 1) if pss_swap else None,
         },
         "seconds": round(time.monotonic() - t_start, 1),
         "load_after": load(),
@@ -650,6 +658,8 @@ def print_table(res: dict) -> None:
         ),
         ("RSS steady, median (MiB)", lambda r: r["rss_mib"]["steady_median"], "ratio"),
         ("RSS peak during swaps (MiB)", lambda r: r["rss_mib"]["swap_peak"], "ratio"),
+        ("PSS steady, median (MiB)", lambda r: r["rss_mib"]["pss_steady_median"], "ratio"),
+        ("PSS peak during swaps (MiB)", lambda r: r["rss_mib"]["pss_swap_peak"], "ratio"),
     ]
     ours_cols = [c for c in cols if c != "baseline"]
     head = "| | " + " | ".join(cols) + " |" + "".join(f" baseline / {c} |" for c in ours_cols if base)

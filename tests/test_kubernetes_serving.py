@@ -112,3 +112,20 @@ def test_serving_apply_waits_for_running_and_disabling_deletes(kube_cluster, tmp
     )
     assert client.AppsV1Api(api).list_namespaced_deployment("serving-kwok").items == []
     assert client.PolicyV1Api(api).list_namespaced_pod_disruption_budget("serving-kwok").items == []
+
+
+def test_deploy_says_the_pods_poll_and_tls_without_host_is_refused(tmp_path):
+    from airflow_gitops.kubernetes.deploy import serving_follow_note
+    from airflow_gitops.spec import SpecError
+
+    note = serving_follow_note(spec_in(tmp_path, serving={"poll_interval": 7}))
+    assert note.startswith("serving follows @champion by polling every 7 s") and "serving.webhook" in note
+    assert "serving.webhook" not in serving_follow_note(spec_in(tmp_path, serving={"webhook": False}))
+    with pytest.raises(SpecError, match="serving.tls_secret is set but serving.ingress_host is not"):
+        spec_in(tmp_path, serving={"tls_secret": "serving-tls"})
+    out = tmp_path / "out"
+    render(spec_in(tmp_path, serving={"load_in_worker": False}), out)
+    env = {
+        e["name"]: e.get("value") for e in _docs(out)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["AIRFLOW_GITOPS_SERVING_LOAD_IN_WORKER"] == "0"

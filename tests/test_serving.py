@@ -426,3 +426,21 @@ def test_the_loading_worker_killed_is_replaced_and_downloads_are_cleaned(mlflow_
     srv.stop()
     assert gone(last)  # stopped with the server
     assert not Path(root).exists()
+
+
+def test_without_the_worker_a_version_loads_in_the_server_and_swaps(mlflow_server, serve, model_name):
+    """serving.load_in_worker: false -> no worker process; loads and swaps in the server itself."""
+    import psutil
+
+    from airflow_gitops import serving
+
+    v1 = log_version(mlflow_server.uri, model_name, seed=31)
+    srv = serve(model_name, poll=60, extra_env={serving.ENV_LOAD_IN_WORKER: "0"})
+    srv.wait_version(v1)
+    v2 = log_version(mlflow_server.uri, model_name, seed=32)
+    srv.wait_version(v2, timeout=60)
+    kids = psutil.Process(srv.proc.pid).children(recursive=True)
+    assert not [p for p in kids if any("spawn_main" in a for a in p.cmdline())]
+    assert "downloaded under" not in srv.logs()
+    r = httpx.post(f"{srv.url}/predict", json=ROWS)
+    assert r.json()["predictions"] == own_prediction(mlflow_server.uri, model_name, v2, ROWS)

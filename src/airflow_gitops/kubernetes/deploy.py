@@ -261,6 +261,8 @@ def deploy_command(
     console.print(summary, highlight=False)
     for line in apply_serving(api, spec, r.serving, dry_run=dry_run):
         console.print(f"  {line}", highlight=False)
+    if r.serving:
+        console.print(f"  {serving_follow_note(spec)}", highlight=False)
     if wait and not dry_run:
         ready = wait_ready(api, spec, timeout=timeout)
         console.print(f"ready: {', '.join(ready) or 'no workloads'}", highlight=False)
@@ -413,6 +415,14 @@ def _serving_api(api, kind: str):
         "PodDisruptionBudget": (client.PolicyV1Api(api), "namespaced_pod_disruption_budget"),
         "Ingress": (client.NetworkingV1Api(api), "namespaced_ingress"),
     }[kind]
+
+
+def serving_follow_note(spec: PlatformSpec) -> str:
+    """How the serving pods follow the alias here (``serving.webhook``, on by default, is the local target's)."""
+    how = f"serving follows @{spec.serving.alias} by polling every {spec.serving.poll_interval:g} s"
+    if spec.serving.webhook:
+        how += " (serving.webhook is for the local target; on Kubernetes the pods poll: docs/kubernetes.md)"
+    return how
 
 
 def apply_serving(api, spec: PlatformSpec, docs: list[dict[str, Any]], *, dry_run: bool) -> list[str]:

@@ -18,6 +18,7 @@ ENV_MAX_BODY = "AIRFLOW_GITOPS_SERVING_MAX_BODY_BYTES"
 ENV_WEBHOOK_URL = "AIRFLOW_GITOPS_SERVING_WEBHOOK_URL"  # where MLflow reaches this server's /webhook
 ENV_WEBHOOK_SECRET_FILE = "AIRFLOW_GITOPS_SERVING_WEBHOOK_SECRET_FILE"  # 0600, never in argv or env
 ENV_WEBHOOK_NAME = "AIRFLOW_GITOPS_SERVING_WEBHOOK_NAME"
+ENV_LOAD_IN_WORKER = "AIRFLOW_GITOPS_SERVING_LOAD_IN_WORKER"  # "1" (default) or "0": fetcher.py
 WEBHOOK_PATH = "/webhook/mlflow"
 DEFAULT_ALIAS = "champion"
 
@@ -31,4 +32,5 @@ def process_env(spec) -> dict[str, str]:
         ENV_ALIAS: serving.alias,
         ENV_POLL: f"{serving.poll_interval:g}",
         ENV_MAX_BODY: str(serving.max_body_bytes),
+        ENV_LOAD_IN_WORKER: "1" if serving.load_in_worker else "0",
     }

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import (
     DEFAULT_ALIAS,
     ENV_ALIAS,
+    ENV_LOAD_IN_WORKER,
     ENV_MAX_BODY,
     ENV_MODEL,
     ENV_POLL,
@@ -44,6 +45,7 @@ def config_from_env(env=os.environ):
         webhook_secret=secret,
         webhook_url=env.get(ENV_WEBHOOK_URL) or None,
         webhook_name=env.get(ENV_WEBHOOK_NAME) or "airflow-gitops-serving",
+        fetch_in_worker=env.get(ENV_LOAD_IN_WORKER, "1") != "0",
     )
 
 
