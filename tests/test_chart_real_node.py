@@ -54,6 +54,23 @@ def hello_real_node():
 hello_real_node()
 """
 
+# Reads the Connection the test creates through the API before `helm uninstall` (issue 19: the seed's
+# reason for a fixed Fernet key) and returns a digest of its password, never the password itself.
+FERNET_READER_DAG = """
+import hashlib
+from datetime import datetime
+from airflow.sdk import BaseHook, dag, task
+
+@dag(schedule=None, start_date=datetime(2024, 1, 1), catchup=False)
+def fernet_reader():
+    @task
+    def read():
+        return hashlib.sha256(BaseHook.get_connection("fernet_probe").password.encode()).hexdigest()
+    read()
+
+fernet_reader()
+"""
+
 
 def kubectl(cluster: KubeCluster, *args: str, timeout: float = 120) -> str:
     proc = subprocess.run(
@@ -160,6 +177,8 @@ def seed_spec(
     """``ml``: the ml_services fixture: the template's pipeline in the repository, its S3 and MLflow."""
     git, pg = services.git, services.pg
     files = {"dags/hello_real_node.py": HELLO_DAG, "README.md": "DAGs\n", **(_template_dags() if ml else {})}
+    if not ml:  # the bundle variant proves the Fernet key across helm uninstall + deploy
+        files["dags/fernet_reader.py"] = FERNET_READER_DAG
     repo_url = git.new_repo(f"dags-{ns}", files)
     shutil.copy(git.key_path, tmp / "deploy_key")
     (tmp / "deploy_key").chmod(0o600)
@@ -364,6 +383,9 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
             pf.terminate()
             pf.wait(10)
 
+        if not ml:
+            _fernet_key_survives_uninstall_and_deploy(kube_node, ns, spec_file, tmp_path, services)
+
         # verify reads the running containers; every row is green.
         result = runner.invoke(app, ["verify", "--target", "kubernetes", "-f", str(spec_file), "--json"])
         report = json.loads(result.stdout)
@@ -437,6 +459,96 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
         subprocess.run([str(kube_node.kubectl), "delete", "pv", f"{ns}-logs"], env=kube_node.env(), capture_output=True)
 
 
+def _api_session(cluster: KubeCluster, ns: str, spec_file: Path):
+    """Port-forward to the API server and log in as the generated admin: (process, base URL, token)."""
+    from airflow_gitops.keystore import ADMIN_PASSWORD
+    from airflow_gitops.spec import load_spec
+
+    pf, base = port_forward(cluster, ns, "svc/airflow-api-server", 8080)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            http(f"{base}/api/v2/monitor/health")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                pf.terminate()
+                raise
+            time.sleep(1)
+    password = (load_spec(spec_file).secrets_dir / ADMIN_PASSWORD).read_text().strip()
+    _, token = http(f"{base}/auth/token", {"username": "admin", "password": password})
+    return pf, base, token["access_token"]
+
+
+def _fernet_key_survives_uninstall_and_deploy(cluster, ns, spec_file, tmp_path, services) -> None:
+    """The seed keeps one Fernet key in a Secret so that `helm delete` + `install` keeps encrypted
+    Connections readable. Here: a Connection created through the API is stored encrypted in the external
+    database; `helm uninstall` removes every pod; `deploy` again; a task in a new worker pod reads it."""
+    import hashlib
+    import secrets as pysecrets
+
+    probe = pysecrets.token_urlsafe(24)
+    pf, base, auth = _api_session(cluster, ns, spec_file)
+    try:
+        status, _ = http(
+            f"{base}/api/v2/connections",
+            {"connection_id": "fernet_probe", "conn_type": "generic", "password": probe},
+            token=auth,
+        )
+        assert status in (200, 201), status
+    finally:
+        pf.terminate()
+        pf.wait(10)
+    db = ns.replace("-", "_")
+    conn = services.pg.connect(db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT is_encrypted, password FROM connection WHERE conn_id = 'fernet_probe'")
+        encrypted, stored = cur.fetchone()
+    conn.close()
+    assert encrypted is True and probe not in stored, "the Connection's password is not encrypted at rest"
+
+    t0 = time.monotonic()
+    subprocess.run(
+        [str(cluster.helm), "-n", ns, "uninstall", "airflow", "--wait", "--timeout", "180s"],
+        env=cluster.env(),
+        capture_output=True,
+        check=True,
+    )
+    left = kubectl(cluster, "-n", ns, "get", "pods", "-l", "release=airflow", "-o", "name").strip()
+    assert not left, f"pods left after helm uninstall: {left}"
+    result = runner.invoke(app, ["deploy", "-f", str(spec_file), "--out", str(tmp_path / "out-again")])
+    assert result.exit_code == 0, result.output[-4000:]
+    print(f"helm uninstall + deploy again: {time.monotonic() - t0:.0f}s")
+
+    pf, base, auth = _api_session(cluster, ns, spec_file)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            _, dags = http(f"{base}/api/v2/dags", token=auth)
+            if "fernet_reader" in {d["dag_id"] for d in dags["dags"]}:
+                break
+            assert time.monotonic() < deadline, dags
+            time.sleep(3)
+        _, run = http(f"{base}/api/v2/dags/fernet_reader/dagRuns", {"logical_date": None}, token=auth)
+        run_url = f"{base}/api/v2/dags/fernet_reader/dagRuns/{run['dag_run_id']}"
+        deadline = time.monotonic() + 300
+        while True:
+            _, state = http(run_url, token=auth)
+            if state["state"] in ("success", "failed"):
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(2)
+        _, log = http(f"{run_url}/taskInstances/read/logs/1", token=auth)
+        assert state["state"] == "success", json.dumps(log)[-3000:]
+        _, xcom = http(f"{run_url}/taskInstances/read/xcomEntries/return_value", token=auth)
+        got = xcom["value"]
+        got = json.loads(got) if isinstance(got, str) and got.startswith('"') else got  # serialized or not
+        assert got == hashlib.sha256(probe.encode()).hexdigest(), xcom
+    finally:
+        pf.terminate()
+        pf.wait(10)
+
+
 PIPELINE_TASKS = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register", "served"]
 
 
@@ -460,8 +572,17 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
     deadline = time.monotonic() + 900
     while True:
         for p in json.loads(
-            kubectl(cluster, "-n", ns, "get", "pods", "-l", "kubernetes_executor=True,dag_id=ml_training_pipeline",
-                    "-o", "json")
+            kubectl(
+                cluster,
+                "-n",
+                ns,
+                "get",
+                "pods",
+                "-l",
+                "kubernetes_executor=True,dag_id=ml_training_pipeline",
+                "-o",
+                "json",
+            )
         )["items"]:
             statuses = p["status"].get("containerStatuses") or [{}]
             pods[p["metadata"]["name"]] = {
@@ -513,8 +634,11 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
     deadline = time.monotonic() + 60
     while True:
         serving = json.loads(kubectl(cluster, "-n", ns, "get", "pods", "-l", "component=serving", "-o", "json"))
-        ready = [p for p in serving["items"]
-                 if all(c["ready"] for c in p["status"].get("containerStatuses") or [{"ready": False}])]
+        ready = [
+            p
+            for p in serving["items"]
+            if all(c["ready"] for c in p["status"].get("containerStatuses") or [{"ready": False}])
+        ]
         if len(ready) == 2:
             break
         assert time.monotonic() < deadline, [p["status"].get("containerStatuses") for p in serving["items"]]
@@ -538,13 +662,20 @@ def _faults_mid_run(cluster: KubeCluster, ns: str, base: str, auth: str) -> None
     _, run = http(f"{base}/api/v2/dags/ml_training_pipeline/dagRuns", {"logical_date": None}, token=auth)
     run_url = f"{base}/api/v2/dags/ml_training_pipeline/dagRuns/{run['dag_run_id']}"
     train = "kubernetes_executor=True,dag_id=ml_training_pipeline,task_id=train"
-    (victim,) = wait("the train pod to run", lambda: [
-        p["metadata"]["name"] for p in pods(train) if p["status"]["phase"] == "Running"][:1])
+    (victim,) = wait(
+        "the train pod to run",
+        lambda: [p["metadata"]["name"] for p in pods(train) if p["status"]["phase"] == "Running"][:1],
+    )
     kubectl(cluster, "-n", ns, "delete", "pod", victim, "--grace-period=0", "--wait=false")
     t_worker = time.monotonic()
-    wait("train to be retried", lambda: [
-        p for p in pods(train) if p["metadata"]["name"] != victim and p["status"]["phase"] in ("Running", "Succeeded")
-    ])
+    wait(
+        "train to be retried",
+        lambda: [
+            p
+            for p in pods(train)
+            if p["metadata"]["name"] != victim and p["status"]["phase"] in ("Running", "Succeeded")
+        ],
+    )
     (scheduler,) = [p["metadata"]["name"] for p in pods("component=scheduler")]
     wait("evaluate to start", lambda: pods("kubernetes_executor=True,dag_id=ml_training_pipeline,task_id=evaluate"))
     kubectl(cluster, "-n", ns, "delete", "pod", scheduler, "--wait=false")
@@ -557,9 +688,11 @@ def _faults_mid_run(cluster: KubeCluster, ns: str, base: str, auth: str) -> None
     state = wait("the run to finish", finished, 600)
     _, tis = http(f"{run_url}/taskInstances", token=auth)
     tries = {t["task_id"]: (t["state"], t["try_number"]) for t in tis["task_instances"]}
-    print(f"\nfaults: worker pod of train deleted, scheduler pod {scheduler} deleted: run {state['state']} "
-          f"{time.monotonic() - t_scheduler:.0f} s after the scheduler's deletion "
-          f"({time.monotonic() - t_worker:.0f} s after the worker's); tries {tries}")
+    print(
+        f"\nfaults: worker pod of train deleted, scheduler pod {scheduler} deleted: run {state['state']} "
+        f"{time.monotonic() - t_scheduler:.0f} s after the scheduler's deletion "
+        f"({time.monotonic() - t_worker:.0f} s after the worker's); tries {tries}"
+    )
     assert state["state"] == "success", tries
     assert tries["train"] == ("success", 2), tries  # the deleted pod's try failed, the retry succeeded
     new = [p["metadata"]["name"] for p in pods("component=scheduler")]
