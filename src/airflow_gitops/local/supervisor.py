@@ -23,6 +23,7 @@ from ..binaries import venv_bin
 from ..errors import PlatformError
 from ..keystore import write_private
 from .layout import unix_socket_path
+from .process_hooks import SESSION_ENV_VAR
 
 
 @dataclass
@@ -139,11 +140,14 @@ class Supervisor:
                 f"stop that process and remove {self.socket}; then run the command again",
             )
 
-    def start_daemon(self, hide: Iterable[str] = ()) -> None:
-        """Start supervisord; its programs inherit this environment minus the variables in ``hide``."""
+    def start_daemon(self, hide: Iterable[str] = (), session: str | None = None) -> None:
+        """Start supervisord; its programs inherit this environment minus the variables in ``hide``,
+        plus ``session`` (the token that marks them as this start's: ``process_hooks.leftovers``)."""
         cmd = [venv_bin("supervisord"), "-c", str(self.conf)]
         hidden = set(hide)
         env = {k: v for k, v in os.environ.items() if k not in hidden}
+        if session:
+            env[SESSION_ENV_VAR] = session
         try:
             result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
         except subprocess.TimeoutExpired:
