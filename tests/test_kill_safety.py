@@ -34,11 +34,14 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pr
 # kernel shows (/proc/PID/environ), so only its session tells it is ours.
 # (setproctitle zeroes the whole argv + environment area, however short the title.)
 RETITLED = "import setproctitle, time; setproctitle.setproctitle('airflow scheduler'); time.sleep(600)"
-# A program whose child leaves supervisord's session (setsid, as a daemonizing tool does): only the
-# token in its environment tells it is ours.
+# A program whose children leave supervisord's session (setsid, as a daemonizing tool does): the first
+# keeps the environment (the token tells it is ours), the second gets an empty one, as PostgreSQL's
+# backends (setsid, then a title) show theirs: only its parent tells.
 DETACHES = (
     "import subprocess, sys, time; "
-    "subprocess.Popen(['sleep', '600'], start_new_session=True); time.sleep(600)"
+    "subprocess.Popen(['sleep', '600'], start_new_session=True); "
+    "time.sleep(0.2); "
+    "subprocess.Popen(['sleep', '601'], start_new_session=True, env={}); time.sleep(600)"
 )
 
 
@@ -114,8 +117,8 @@ def _end(*procs: subprocess.Popen) -> None:
 
 
 def test_a_real_leftover_is_found_and_killed(tmp_path):
-    """supervisord's orphans - a plain one, one that retitled itself, the setsid child of another -
-    are what `down` stops, each by what marks it; nothing of them is left."""
+    """supervisord's orphans - a plain one, one that retitled itself, the setsid children of another
+    (one with an empty environment) - are what `down` stops, each by what marks it; none is left."""
     c = Crashed(tmp_path / "p", {
         "plain": ["sleep", "600"],
         "retitled": [sys.executable, "-c", RETITLED],
@@ -124,27 +127,30 @@ def test_a_real_leftover_is_found_and_killed(tmp_path):
     try:
         def execed() -> bool:  # setsid is done before the exec
             kids = psutil.Process(c.pids["detaches"]).children()
-            return len(kids) == 1 and kids[0].name() == "sleep"
+            return len(kids) == 2 and all(k.name() == "sleep" for k in kids)
 
-        _wait_for(execed, 10, "the detached child")
+        _wait_for(execed, 10, "the detached children")
+        detached, bare = sorted(psutil.Process(c.pids["detaches"]).children(), key=lambda k: k.cmdline()[1])
+        detached, bare = detached.pid, bare.pid
+        c.tree += [detached, bare]
+        assert Path(f"/proc/{bare}/environ").read_bytes() == b""
         retitled = psutil.Process(c.pids["retitled"])
         _wait_for(lambda: retitled.cmdline()[:1] == ["airflow scheduler"], 10, "the new title")
-        detached = psutil.Process(c.pids["detaches"]).children()[0].pid
-        c.tree.append(detached)
         token = c.platform.session().token
         retitled_env = Path(f"/proc/{c.pids['retitled']}/environ").read_bytes()
         assert token.encode() not in retitled_env, "setproctitle did not overwrite the environment shown"
-        assert os.getsid(detached) != c.supervisord
+        assert os.getsid(detached) != c.supervisord and os.getsid(bare) != c.supervisord
         found = {x.pid: x.why for x in c.platform.leftovers()}
         assert found == {
             c.pids["plain"]: "session token",
             c.pids["retitled"]: "supervisord's session",
             c.pids["detaches"]: "session token",
             detached: "session token",
+            bare: f"started by {c.pids['detaches']}",
         }
         text = c.down()
-        assert "Stopped what was left" in text and text.count("killed pid") == 4, text
-        assert [pid for pid in (*c.pids.values(), detached) if _alive(pid)] == []
+        assert "Stopped what was left" in text and text.count("killed pid") == 5, text
+        assert [pid for pid in (*c.pids.values(), detached, bare) if _alive(pid)] == []
         assert c.platform.leftovers() == []
     finally:
         c.cleanup()

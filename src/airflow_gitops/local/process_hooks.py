@@ -176,7 +176,8 @@ def leftovers(session: Session | None, uids: Iterable[int] = ()) -> list[Leftove
 
     A process belongs to it when it runs as this user or as one in ``uids`` (the user PostgreSQL
     runs as, when we are root), and its environment has the session's token, or it is in the session
-    of the session's supervisord (while that pid, if alive, is still the same supervisord). What it
+    of the session's supervisord (while that pid, if alive, is still the same supervisord), or its
+    parent belongs to it (and it runs as one of these users, without a terminal). What it
     names on its command line and its working directory say nothing: a backup of the state directory
     names it too. Never this process or its ancestors, and never a process with a controlling terminal:
     the platform's processes have none (supervisord detaches), a user's shell does.
@@ -197,30 +198,45 @@ def leftovers(session: Session | None, uids: Iterable[int] = ()) -> list[Leftove
                 leader = None  # the pid is another process now: its session is not ours
         except psutil.NoSuchProcess:
             pass  # gone (killed): its session lives on in what it started
-    found = []
-    for proc in psutil.process_iter(["pid", "name", "uids", "terminal", "status", "create_time"]):
+    candidates, children = {}, {}
+    for proc in psutil.process_iter(["pid", "ppid", "name", "uids", "terminal", "status", "create_time"]):
         info = proc.info
         if info["pid"] in skip or info["status"] == psutil.STATUS_ZOMBIE or info["terminal"]:
             continue
         if info["uids"] is None or info["uids"].real not in allowed or info["uids"].effective not in allowed:
             continue  # another user's process: never ours to signal
-        why = None
+        candidates[info["pid"]] = proc
+        children.setdefault(info["ppid"], []).append(info["pid"])
+    marked: dict[int, str] = {}
+    for pid, proc in candidates.items():
         try:
             if proc.environ().get(SESSION_ENV_VAR) == session.token:
-                why = "session token"
+                marked[pid] = "session token"
+                continue
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             pass
-        # A process that sets its title (PostgreSQL's, Airflow's) overwrites the environment the
-        # kernel shows: the session id still tells.
-        if why is None and leader is not None and _session_id(info["pid"]) == leader:
-            why = "supervisord's session"
-        if why:
-            try:
-                cmdline = proc.cmdline()
-            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue
-            found.append(Leftover(info["pid"], info["name"] or "?", why, " ".join(cmdline), info["create_time"]))
-    return found
+        # A process that sets its title (Airflow's do) zeroes the environment the kernel shows: its
+        # session id still tells.
+        if leader is not None and _session_id(pid) == leader:
+            marked[pid] = "supervisord's session"
+    # What a process of ours started is ours, even with a new session and title (PostgreSQL's
+    # backends: setsid, then the title).
+    todo = list(marked)
+    while todo:
+        parent = todo.pop()
+        for pid in children.get(parent, ()):
+            if pid not in marked:
+                marked[pid] = f"started by {parent}"
+                todo.append(pid)
+    found = []
+    for pid, why in marked.items():
+        proc = candidates[pid]
+        try:
+            cmdline = proc.cmdline()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        found.append(Leftover(pid, proc.info["name"] or "?", why, " ".join(cmdline), proc.info["create_time"]))
+    return sorted(found, key=lambda x: x.pid)
 
 
 def terminate(found: list[Leftover], grace: float = 5.0) -> list[Leftover]:
