@@ -21,7 +21,6 @@ from conftest import DagRepo, cleanup_platform, make_spec, quiet_console, wait_f
 
 from airflow_gitops import fernetkeys
 from airflow_gitops.local.platform import LocalPlatform
-from airflow_gitops.local.process_hooks import leftovers
 
 pytestmark = pytest.mark.platform  # starts a real local platform
 
@@ -78,12 +77,8 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def _roots(platform: LocalPlatform):
-    return [platform.layout.root, platform.postgres.data_dir]
-
-
 def _ours(platform: LocalPlatform) -> list:
-    return leftovers(_roots(platform), platform.layout.airflow_home)
+    return platform.leftovers()
 
 
 @pytest.fixture(scope="module")

@@ -64,34 +64,67 @@ def _start(args, **kw) -> subprocess.Popen:
     return subprocess.Popen(args, start_new_session=True, **kw)
 
 
-def test_leftovers_are_found_by_environment_command_line_or_cwd_and_terminated(tmp_path):
+def test_leftovers_are_found_by_the_session_token_and_terminated(tmp_path):
+    """The token of the session in the environment is what counts; paths a process names do not.
+    (The session-id half and the real supervisord: tests/test_kill_safety.py.)"""
     state = tmp_path / "state"
-    home = state / "airflow"
-    home.mkdir(parents=True)
+    state.mkdir()
+    session = hooks.Session.new(state)
+    marked = {**os.environ, hooks.SESSION_ENV_VAR: session.token}
     ignores_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    procs = {
-        "AIRFLOW_HOME": _start(["sleep", "60"], env={**os.environ, "AIRFLOW_HOME": str(home)}, cwd="/"),
-        "command line": _start([*SLEEP, str(state / "x.conf")]),
-        "working directory": _start([sys.executable, "-c", ignores_term], cwd=home),
-    }
-    other = _start(["sleep", "60"], cwd=tmp_path)  # next to the state dir, not in it
+    procs = [_start(["sleep", "60"], env=marked, cwd="/"), _start([sys.executable, "-c", ignores_term], env=marked)]
+    other_token = {**os.environ, hooks.SESSION_ENV_VAR: hooks.Session.new(state).token}
+    others = [
+        _start([*SLEEP, str(state / "x.conf")], cwd=state),  # names the state dir, works in it: not ours
+        _start(["sleep", "60"], env=other_token),  # another start's token
+    ]
     try:
         time.sleep(0.5)
-        found = {x.pid: x for x in hooks.leftovers([state], home)}
-        assert {pid: found[pid].why for pid in found} == {p.pid: why for why, p in procs.items()}
-        assert other.pid not in found
+        found = {x.pid: x for x in hooks.leftovers(session)}
+        assert {pid: x.why for pid, x in found.items()} == {p.pid: "session token" for p in procs}
+        assert hooks.leftovers(None) == []
         t0 = time.monotonic()
         ended = hooks.terminate(list(found.values()), grace=1)
         assert {x.pid for x in ended} == set(found)
         took = time.monotonic() - t0
-        assert all(_gone(p.pid, 0.1) for p in procs.values())
+        assert all(_gone(p.pid, 0.1) for p in procs)
         assert 1 <= took < 8  # one of them ignores SIGTERM: SIGKILLed after the 1-s grace
-        assert hooks.leftovers([state], home) == []
-        assert other.poll() is None
+        assert hooks.leftovers(session) == []
+        assert all(p.poll() is None for p in others)
     finally:
-        for p in [*procs.values(), other]:
+        for p in [*procs, *others]:
             p.kill()
             p.wait()
+
+
+def test_terminate_skips_a_reused_pid(tmp_path):
+    """A leftover whose pid now belongs to a process started later (same command line) is not signalled."""
+    state = tmp_path / "state"
+    state.mkdir()
+    session = hooks.Session.new(state)
+    proc = _start(["sleep", "60"], env={**os.environ, hooks.SESSION_ENV_VAR: session.token})
+    try:
+        time.sleep(0.3)
+        [item] = hooks.leftovers(session)
+        earlier = hooks.Leftover(item.pid, item.name, item.why, item.command, item.started - 1)
+        assert hooks.terminate([earlier], grace=0.1) == []
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_session_read_back_belongs_to_its_own_folder_only(tmp_path):
+    state, copy = tmp_path / "state", tmp_path / "copy"
+    state.mkdir()
+    copy.mkdir()
+    session = hooks.Session.new(state).with_supervisord(os.getpid())
+    text = session.to_json()
+    assert hooks.Session.from_json(text, state) == session
+    assert hooks.Session.from_json(text, copy) is None  # a copied or restored state dir
+    assert hooks.Session.from_json("{not json", state) is None
+    st = os.stat(state)
+    assert hooks.Session.from_json(f'{{"token": "short", "root": [{st.st_dev}, {st.st_ino}]}}', state) is None
 
 
 def test_stale_pid_file_is_removed_unless_its_process_is_ours(tmp_path: Path):

@@ -29,7 +29,7 @@ from .api import AirflowClient
 from .aws import write_local_aws_files
 from .components import Phase
 from .dag_repo import ensure_probe_branch, seed_local_repo
-from .layout import HOST, Layout
+from .layout import HOST, Layout, postgres_user
 from .postgres import LocalPostgres, wait_until
 from .status import ComponentStatus, PlatformStatus
 from .supervisor import Supervisor
@@ -76,6 +76,10 @@ class LocalPlatform:
     @property
     def env_file(self) -> Path:
         return self.layout.supervisor / "airflow.env.json"
+
+    @property
+    def session_file(self) -> Path:
+        return self.layout.supervisor / "session.json"
 
     def programs(self):
         return components.programs(self)
@@ -257,10 +261,7 @@ class LocalPlatform:
             self.postgres.initdb(lay.logs / "initdb.log")
         keystore.write_private(self.env_file, json.dumps(self.airflow_env()))
         self.supervisor.write_conf(self.programs())
-        # An allow-listed environment, not the shell's (environment.py): no token, ssh-agent, AWS key or
-        # AIRFLOW__ setting of the user's reaches a component or task, nor the ${VAR}s platform.yaml
-        # refers to (read by airflow-gitops, never by Airflow).
-        self.supervisor.start_daemon(environment.supervisord_env(self.layout))
+        self._start_supervisord()
         migrate = False
         for phase in Phase:
             if phase is Phase.AIRFLOW_IMPORT:
@@ -389,12 +390,39 @@ class LocalPlatform:
                 )
             time.sleep(HEALTH_POLL_S)
 
+    def _start_supervisord(self) -> None:
+        """Start supervisord (its programs as written in its conf) as a new session of this platform."""
+        # Every process supervisord starts carries this start's token and is in supervisord's session:
+        # what `down` and the next `up` stop, and nothing else (process_hooks.leftovers).
+        session = process_hooks.Session.new(self.layout.root)
+        keystore.write_private(self.session_file, session.to_json())
+        # An allow-listed environment, not the shell's (environment.py): no token, ssh-agent, AWS key or
+        # AIRFLOW__ setting of the user's reaches a component or task, nor the ${VAR}s platform.yaml
+        # refers to (read by airflow-gitops, never by Airflow); plus this start's token.
+        env = {**environment.supervisord_env(self.layout), process_hooks.SESSION_ENV_VAR: session.token}
+        self.supervisor.start_daemon(env)
+        pid = int(self.supervisor.pidfile.read_text())
+        keystore.write_private(self.session_file, session.with_supervisord(pid).to_json())
+
+    def session(self) -> process_hooks.Session | None:
+        """What marks the processes the last `up` started (None before the first, or in a copy of the
+        state directory)."""
+        try:
+            return process_hooks.Session.from_json(keystore.read_private(self.session_file), self.layout.root)
+        except (FileNotFoundError, PlatformError):
+            return None
+
+    def leftovers(self) -> list[process_hooks.Leftover]:
+        """Live processes the last `up` started (supervisord and all it started, while it runs)."""
+        return process_hooks.leftovers(self.session(), self._run_as_uids())
+
+    def _run_as_uids(self) -> list[int]:
+        user = postgres_user() if self.layout.runs_local_postgres else None
+        return [user.pw_uid] if user else []
+
     def _sweep(self, say) -> list[process_hooks.Leftover]:
         """Terminate processes of this platform that supervisord does not know (any more)."""
-        roots = [self.layout.root]
-        if self.layout.runs_local_postgres:
-            roots.append(self.postgres.data_dir)
-        return process_hooks.sweep(roots, self.layout.airflow_home, say)
+        return process_hooks.sweep(self.session(), say, self._run_as_uids())
 
     def down(self, console: Console) -> None:
         with self._exclusive("down"):

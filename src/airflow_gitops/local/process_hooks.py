@@ -18,9 +18,15 @@ Two halves:
 
 * **In the CLI** (``leftovers`` / ``sweep``, at ``down`` and before ``up`` starts anything): whatever
   survived anyway (a process started by ``subprocess``, which runs no fork hooks; PostgreSQL, MLflow
-  and the S3 endpoint after their supervisord was killed) is found by what points at this state
-  directory — ``AIRFLOW_HOME`` in its environment, a path in its command line, its working
-  directory — and terminated (SIGTERM, then SIGKILL).
+  and the S3 endpoint after their supervisord was killed) is found by what the platform gave it when
+  it started — never by what it names: a backup job copying the state directory, a shell in it or
+  another platform at a path with the same suffix mention the same paths — and terminated (SIGTERM,
+  then SIGKILL). Each ``up`` makes a ``Session``: a random token, put into supervisord's environment
+  (``SESSION_ENV_VAR``, so every process it starts inherits it), and supervisord's pid and start time
+  (every process it starts is in its session, ``getsid``, for good: a session is inherited and never
+  joined, and it outlives its leader). A leftover carries that token in its environment, or is in
+  that session; and it runs as this user (or as the user the platform runs PostgreSQL as): a process
+  of another user is never signalled.
 
 This module imports nothing of the package: it is loaded by every Airflow process and must stay cheap.
 """
@@ -100,56 +106,137 @@ def write_local_settings(airflow_home: Path) -> Path:
 
 
 # --- leftovers (run by the CLI) ----------------------------------------------------------------------
+SESSION_ENV_VAR = "AIRFLOW_GITOPS_SESSION"  # the token of the `up` that started a process (inherited)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What marks the processes of one start of the platform (stored 0600 in the state directory)."""
+
+    token: str
+    root: tuple[int, int]  # (st_dev, st_ino) of the state directory: a copy of it is not this platform
+    supervisord: tuple[int, float] | None = None  # its pid (= its session id) and psutil create_time
+
+    @classmethod
+    def new(cls, state_dir: Path) -> Session:
+        import secrets
+
+        st = os.stat(state_dir)
+        return cls(secrets.token_hex(16), (st.st_dev, st.st_ino))
+
+    def with_supervisord(self, pid: int) -> Session:
+        import psutil
+
+        return Session(self.token, self.root, (pid, psutil.Process(pid).create_time()))
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps({"token": self.token, "root": list(self.root), "supervisord": self.supervisord})
+
+    @classmethod
+    def from_json(cls, text: str | bytes, state_dir: Path) -> Session | None:
+        """The session stored in ``state_dir``; None when unreadable, or written for another directory
+        (the state directory was copied or restored: the processes it names are not ours)."""
+        import json
+
+        try:
+            data = json.loads(text)
+            token, root, sup = str(data["token"]), tuple(map(int, data["root"])), data.get("supervisord")
+            sup = (int(sup[0]), float(sup[1])) if sup else None
+            st = os.stat(state_dir)
+        except (ValueError, KeyError, TypeError, IndexError, OSError):
+            return None
+        if len(token) < 16 or root != (st.st_dev, st.st_ino):
+            return None
+        return cls(token, root, sup)
+
+
 @dataclass(frozen=True)
 class Leftover:
     pid: int
     name: str
     why: str  # what ties it to this platform
     command: str
+    started: float = 0.0  # psutil create_time: tells a reused pid apart
 
     def __str__(self) -> str:
         return f"pid {self.pid} {self.name} ({self.why}): {self.command[:120]}"
 
 
-def _under(path: str | None, roots: Iterable[str]) -> bool:
-    return bool(path) and any(path == r or path.startswith(r + "/") for r in roots)
+def _session_id(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
-def _mentions(arg: str, roots: Iterable[str]) -> bool:
-    return any(arg == r or arg.endswith("=" + r) or (r + "/") in arg for r in roots)
+def leftovers(session: Session | None, uids: Iterable[int] = ()) -> list[Leftover]:
+    """Live processes of the platform started as ``session`` (nothing without one).
 
-
-def leftovers(roots: Iterable[Path], airflow_home: Path) -> list[Leftover]:
-    """Live processes of the platform whose state is under ``roots`` (the state directory, and the
-    PostgreSQL data directory when it lives elsewhere).
-
-    A process belongs to it when its environment has ``AIRFLOW_HOME`` = ``airflow_home``, an argument
-    of its command line is a path under a root, or its working directory is under a root. Never this
-    process or its ancestors, and never a process with a controlling terminal: the platform's
-    processes have none (supervisord detaches), a user's ``tail -f .../scheduler.log`` or shell does.
+    A process belongs to it when it runs as this user or as one in ``uids`` (the user PostgreSQL
+    runs as, when we are root), and its environment has the session's token, or it is in the session
+    of the session's supervisord (while that pid, if alive, is still the same supervisord), or its
+    parent belongs to it (and it runs as one of these users, without a terminal). What it
+    names on its command line and its working directory say nothing: a backup of the state directory
+    names it too. Never this process or its ancestors, and never a process with a controlling terminal:
+    the platform's processes have none (supervisord detaches), a user's shell does.
     """
     import psutil
 
-    real = sorted({os.path.realpath(r) for r in roots} | {str(Path(r).absolute()) for r in roots})
-    home = {os.path.realpath(airflow_home), str(Path(airflow_home).absolute())}
+    if session is None:
+        return []
+    allowed = {os.geteuid(), *uids}
     me = psutil.Process()
     skip = {me.pid, *(p.pid for p in me.parents())}
-    found = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline", "cwd", "environ", "terminal", "status"]):
+    leader = None
+    if session.supervisord:
+        pid, started = session.supervisord
+        leader = pid
+        try:
+            if abs(psutil.Process(pid).create_time() - started) > 0.01:
+                leader = None  # the pid is another process now: its session is not ours
+        except psutil.NoSuchProcess:
+            pass  # gone (killed): its session lives on in what it started
+    candidates, children = {}, {}
+    for proc in psutil.process_iter(["pid", "ppid", "name", "uids", "terminal", "status", "create_time"]):
         info = proc.info
         if info["pid"] in skip or info["status"] == psutil.STATUS_ZOMBIE or info["terminal"]:
             continue
-        cmdline = info["cmdline"] or []
-        why = None
-        if (info["environ"] or {}).get("AIRFLOW_HOME") in home:
-            why = "AIRFLOW_HOME"
-        elif any(_mentions(arg, real) for arg in cmdline):
-            why = "command line"
-        elif _under(info["cwd"], real):
-            why = "working directory"
-        if why:
-            found.append(Leftover(info["pid"], info["name"] or "?", why, " ".join(cmdline)))
-    return found
+        if info["uids"] is None or info["uids"].real not in allowed or info["uids"].effective not in allowed:
+            continue  # another user's process: never ours to signal
+        candidates[info["pid"]] = proc
+        children.setdefault(info["ppid"], []).append(info["pid"])
+    marked: dict[int, str] = {}
+    for pid, proc in candidates.items():
+        try:
+            if proc.environ().get(SESSION_ENV_VAR) == session.token:
+                marked[pid] = "session token"
+                continue
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+        # A process that sets its title (Airflow's do) zeroes the environment the kernel shows: its
+        # session id still tells.
+        if leader is not None and _session_id(pid) == leader:
+            marked[pid] = "supervisord's session"
+    # What a process of ours started is ours, even with a new session and title (PostgreSQL's
+    # backends: setsid, then the title).
+    todo = list(marked)
+    while todo:
+        parent = todo.pop()
+        for pid in children.get(parent, ()):
+            if pid not in marked:
+                marked[pid] = f"started by {parent}"
+                todo.append(pid)
+    found = []
+    for pid, why in marked.items():
+        proc = candidates[pid]
+        try:
+            cmdline = proc.cmdline()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        found.append(Leftover(pid, proc.info["name"] or "?", why, " ".join(cmdline), proc.info["create_time"]))
+    return sorted(found, key=lambda x: x.pid)
 
 
 def terminate(found: list[Leftover], grace: float = 5.0) -> list[Leftover]:
@@ -160,7 +247,7 @@ def terminate(found: list[Leftover], grace: float = 5.0) -> list[Leftover]:
     for item in found:
         try:
             proc = psutil.Process(item.pid)
-            if " ".join(proc.cmdline()) != item.command:
+            if (item.started and proc.create_time() != item.started) or " ".join(proc.cmdline()) != item.command:
                 continue  # the pid was reused in between
             proc.terminate()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -177,9 +264,9 @@ def terminate(found: list[Leftover], grace: float = 5.0) -> list[Leftover]:
     return signalled
 
 
-def sweep(roots: Iterable[Path], airflow_home: Path, say: Callable[[str], None]) -> list[Leftover]:
-    """Terminate every leftover process of this platform, saying which."""
-    found = leftovers(list(roots), airflow_home)
+def sweep(session: Session | None, say: Callable[[str], None], uids: Iterable[int] = ()) -> list[Leftover]:
+    """Terminate every leftover process of this platform's ``session``, saying which."""
+    found = leftovers(session, uids)
     if found:
         say(f"Stopping {len(found)} leftover process(es) of this platform (from a crash or a killed supervisor):")
         for item in terminate(found):
