@@ -24,7 +24,8 @@ until the new version answers and until ``--per-move`` requests were sent since 
   old process exited);
 * downtime per move: the longest gap between two successful answers from the move to served + 0.5 s;
 * latency p50/p99 of successful requests (send -> answer, from the client), steady phase vs the swap
-  windows (move -> served + 0.5 s);
+  windows (move -> served + 0.5 s), and the requests of the move phase outside the swap windows ("between
+  swaps": the same minutes as the swaps, so a busy neighbour weighs on both alike);
 * RSS and PSS of the server's process tree (psutil, every 50 ms): median in the steady phase, peak in the swap
   windows.
 
@@ -485,6 +486,9 @@ def summarize(kind, records, samples, steady, moves, expected, extra, t_start) -
             wrong += 1
     steady_lat = [r[1] - r[0] for r in counted if r[2] and steady[0] <= r[0] < steady[1]]
     swap_lat = [r[1] - r[0] for r in counted if r[2] and in_window(r[0])]
+    # The same moves' requests outside the swap windows: sent over the same minutes as swap_lat, so the
+    # machine's neighbours weigh on both alike (the steady phase comes before, under other neighbours).
+    between_lat = [r[1] - r[0] for r in counted if r[2] and r[0] >= steady[1] and not in_window(r[0])]
     # where in its move the slowest requests of the swap windows were sent (from the move, and from served)
     slowest = []
     for r in sorted((r for r in counted if r[2] and in_window(r[0])), key=lambda r: r[0] - r[1])[:10]:
@@ -541,6 +545,12 @@ def summarize(kind, records, samples, steady, moves, expected, extra, t_start) -
                 "p99": ms(pct(steady_lat, 0.99)),
                 "max": ms(max(steady_lat)),
             },
+            "between_swaps": {
+                "n": len(between_lat),
+                "p50": ms(pct(between_lat, 0.5)),
+                "p99": ms(pct(between_lat, 0.99)),
+                "max": ms(max(between_lat, default=None)),
+            },
             "swap": {
                 "n": len(swap_lat),
                 "p50": ms(pct(swap_lat, 0.5)),
@@ -568,6 +578,8 @@ def summarize(kind, records, samples, steady, moves, expected, extra, t_start) -
     out["swap_p99_over_steady_p99"] = (
         round(lat["swap"]["p99"] / lat["steady"]["p99"], 2) if lat["swap"]["p99"] and lat["steady"]["p99"] else None
     )
+    b = lat["between_swaps"]["p99"]
+    out["swap_p99_over_between_p99"] = round(lat["swap"]["p99"] / b, 2) if lat["swap"]["p99"] and b else None
     return out
 
 
@@ -650,7 +662,10 @@ def print_table(res: dict) -> None:
         ("p99 during swaps (ms)", lambda r: r["latency_ms"]["swap"]["p99"], "ratio"),
         ("max steady (ms)", lambda r: r["latency_ms"]["steady"]["max"], "ratio"),
         ("max during swaps (ms)", lambda r: r["latency_ms"]["swap"]["max"], "ratio"),
+        ("p50 between swaps (ms)", lambda r: r["latency_ms"]["between_swaps"]["p50"], "ratio"),
+        ("p99 between swaps (ms)", lambda r: r["latency_ms"]["between_swaps"]["p99"], "ratio"),
         ("p99 swap / p99 steady", lambda r: r["swap_p99_over_steady_p99"], None),
+        ("p99 swap / p99 between swaps", lambda r: r["swap_p99_over_between_p99"], None),
         (
             "load average before / after",
             lambda r: f"{r['load_before'].split('/')[0]} / {r['load_after'].split('/')[0]}",
