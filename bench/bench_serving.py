@@ -9,6 +9,8 @@ total, no retries, each request the same 5 records in MLflow's ``dataframe_recor
 
 * ``webhook``: ``python -m airflow_gitops.serving`` with the webhook on (HMAC secret from a 0600 file,
   registered with MLflow at start) and polling every 60 s, so the webhook does the swaps;
+* ``in-server``: the same as ``webhook`` with ``serving.load_in_worker: false`` (the new version is
+  downloaded, loaded and checked in a thread of the server, not in its worker process);
 * ``polling``: the same with the webhook off and polling every ``--poll`` seconds;
 * ``baseline``: ``mlflow models serve -m models:/<name>@champion --env-manager local``, stopped and
   started again after each move (SIGTERM, wait for it to exit, start, serve).
@@ -33,7 +35,7 @@ Not a test: it starts real processes on free loopback ports, state under /tmp/be
 them in ``finally`` (also on SIGTERM/SIGINT). It exits non-zero when it cannot measure (a server that
 does not start, a move that is not served within ``--timeout``, no successful request in a phase).
 
-    .venv/bin/python bench/bench_serving.py                     # 20 moves, all three variants, ~7 min
+    .venv/bin/python bench/bench_serving.py                     # 20 moves, all four variants, ~9 min
     .venv/bin/python bench/bench_serving.py --moves 5 --json serving.json
     .venv/bin/python bench/bench_serving.py --variants webhook,baseline
 """
@@ -60,7 +62,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from serving_fixture import MlflowServer, ServingProcess, free_port, log_version, train  # noqa: E402
 
-VARIANTS = ["webhook", "polling", "baseline"]
+from airflow_gitops.serving import ENV_LOAD_IN_WORKER  # noqa: E402
+
+VARIANTS = ["webhook", "in-server", "polling", "baseline"]
 SWAP_TAIL = 0.5  # seconds after served that still count as "during the swap"
 WARMUP = 30  # requests per variant before the steady phase, not counted
 
@@ -241,8 +245,8 @@ class RssSampler:
 
 
 class Ours:
-    def __init__(self, root: Path, mlflow_uri: str, name: str, *, webhook: bool, poll: float):
-        self.proc = ServingProcess(root, mlflow_uri, name, poll=poll, webhook=webhook)
+    def __init__(self, root: Path, mlflow_uri: str, name: str, *, webhook: bool, poll: float, extra_env=None):
+        self.proc = ServingProcess(root, mlflow_uri, name, poll=poll, webhook=webhook, extra_env=extra_env)
         self.url = self.proc.url
         self.webhook = webhook
 
@@ -419,7 +423,13 @@ def run_variant(
         server = Baseline(base / kind, mlflow_uri, name)
     else:
         server = Ours(
-            base / kind, mlflow_uri, name, webhook=kind == "webhook", poll=60.0 if kind == "webhook" else args.poll
+            base / kind,
+            mlflow_uri,
+            name,
+            webhook=kind != "polling",
+            poll=args.poll if kind == "polling" else 60.0,
+            # in-server: serving.load_in_worker false, the new version loads in the server's own process
+            extra_env={ENV_LOAD_IN_WORKER: "0"} if kind == "in-server" else None,
         )
     rss = RssSampler()
     load_before = load()
