@@ -15,6 +15,8 @@ from typing import Any
 
 # The Connection GitDagBundle pulls the DAG repository with (platform.yaml may not declare it).
 GIT_CONN_ID = "airflow_gitops_dags"
+# Airflow's admin user on every target (its password: keystore.ADMIN_PASSWORD, generated, 0600).
+ADMIN_USER = "admin"
 
 
 # --- Airflow configuration the platform sets ---------------------------------------------------------

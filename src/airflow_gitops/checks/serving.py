@@ -32,22 +32,40 @@ def serving_rows(url: str, env: dict[str, str], *, name: str = "verify.serving")
     served, alias_version = rep.get("served_version"), rep.get("alias_version")
     refused = {r["version"]: r["reason"] for r in rep.get("refused") or []}
     if str(rep.get("registry", "ok")) != "ok":
-        return [fail(name, f"the server cannot reach MLflow's registry: {rep['registry']}"
-                     + (f" (still serving v{served})" if served else ""),
-                     "check MLflow: `airflow-gitops logs mlflow`; the server follows the alias again once it answers")]
+        return [
+            fail(
+                name,
+                f"the server cannot reach MLflow's registry: {rep['registry']}"
+                + (f" (still serving v{served})" if served else ""),
+                "check MLflow: `airflow-gitops logs mlflow`; the server follows the alias again once it answers",
+            )
+        ]
     if alias_version is None:
-        return [skip(name, f"no model to serve yet: {model}@{alias} is not set ({rep.get('reason')})",
-                     "run the pipeline: `airflow-gitops run ml_training_pipeline` (it registers and promotes one)")]
+        return [
+            skip(
+                name,
+                f"no model to serve yet: {model}@{alias} is not set ({rep.get('reason')})",
+                "run the pipeline: `airflow-gitops run ml_training_pipeline` (it registers and promotes one)",
+            )
+        ]
     if alias_version in refused:
         row = warn if served else fail
-        return [row(name, f"{model}@{alias} -> v{alias_version} was refused: {refused[alias_version]}"
-                    + (f"; v{served} keeps serving" if served else "; nothing is served"),
-                    f"fix the model and register a new version, or move @{alias} back to a good one; {fix_log}")]
+        return [
+            row(
+                name,
+                f"{model}@{alias} -> v{alias_version} was refused: {refused[alias_version]}"
+                + (f"; v{served} keeps serving" if served else "; nothing is served"),
+                f"fix the model and register a new version, or move @{alias} back to a good one; {fix_log}",
+            )
+        ]
     if served != alias_version:
-        return [fail(name, f"serves v{served} but {model}@{alias} -> v{alias_version} (after {SWAP_WAIT_S} s)",
-                     fix_log)]
-    return [ok(name, f"serves {model} v{served} = @{alias} ({rep.get('webhook')})"),
-            _prediction(url, model, served, env, f"{name}.prediction")]
+        return [
+            fail(name, f"serves v{served} but {model}@{alias} -> v{alias_version} (after {SWAP_WAIT_S} s)", fix_log)
+        ]
+    return [
+        ok(name, f"serves {model} v{served} = @{alias} ({rep.get('webhook')})"),
+        _prediction(url, model, served, env, f"{name}.prediction"),
+    ]
 
 
 def _health(url: str) -> dict[str, Any] | None:
@@ -90,20 +108,29 @@ def _prediction(url: str, model: str, version: str, env: dict[str, str], name: s
             frame = _example_frame(loaded)
             own = to_json(loaded.predict(frame))
     except Exception as exc:  # noqa: BLE001 - any failure to load is the row's finding
-        return fail(name, f"could not load {model} v{version} here to compare: {type(exc).__name__}: {exc}"[:400],
-                    "check MLflow and the S3 endpoint (`airflow-gitops doctor`)")
+        return fail(
+            name,
+            f"could not load {model} v{version} here to compare: {type(exc).__name__}: {exc}"[:400],
+            "check MLflow and the S3 endpoint (`airflow-gitops doctor`)",
+        )
     records = [{k: _plain_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
     try:
         r = httpx.post(f"{url}/predict", json=records, timeout=30)
     except httpx.HTTPError as exc:
         return fail(name, f"POST {url}/predict failed: {exc}", "read its log: `airflow-gitops logs serving`")
     if r.status_code != 200:
-        return fail(name, f"POST /predict answered {r.status_code}: {r.text[:200]}",
-                    "read its log: `airflow-gitops logs serving`")
+        return fail(
+            name,
+            f"POST /predict answered {r.status_code}: {r.text[:200]}",
+            "read its log: `airflow-gitops logs serving`",
+        )
     got = r.json().get("predictions")
     if not _same(got, own):
-        return fail(name, f"the server predicted {got!r:.200} but the model itself predicts {own!r:.200}",
-                    "read its log: `airflow-gitops logs serving`")
+        return fail(
+            name,
+            f"the server predicted {got!r:.200} but the model itself predicts {own!r:.200}",
+            "read its log: `airflow-gitops logs serving`",
+        )
     return ok(name, f"{len(records)} row(s) through /predict = the model's own prediction ({own!r:.80})")
 
 

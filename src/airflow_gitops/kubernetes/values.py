@@ -21,7 +21,10 @@ from typing import Any
 from .. import contract, managed, names
 from ..contract import SecretKey
 from ..errors import PlatformError
-from ..names import GIT_CONN_ID
+from ..names import (
+    ADMIN_USER,  # noqa: F401 - re-exported for callers of this module
+    GIT_CONN_ID,
+)
 from ..spec import PlatformSpec
 from .image import airflow_version
 
@@ -30,7 +33,6 @@ GIT_SSH_MOUNT = "/opt/airflow/git-ssh"
 AWS_VOLUME = "aws-credentials"
 GIT_SSH_VOLUME = "git-ssh"
 MLFLOW_PLACEHOLDER = "http://mlflow.mlflow.svc.cluster.local:5000"
-ADMIN_USER = "admin"
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 
 

@@ -14,11 +14,12 @@ import json
 from pathlib import Path
 
 from .. import contract, keystore, names
-from ..names import GIT_CONN_ID
+from ..names import (
+    ADMIN_USER,  # noqa: F401 - re-exported for callers of this module
+    GIT_CONN_ID,
+)
 from . import preload
 from .layout import HOST, Layout, dag_runtime_env
-
-ADMIN_USER = "admin"
 
 
 def git_connection(layout: Layout) -> str:

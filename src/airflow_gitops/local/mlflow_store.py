@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .. import keystore
 from ..errors import PlatformError
+from ..serving import DEFAULT_WEBHOOK_NAME
 from .layout import Layout
 
 if TYPE_CHECKING:
@@ -196,8 +197,8 @@ CARRIED_OVER = "airflow_gitops.carried_over"
 _NOT_DATA = {
     "experiments": "experiment_id <> 0",
     "workspaces": "name <> 'default'",
-    "webhooks": "name <> 'airflow-gitops-serving'",
-    "webhook_events": "webhook_id NOT IN (SELECT webhook_id FROM webhooks WHERE name = 'airflow-gitops-serving')",
+    "webhooks": f"name <> '{DEFAULT_WEBHOOK_NAME}'",
+    "webhook_events": f"webhook_id NOT IN (SELECT webhook_id FROM webhooks WHERE name = '{DEFAULT_WEBHOOK_NAME}')",
 }
 
 

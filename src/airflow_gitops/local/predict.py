@@ -18,8 +18,10 @@ LOG_FIX = "read its log: `airflow-gitops logs serving`"
 def predict(platform: LocalPlatform, records: str | None, console: Console) -> dict:
     url = platform.layout.serving_url
     if url is None:
-        raise PlatformError("serving is off (serving.enabled: false in platform.yaml)",
-                            "set serving.enabled: true and run `airflow-gitops up`")
+        raise PlatformError(
+            "serving is off (serving.enabled: false in platform.yaml)",
+            "set serving.enabled: true and run `airflow-gitops up`",
+        )
     if not platform.is_running():
         raise PlatformError("the platform is not running", "start it: `airflow-gitops up`")
     body = _records(records) if records is not None else _example(url)
@@ -29,10 +31,12 @@ def predict(platform: LocalPlatform, records: str | None, console: Console) -> d
         raise PlatformError(f"the serving component at {url} does not answer ({err})", LOG_FIX) from None
     answer = _json(r)
     if r.status_code != 200:
-        raise PlatformError(f"the serving component refused the request ({r.status_code}): "
-                            f"{answer.get('error', r.text[:300])}",
-                            "send a JSON list of records with the model's columns (`curl "
-                            f"{url}/model` lists them)" if r.status_code < 500 else LOG_FIX)
+        raise PlatformError(
+            f"the serving component refused the request ({r.status_code}): {answer.get('error', r.text[:300])}",
+            f"send a JSON list of records with the model's columns (`curl {url}/model` lists them)"
+            if r.status_code < 500
+            else LOG_FIX,
+        )
     console.print_json(data=answer)
     return answer
 
@@ -45,7 +49,7 @@ def _records(text: str):
     except json.JSONDecodeError as err:
         raise PlatformError(
             f"the records are not valid JSON: {err}",
-            'pass a JSON list of records, e.g. \'[{"mean radius": 14.1, ...}]\', or - for stdin',
+            "pass a JSON list of records, e.g. '[{\"mean radius\": 14.1, ...}]', or - for stdin",
         ) from None
 
 
@@ -57,11 +61,15 @@ def _example(url: str):
     info = _json(r)
     served = info.get("served")
     if r.status_code != 200 or not served:
-        raise PlatformError(f"nothing is served yet: {info.get('reason') or r.text[:300]}",
-                            "train and promote a model: `airflow-gitops run ml_training_pipeline`")
+        raise PlatformError(
+            f"nothing is served yet: {info.get('reason') or r.text[:300]}",
+            "train and promote a model: `airflow-gitops run ml_training_pipeline`",
+        )
     if not served.get("example"):
-        raise PlatformError(f"{served['name']} v{served['version']} has no input example to send",
-                            "pass records: `airflow-gitops predict '[{...}]'`")
+        raise PlatformError(
+            f"{served['name']} v{served['version']} has no input example to send",
+            "pass records: `airflow-gitops predict '[{...}]'`",
+        )
     return served["example"]
 
 

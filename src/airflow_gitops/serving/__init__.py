@@ -21,6 +21,7 @@ ENV_WEBHOOK_NAME = "AIRFLOW_GITOPS_SERVING_WEBHOOK_NAME"
 ENV_LOAD_IN_WORKER = "AIRFLOW_GITOPS_SERVING_LOAD_IN_WORKER"  # "1" (default) or "0": fetcher.py
 WEBHOOK_PATH = "/webhook/mlflow"
 DEFAULT_ALIAS = "champion"
+DEFAULT_WEBHOOK_NAME = "airflow-gitops-serving"  # the webhook registered with MLflow (one per server name)
 
 
 def process_env(spec) -> dict[str, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import (
     DEFAULT_ALIAS,
+    DEFAULT_WEBHOOK_NAME,
     ENV_ALIAS,
     ENV_LOAD_IN_WORKER,
     ENV_MAX_BODY,
@@ -44,7 +45,7 @@ def config_from_env(env=os.environ):
         max_body_bytes=int(env.get(ENV_MAX_BODY) or 1_048_576),
         webhook_secret=secret,
         webhook_url=env.get(ENV_WEBHOOK_URL) or None,
-        webhook_name=env.get(ENV_WEBHOOK_NAME) or "airflow-gitops-serving",
+        webhook_name=env.get(ENV_WEBHOOK_NAME) or DEFAULT_WEBHOOK_NAME,
         fetch_in_worker=env.get(ENV_LOAD_IN_WORKER, "1") != "0",
     )
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from . import WEBHOOK_PATH
+from . import DEFAULT_WEBHOOK_NAME, WEBHOOK_PATH
 from .fetcher import Fetcher
 from .model import BadInput
 from .watcher import Served, Watcher
@@ -34,7 +34,7 @@ class Config:
     max_body_bytes: int = 1_048_576
     webhook_secret: str | None = None  # None: no webhook endpoint (polling only)
     webhook_url: str | None = None  # given: register it with MLflow at start (and after a registry outage)
-    webhook_name: str = "airflow-gitops-serving"
+    webhook_name: str = DEFAULT_WEBHOOK_NAME
     fetch_in_worker: bool = True  # download + first check of a new version in a worker process (fetcher.py)
 
 
