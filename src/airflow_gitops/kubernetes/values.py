@@ -22,7 +22,7 @@ from .. import contract, managed, names
 from ..contract import SecretKey
 from ..errors import PlatformError
 from ..names import (
-    ADMIN_USER,  # noqa: F401 - re-exported for callers of this module
+    ADMIN_USER,
     GIT_CONN_ID,
 )
 from ..spec import PlatformSpec

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import contract, keystore, names
 from ..names import (
-    ADMIN_USER,  # noqa: F401 - re-exported for callers of this module
+    ADMIN_USER,
     GIT_CONN_ID,
 )
 from . import preload
