@@ -273,6 +273,12 @@ def check(
     ] = None,
     tests: Annotated[bool, typer.Option("--tests/--no-tests", help="Also run the repository's pytest tests/.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds each phase (parsing, tests) may take.")] = 600,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs", "-j", min=1, help="DAG files parsed at once (1: each file's seconds are its own, not shared)."
+        ),
+    ] = 1,
     as_json: JsonOption = False,
     file: SpecOption = None,
 ) -> None:
@@ -280,7 +286,14 @@ def check(
     from .checks.dag_check import check_command
 
     code = check_command(
-        _spec(file), path, dags_folder=dags_folder, run_tests=tests, timeout=timeout, as_json=as_json, console=console
+        _spec(file),
+        path,
+        dags_folder=dags_folder,
+        run_tests=tests,
+        timeout=timeout,
+        jobs=jobs,
+        as_json=as_json,
+        console=console,
     )
     raise typer.Exit(code)
 

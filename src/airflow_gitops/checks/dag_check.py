@@ -263,11 +263,13 @@ def _duplicates(rows: list[FileReport]) -> None:
 
 
 def parse_phase(
-    spec: PlatformSpec, root: Path, folder: Path, *, timeout: float
+    spec: PlatformSpec, root: Path, folder: Path, *, timeout: float, jobs: int = 1
 ) -> tuple[list[FileReport], dict, float]:
     start = time.monotonic()
     try:
-        result = parse_dag_files(spec, root, folder, timeout=timeout, slow_import_seconds=SLOW_IMPORT_SECONDS)
+        result = parse_dag_files(
+            spec, root, folder, timeout=timeout, slow_import_seconds=SLOW_IMPORT_SECONDS, workers=jobs
+        )
     except ParseError as err:
         row = FileReport(_rel(folder, root) + "/", Status.fail, [], round(time.monotonic() - start, 3))
         row.problems.append(err.saw)
@@ -409,11 +411,12 @@ def check_repo(
     dags_folder: Path | None = None,
     run_tests: bool = True,
     timeout: float = 600,
+    jobs: int = 1,
 ) -> CheckReport:
     start = time.monotonic()
     root, folder = resolve_folders(spec, path, dags_folder)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        parsing = pool.submit(parse_phase, spec, root, folder, timeout=timeout)
+        parsing = pool.submit(parse_phase, spec, root, folder, timeout=timeout, jobs=jobs)
         testing = pool.submit(tests_phase, spec, root, folder, timeout=timeout) if run_tests else None
         rows, raw, parse_seconds = parsing.result()
         tests = testing.result() if testing else TestsReport(Status.skip, "skipped (--no-tests)")
@@ -479,10 +482,11 @@ def check_command(
     dags_folder: Path | None,
     run_tests: bool,
     timeout: float,
+    jobs: int = 1,
     as_json: bool,
     console: Console,
 ) -> int:
-    report = check_repo(spec, path, dags_folder=dags_folder, run_tests=run_tests, timeout=timeout)
+    report = check_repo(spec, path, dags_folder=dags_folder, run_tests=run_tests, timeout=timeout, jobs=jobs)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

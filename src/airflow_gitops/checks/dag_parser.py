@@ -231,6 +231,18 @@ class Parser:
         # Our __import__ wrapper is not the user's code: drop its frame from the traceback.
         frame = re.compile(r'  File "[^"]*dag_parser\.py", line \d+, in timed_import\n(?:    .*\n)*?(?=  File )')
         errors = [frame.sub("", e) for e in bag.import_errors.values()]
+        return {
+            "file": self.rel(path),
+            "dags": sorted(dag.dag_id for dag in found),
+            "seconds": seconds,
+            "error": errors[0] if errors else None,
+            "imports": timings,  # the parent turns these into slow_imports
+            "warnings": list(bag.captured_warnings.get(path, ()))[:5],
+        }
+
+    def stability(self, path: str) -> dict:
+        """Airflow's DAG-version-inflation findings: static (the file's AST), so done in the parent
+        while the child parses."""
         inflation, level = [], None
         if self.check_dag_file_stability is not None:
             try:
@@ -242,16 +254,7 @@ class Parser:
                 ]
             except Exception:
                 pass
-        return {
-            "file": self.rel(path),
-            "dags": sorted(dag.dag_id for dag in found),
-            "seconds": seconds,
-            "error": errors[0] if errors else None,
-            "imports": timings,  # the parent turns these into slow_imports
-            "warnings": list(bag.captured_warnings.get(path, ()))[:5],
-            "inflation": inflation[:5],
-            "inflation_level": level,
-        }
+        return {"inflation": inflation[:5], "inflation_level": level}
 
     # --- the parent: before a fork ------------------------------------------------------------
 
@@ -413,6 +416,7 @@ class Parser:
                 fd, job = self.fork(path)
                 job["shared"] = shared
                 running[fd] = job
+                job["stability"] = self.stability(path)
             now = time.monotonic()
             wait = max(0.0, min(job["start"] + timeout + 15 - now for job in running.values()))
             ready = select.select(list(running), [], [], wait)[0]
@@ -427,7 +431,8 @@ class Parser:
                 _, status = os.waitpid(job["pid"], 0)
                 seconds = round(time.monotonic() - job["start"], 3)
                 if job["data"]:
-                    results[job["path"]] = self.cost_of(json.loads(job["data"]), job["shared"])
+                    raw = {**json.loads(job["data"]), **job["stability"]}
+                    results[job["path"]] = self.cost_of(raw, job["shared"])
                 else:
                     results[job["path"]] = {
                         "file": self.rel(job["path"]),
@@ -459,7 +464,7 @@ class Parser:
             files = []
             for path in paths:
                 self.pre_import(path)
-                files.append(self.cost_of(self.parse(path), {}))
+                files.append(self.cost_of({**self.parse(path), **self.stability(path)}, {}))
         for f in files:
             f.setdefault("slow_imports", [])
         return {
