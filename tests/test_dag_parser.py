@@ -69,11 +69,14 @@ def test_a_shared_package_is_imported_once_and_charged_to_every_file_that_import
             "a.py": "import slowpkg",
             "b.py": "try:\n    import slowpkg\nexcept ImportError:\n    pass",  # a module-level try runs too
             "c.py": "",
+            # changes its import path: might mean a `slowpkg` of its own, so it imports it itself
+            "d.py": "import sys\nsys.path.insert(0, '/nonexistent')\nimport slowpkg",
         }
     )
     assert result["shared_imports"] is True
-    assert len((parse.site / "slowpkg" / "imported-by").read_text().split()) == 1  # the parent, once
-    for name in ("a.py", "b.py"):
+    # the parent once (for a.py and b.py), d.py's child once
+    assert len((parse.site / "slowpkg" / "imported-by").read_text().split()) == 2
+    for name in ("a.py", "b.py", "d.py"):
         f = files[name]
         assert f["error"] is None and f["dags"] == [name.removesuffix(".py")]
         assert [m for m, _ in f["slow_imports"]] == ["slowpkg"], f

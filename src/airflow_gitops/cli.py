@@ -274,11 +274,15 @@ def check(
     tests: Annotated[bool, typer.Option("--tests/--no-tests", help="Also run the repository's pytest tests/.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds each phase (parsing, tests) may take.")] = 600,
     jobs: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--jobs", "-j", min=1, help="DAG files parsed at once (1: each file's seconds are its own, not shared)."
+            "--jobs",
+            "-j",
+            min=1,
+            help="DAG files parsed at once (default: 2, or 1 on one CPU; 1: no file's seconds include a "
+            "neighbour's share of the CPU).",
         ),
-    ] = 1,
+    ] = None,
     as_json: JsonOption = False,
     file: SpecOption = None,
 ) -> None:

@@ -185,6 +185,7 @@ class Parser:
         self.manager_side: set[str] = set()  # modules the processor would have loaded before a file
         self.roots: dict[tuple, object] = {}  # (module, fromlist) pre-imported -> its ledger node
         self.failed_shares: set[tuple] = set()
+        self.shared_modules: set[str] = set()  # loaded here only because a file imports them
         self.warmup: dict[str, float] = {}
         self.installed: dict[str, bool] = {}
 
@@ -261,10 +262,14 @@ class Parser:
     def _module_imports(self, path: str):
         """(airflow imports anywhere in the file, unconditional module-level imports of others)."""
         try:
-            tree = ast.parse(Path(path).read_bytes())
+            source = Path(path).read_bytes()
+            tree = ast.parse(source)
         except Exception:
-            return [], []
+            return [], [], False
         airflow_side, others = [], []
+        # A file that changes its import path may mean its own `utils` where an installed one exists:
+        # it imports everything itself, as it would without sharing (its child forgets the shared ones).
+        changes_path = b"sys.path" in source or b"addsitedir" in source
         # statements that run when the module does: its body, and the bodies of top-level try/with
         # (`try: from kubernetes.client import models` ...); not `if` blocks (`if TYPE_CHECKING:`)
         top_level, todo = set(), list(tree.body)
@@ -285,9 +290,9 @@ class Parser:
             for module, names in wanted:
                 if module == "airflow" or module.startswith("airflow."):
                     airflow_side.append((module, names))
-                elif id(node) in top_level and module != "__future__":
+                elif id(node) in top_level and module != "__future__" and not changes_path:
                     others.append((module, names))
-        return airflow_side, others
+        return airflow_side, others, changes_path
 
     def _is_installed(self, module: str) -> bool:
         """An installed package or the standard library, not code in the DAG folder or repository."""
@@ -311,7 +316,7 @@ class Parser:
 
     def pre_import(self, path: str) -> dict[str, set[str]]:
         """Import in the parent what the file needs; the modules each shared import would cost it."""
-        airflow_side, others = self._module_imports(path)
+        airflow_side, others, changes_path = self._module_imports(path)
         with self.ledger:
             # [dag_processor] parsing_pre_import_modules, and the names the file takes from them:
             # Airflow resolves `from airflow.sdk import Param` lazily, a cost no DAG file can avoid.
@@ -339,11 +344,12 @@ class Parser:
                         if not self._share(key):
                             continue
                     shared[json.dumps([module, sorted(names)])] = self.ledger.closure([key]) - self.manager_side
-        return shared
+        return shared, changes_path
 
     def _share(self, key: tuple) -> bool:
         module, names = key
         undo = _alarm(self.timeout)
+        before = set(sys.modules)
         try:
             with self.ledger.node(key):
                 builtins.__import__(module, {"__name__": "__main__"}, None, names, 0)
@@ -352,6 +358,7 @@ class Parser:
             return False
         finally:
             undo()
+            self.shared_modules |= set(sys.modules) - before
         self.roots[key] = key
         return True
 
@@ -383,7 +390,7 @@ class Parser:
 
     # --- forks ------------------------------------------------------------------------------
 
-    def fork(self, path: str):
+    def fork(self, path: str, forget_shared: bool = False):
         # One forked child per file, as the DAG processor does: nothing leaks from one file to the next.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -392,6 +399,9 @@ class Parser:
         pid = os.fork()
         if pid == 0:
             os.close(read)
+            if forget_shared:
+                for name in self.shared_modules - self.manager_side:
+                    sys.modules.pop(name, None)
             try:
                 payload = json.dumps(self.parse(path))
             except BaseException:
@@ -412,8 +422,8 @@ class Parser:
         while todo or running:
             while todo and len(running) < self.workers:
                 path = todo.pop(0)
-                shared = self.pre_import(path)
-                fd, job = self.fork(path)
+                shared, changes_path = self.pre_import(path)
+                fd, job = self.fork(path, forget_shared=changes_path)
                 job["shared"] = shared
                 running[fd] = job
                 job["stability"] = self.stability(path)
