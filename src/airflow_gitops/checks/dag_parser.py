@@ -8,8 +8,9 @@ It does what the DAG processor does per file: one parent imports Airflow and the
 once, pre-imports the file's ``airflow.*`` imports (``parsing_pre_import_modules``; here also the
 names taken from them), then forks and parses the one file with a ``BundleDagBag`` whose bundle path
 (on ``sys.path``) is the DAG folder, under ``[core] dagbag_import_timeout``. A file that crashes, hangs
-or exits the interpreter takes only its own child down. One file at a time by default, so a file's
-seconds are not shared with a neighbour's.
+or exits the interpreter takes only its own child down. One file at a time unless ``workers`` says
+more (``check`` parses two at once, ``--jobs``); with one, a file's seconds are not shared with a
+neighbour's.
 
 What a fork per file would otherwise pay again for every file (issue 21), the parent pays once:
 

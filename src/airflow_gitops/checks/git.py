@@ -157,9 +157,9 @@ def parse_dag_files(
     """Parse every DAG file under ``folder`` in a child process of this platform's Python.
 
     Returns ``{"files": [{"file", "dags", "seconds", "error", "slow_imports", "warnings", "inflation",
-    "inflation_level"}], "dags", "errors", "airflow_version", "python", "import_timeout"}``; paths are
-    relative to ``root`` (the repository). Raises :class:`ParseError` when the parser cannot run or
-    takes longer than ``timeout`` seconds in all.
+    "inflation_level"}], "dags", "errors", "airflow_version", "python", "import_timeout", "shared_imports",
+    "warmup"}``; paths are relative to ``root`` (the repository). Raises :class:`ParseError` when the
+    parser cannot run or takes longer than ``timeout`` seconds in all. ``workers``: files parsed at once.
     """
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="airflow-gitops-parse-") as home:
