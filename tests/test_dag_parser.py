@@ -96,3 +96,15 @@ def test_a_package_that_hangs_is_stopped_by_the_import_timeout_in_the_parent_and
     assert result["shared_imports"] is True
     assert files["good.py"]["error"] is None
     assert "DagBag import timeout" in files["slow.py"]["error"], files["slow.py"]
+
+
+def test_the_import_ledger_guard_knows_this_python_and_refuses_another_find_and_load():
+    """The one interpreter internal the ledger wraps: present here; a changed one turns sharing off."""
+    import types
+
+    from airflow_gitops.checks import dag_parser
+
+    assert dag_parser.ledger_problem() is None
+    changed = types.SimpleNamespace(_find_and_load=lambda name: None, _resolve_name=lambda *a: "")
+    assert "_find_and_load is not (name, import_)" in dag_parser.ledger_problem(changed)
+    assert "is not" in dag_parser.ledger_problem(types.SimpleNamespace())

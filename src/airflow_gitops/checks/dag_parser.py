@@ -51,6 +51,25 @@ MARKER = "@@RESULT@@"
 ASSET_NAMES = re.compile(r"Asset|asset|Dataset|ObjectStoragePath")
 
 
+def ledger_problem(bootstrap=None) -> str | None:
+    """Why the import ledger cannot run in this Python, or None.
+
+    The guard for the one interpreter internal it wraps: ``importlib._bootstrap._find_and_load(name,
+    import_)``, which CPython's import statement and ``_gcd_import`` call for a module not yet loaded
+    (3.11 to 3.13), and ``_resolve_name`` for relative names. Without them, nothing is shared.
+    """
+    import inspect
+
+    bootstrap = bootstrap or importlib._bootstrap  # type: ignore[attr-defined]
+    try:
+        params = list(inspect.signature(bootstrap._find_and_load).parameters)
+    except (AttributeError, TypeError, ValueError):
+        params = None
+    if params != ["name", "import_"] or not callable(getattr(bootstrap, "_resolve_name", None)):
+        return f"importlib._bootstrap._find_and_load is not (name, import_) in Python {sys.version.split()[0]}"
+    return None
+
+
 class ImportLedger:
     """Who imported what, and each module's own seconds at its first load (``-X importtime``'s self).
 
@@ -59,7 +78,8 @@ class ImportLedger:
     modules a pre-import needs are known even when an earlier one loaded them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, active: bool = True) -> None:
+        self.active = active  # off: nothing wrapped, nothing recorded
         self.own: dict[str, float] = {}  # module -> seconds of its own body, first load only
         self.deps: dict[object, set[str]] = {}
         self.stack: list[list] = []  # [node, start, seconds of nested loads]
@@ -115,13 +135,15 @@ class ImportLedger:
         return _Node()
 
     def __enter__(self):
-        self._bootstrap._find_and_load = self._find_and_load
-        builtins.__import__ = self._import
+        if self.active:
+            self._bootstrap._find_and_load = self._find_and_load
+            builtins.__import__ = self._import
         return self
 
     def __exit__(self, *exc):
-        self._bootstrap._find_and_load = self._real_find_and_load
-        builtins.__import__ = self._real_import
+        if self.active:
+            self._bootstrap._find_and_load = self._real_find_and_load
+            builtins.__import__ = self._real_import
         return False
 
     def closure(self, roots) -> set[str]:
@@ -178,11 +200,17 @@ class Parser:
         self.timeout = conf.getfloat("core", "dagbag_import_timeout")
         self.slow = float(opts.get("slow_import_seconds", 0.5))
         self.workers = max(1, int(opts.get("workers", 1)))
-        self.share = bool(opts.get("share_imports", True)) and hasattr(os, "fork")
+        if not hasattr(os, "fork"):
+            self.share_off = "no os.fork: the files are parsed in this process, one after the other"
+        elif not opts.get("share_imports", True):
+            self.share_off = "off for this run (a shared import ended the parser before)"
+        else:
+            self.share_off = ledger_problem()
+        self.share = self.share_off is None
         self.bag = BundleDagBag(
             dag_folder=folder, bundle_path=folder, bundle_name="dags", collect_dags=False, load_op_links=False
         )
-        self.ledger = ImportLedger()
+        self.ledger = ImportLedger(active=self.share)
         self.manager_side: set[str] = set()  # modules the processor would have loaded before a file
         self.roots: dict[tuple, object] = {}  # (module, fromlist) pre-imported -> its ledger node
         self.failed_shares: set[tuple] = set()
@@ -483,6 +511,7 @@ class Parser:
             "python": sys.executable,
             "import_timeout": self.timeout,
             "shared_imports": self.share,
+            "shared_imports_off": self.share_off,
             "warmup": self.warmup,
             "files": files,
             "dags": sorted(d for f in files for d in f["dags"]),
