@@ -273,6 +273,16 @@ def check(
     ] = None,
     tests: Annotated[bool, typer.Option("--tests/--no-tests", help="Also run the repository's pytest tests/.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds each phase (parsing, tests) may take.")] = 600,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="DAG files parsed at once (default: 2, or 1 on one CPU; 1: no file's seconds include a "
+            "neighbour's share of the CPU).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
     file: SpecOption = None,
 ) -> None:
@@ -280,7 +290,14 @@ def check(
     from .checks.dag_check import check_command
 
     code = check_command(
-        _spec(file), path, dags_folder=dags_folder, run_tests=tests, timeout=timeout, as_json=as_json, console=console
+        _spec(file),
+        path,
+        dags_folder=dags_folder,
+        run_tests=tests,
+        timeout=timeout,
+        jobs=jobs,
+        as_json=as_json,
+        console=console,
     )
     raise typer.Exit(code)
 

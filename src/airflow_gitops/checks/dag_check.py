@@ -4,7 +4,8 @@ Two phases, each in a child process of this platform's Python (its exact Airflow
 the minimal environment of :func:`.git.parse_env` (no operator credentials) and a time limit:
 
 1. every DAG file is parsed by the parser doctor's ``git.dag_imports`` row uses
-   (:func:`.git.parse_dag_files`: one forked child per file, as the DAG processor does). Per file: its
+   (:func:`.git.parse_dag_files`: one forked child per file, as the DAG processor does; two at a time
+   by default, ``--jobs``). Per file: its
    DAG ids, import errors as ``file:line`` with the message (a missing module names the package and
    where it goes), DAG cycles, the parse time against ``[core] dagbag_import_timeout`` (fail above it,
    warn above a quarter of it), top-level imports slower than 0.5 s by name, and Airflow's own
@@ -17,6 +18,7 @@ Both phases run at the same time. Read-only: no ``.pytest_cache``, no ``__pycach
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -37,6 +39,7 @@ from .git import ParseError, _dirs_with_python, _error_location, import_timeout,
 from .result import STYLE, Status
 
 SLOW_IMPORT_SECONDS = 0.5  # a top-level import slower than this is named
+DEFAULT_JOBS = 2  # DAG files parsed at once by default (capped by the CPUs)
 WARN_FRACTION = 0.25  # parse time above this share of dagbag_import_timeout is a warning
 
 # Provider namespaces with a second level: airflow.providers.apache.spark -> apache-airflow-providers-apache-spark
@@ -263,11 +266,13 @@ def _duplicates(rows: list[FileReport]) -> None:
 
 
 def parse_phase(
-    spec: PlatformSpec, root: Path, folder: Path, *, timeout: float
+    spec: PlatformSpec, root: Path, folder: Path, *, timeout: float, jobs: int = 1
 ) -> tuple[list[FileReport], dict, float]:
     start = time.monotonic()
     try:
-        result = parse_dag_files(spec, root, folder, timeout=timeout, slow_import_seconds=SLOW_IMPORT_SECONDS)
+        result = parse_dag_files(
+            spec, root, folder, timeout=timeout, slow_import_seconds=SLOW_IMPORT_SECONDS, workers=jobs
+        )
     except ParseError as err:
         row = FileReport(_rel(folder, root) + "/", Status.fail, [], round(time.monotonic() - start, 3))
         row.problems.append(err.saw)
@@ -409,11 +414,14 @@ def check_repo(
     dags_folder: Path | None = None,
     run_tests: bool = True,
     timeout: float = 600,
+    jobs: int | None = None,
 ) -> CheckReport:
     start = time.monotonic()
+    if jobs is None:  # two files at once: the speed of a plain DagBag on two cores (docs/performance.md)
+        jobs = min(DEFAULT_JOBS, os.cpu_count() or 1)
     root, folder = resolve_folders(spec, path, dags_folder)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        parsing = pool.submit(parse_phase, spec, root, folder, timeout=timeout)
+        parsing = pool.submit(parse_phase, spec, root, folder, timeout=timeout, jobs=jobs)
         testing = pool.submit(tests_phase, spec, root, folder, timeout=timeout) if run_tests else None
         rows, raw, parse_seconds = parsing.result()
         tests = testing.result() if testing else TestsReport(Status.skip, "skipped (--no-tests)")
@@ -479,10 +487,11 @@ def check_command(
     dags_folder: Path | None,
     run_tests: bool,
     timeout: float,
+    jobs: int | None = None,
     as_json: bool,
     console: Console,
 ) -> int:
-    report = check_repo(spec, path, dags_folder=dags_folder, run_tests=run_tests, timeout=timeout)
+    report = check_repo(spec, path, dags_folder=dags_folder, run_tests=run_tests, timeout=timeout, jobs=jobs)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

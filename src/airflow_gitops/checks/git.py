@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .. import gitremote
@@ -76,199 +77,10 @@ def check_sub_path(spec: PlatformSpec, clone: Path) -> CheckResult:
     )
 
 
-# One child-process parser for doctor's ``git.dag_imports`` row and ``airflow-gitops check``. It runs in
-# this platform's Python (so its exact Airflow and providers) and does what the DAG processor does per
-# file: with the processor's own modules loaded, pre-import the file's ``airflow.*`` imports in the
-# parent (``parsing_pre_import_modules``; here also the names taken from them), then fork and parse
-# the one file with a ``BundleDagBag`` whose bundle path (on ``sys.path``) is the DAG folder, under
-# ``[core] dagbag_import_timeout``. One file at a time by default, so a file's seconds are its own,
-# not shared with a neighbour's. Each file's DAG ids, parse seconds, import error, top-level imports
-# slower than the threshold (timed by wrapping ``__import__`` for calls made from the file itself)
-# and Airflow's DAG-version-inflation findings come back as one JSON document.
-_PARSE_SCRIPT = r"""
-import ast, builtins, importlib, json, os, re, select, signal, sys, time, traceback
-from pathlib import Path
-root, folder, opts = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
-os.environ.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_ERROR_TRACEBACK_DEPTH", "50")
-import airflow
-from airflow.configuration import conf
-from airflow.dag_processing.dagbag import BundleDagBag
-import airflow.sdk  # every DAG file imports it; the DAG processor has it loaded before parsing
-try:  # what the DAG processor has loaded before it forks the child that parses a file
-    import airflow.dag_processing.processor
-except Exception:
-    pass
-try:
-    from airflow.dag_processing.importers import get_importer_registry
-    def list_files():
-        return list(get_importer_registry().list_dag_files(str(folder), safe_mode=True))
-except ImportError:  # Airflow < 3.3
-    from airflow.utils.file import list_py_file_paths
-    def list_files():
-        return list_py_file_paths(str(folder), safe_mode=True, include_examples=False)
-try:
-    from airflow.utils.dag_version_inflation_checker import check_dag_file_stability
-except ImportError:
-    check_dag_file_stability = None
-
-timeout = conf.getfloat("core", "dagbag_import_timeout")
-slow = float(opts.get("slow_import_seconds", 0.5))
-bag = BundleDagBag(dag_folder=folder, bundle_path=folder, bundle_name="dags", collect_dags=False, load_op_links=False)
-
-
-def rel(path):
-    return os.path.relpath(path, root)
-
-
-def parse(path):
-    bag.import_errors.clear()
-    bag.captured_warnings.clear()
-    timings = {}
-    real_import = builtins.__import__
-
-    def timed_import(name, globals=None, locals=None, fromlist=(), level=0):
-        if level or not globals or globals.get("__file__") != path:
-            return real_import(name, globals, locals, fromlist, level)
-        start = time.perf_counter()
-        try:
-            return real_import(name, globals, locals, fromlist, level)
-        finally:
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-    builtins.__import__ = timed_import
-    start = time.perf_counter()
-    try:
-        found = bag.process_file(path, only_if_updated=False, safe_mode=True)
-    finally:
-        seconds = time.perf_counter() - start
-        builtins.__import__ = real_import
-    # Our __import__ wrapper is not the user's code: drop its frame from the traceback.
-    errors = [re.sub(r'  File "<string>", line \d+, in timed_import\n', "", e) for e in bag.import_errors.values()]
-    inflation, level = [], None
-    if check_dag_file_stability is not None:
-        try:
-            result = check_dag_file_stability(path)
-            level = result.check_level.value
-            inflation = [
-                f"line {w.line}: {w.message}" + (f" ({w.code[:80]}...)" if len(w.code) > 80 else f" ({w.code})")
-                for w in result.warnings.values()
-            ]
-        except Exception:
-            pass
-    return {
-        "file": rel(path),
-        "dags": sorted(dag.dag_id for dag in found),
-        "seconds": round(seconds, 3),
-        "error": errors[0] if errors else None,
-        "slow_imports": sorted(([n, round(s, 3)] for n, s in timings.items() if s >= slow), key=lambda x: -x[1]),
-        "warnings": list(bag.captured_warnings.get(path, ()))[:5],
-        "inflation": inflation[:5],
-        "inflation_level": level,
-    }
-
-
-def pre_import(path):
-    # [dag_processor] parsing_pre_import_modules, and the names the file takes from them: Airflow
-    # resolves `from airflow.sdk import Param` lazily, a cost no DAG file can avoid; the file's time
-    # is then its own.
-    try:
-        tree = ast.parse(Path(path).read_bytes())
-    except Exception:
-        return
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            wanted = [(a.name, ()) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            wanted = [(node.module, [a.name for a in node.names])]
-        else:
-            continue
-        for module, names in wanted:
-            if module != "airflow" and not module.startswith("airflow."):
-                continue
-            try:
-                mod = importlib.import_module(module)
-                for name in names:
-                    getattr(mod, name, None)
-            except Exception:
-                pass
-
-
-def fork(path):
-    # One forked child per file, as the DAG processor does: nothing leaks from one file to the next.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            payload = json.dumps(parse(path))
-        except BaseException:
-            payload = json.dumps({"file": rel(path), "dags": [], "seconds": 0, "error": traceback.format_exc()})
-        with os.fdopen(write, "wb") as out:
-            out.write(payload.encode())
-        os._exit(0)
-    os.close(write)
-    return read, {"pid": pid, "path": path, "start": time.monotonic(), "data": b""}
-
-
-def parse_in_children(paths, workers):
-    # Up to `workers` files at once (as [dag_processor] parsing_processes would); each one is killed
-    # when it outlives the import timeout by 15 s (Airflow's own SIGALRM timeout normally ends it first).
-    results, running, todo = {}, {}, list(paths)
-    while todo or running:
-        while todo and len(running) < workers:
-            path = todo.pop(0)
-            pre_import(path)
-            fd, job = fork(path)
-            running[fd] = job
-        now = time.monotonic()
-        wait = max(0.0, min(job["start"] + timeout + 15 - now for job in running.values()))
-        ready = select.select(list(running), [], [], wait)[0]
-        for fd in ready:
-            job = running[fd]
-            chunk = os.read(fd, 1 << 16)
-            if chunk:
-                job["data"] += chunk
-                continue
-            os.close(fd)
-            del running[fd]
-            _, status = os.waitpid(job["pid"], 0)
-            seconds = round(time.monotonic() - job["start"], 3)
-            results[job["path"]] = json.loads(job["data"]) if job["data"] else {
-                "file": rel(job["path"]), "dags": [], "seconds": seconds,
-                "error": f"the parsing process died (wait status {status}) while importing the file"}
-        for fd, job in list(running.items()):
-            seconds = time.monotonic() - job["start"]
-            if seconds > timeout + 15:
-                os.kill(job["pid"], signal.SIGKILL)
-                os.waitpid(job["pid"], 0)
-                os.close(fd)
-                del running[fd]
-                results[job["path"]] = {
-                    "file": rel(job["path"]), "dags": [], "seconds": round(seconds, 3),
-                    "error": f"killed after {seconds:.0f} s: the file did not finish importing within "
-                             f"Airflow's {timeout:g} s import timeout"}
-    return [results[p] for p in paths]
-
-
-paths = sorted(list_files())
-if hasattr(os, "fork"):
-    files = parse_in_children(paths, max(1, int(opts.get("workers", 1))))
-else:
-    files = []
-    for path in paths:
-        pre_import(path)
-        files.append(parse(path))
-print("\n@@RESULT@@" + json.dumps({
-    "airflow_version": airflow.__version__,
-    "python": sys.executable,
-    "import_timeout": timeout,
-    "files": files,
-    "dags": sorted(d for f in files for d in f["dags"]),
-    "errors": {f["file"]: f["error"] for f in files if f["error"]},
-}))
-"""
+# One child-process parser for doctor's ``git.dag_imports`` row and ``airflow-gitops check``:
+# ``checks/dag_parser.py``, run as ``python -m`` in this platform's Python (its docstring says how it
+# parses: a fork per file from one parent that imported Airflow once).
+PARSER_MODULE = "airflow_gitops.checks.dag_parser"
 
 
 def _error_location(path: str, trace: str) -> tuple[str, str]:
@@ -345,31 +157,36 @@ def parse_dag_files(
     """Parse every DAG file under ``folder`` in a child process of this platform's Python.
 
     Returns ``{"files": [{"file", "dags", "seconds", "error", "slow_imports", "warnings", "inflation",
-    "inflation_level"}], "dags", "errors", "airflow_version", "python", "import_timeout"}``; paths are
-    relative to ``root`` (the repository). Raises :class:`ParseError` when the parser cannot run or
-    takes longer than ``timeout`` seconds in all.
+    "inflation_level"}], "dags", "errors", "airflow_version", "python", "import_timeout", "shared_imports",
+    "warmup"}``; paths are relative to ``root`` (the repository). Raises :class:`ParseError` when the
+    parser cannot run or takes longer than ``timeout`` seconds in all. ``workers``: files parsed at once.
     """
-    opts = json.dumps({"slow_import_seconds": slow_import_seconds, "workers": workers})
+    deadline = time.monotonic() + timeout
     with tempfile.TemporaryDirectory(prefix="airflow-gitops-parse-") as home:
         env = parse_env(spec, Path(home), folder)
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", _PARSE_SCRIPT, str(root), str(folder), opts],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=timeout,
-                cwd=home,
-            )
-        except subprocess.TimeoutExpired:
-            raise ParseError(
-                f"parsing the DAG files took more than {timeout:g} s", "move slow work out of DAG top-level code"
-            ) from None
-    marker = proc.stdout.rfind("@@RESULT@@")
-    if proc.returncode != 0 or marker < 0:
-        tail = " ".join(proc.stderr.strip().splitlines()[-2:])[:300]
-        raise ParseError(f"could not run a DagBag in {sys.executable}: {tail}", "reinstall airflow-gitops (uv sync)")
-    return json.loads(proc.stdout[marker + len("@@RESULT@@") :])
+        for share_imports in (True, False):
+            # Sharing imports across files: the parent imports the files' installed packages once. If
+            # one of those kills the parent (a crashing C extension), parse again the old way, each
+            # file importing them itself in its own child, so the one file fails and not all of them.
+            opts = {"slow_import_seconds": slow_import_seconds, "workers": workers, "share_imports": share_imports}
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", PARSER_MODULE, str(root), str(folder), json.dumps(opts)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=max(1.0, deadline - time.monotonic()),
+                    cwd=home,
+                )
+            except subprocess.TimeoutExpired:
+                raise ParseError(
+                    f"parsing the DAG files took more than {timeout:g} s", "move slow work out of DAG top-level code"
+                ) from None
+            marker = proc.stdout.rfind("@@RESULT@@")
+            if proc.returncode == 0 and marker >= 0:
+                return json.loads(proc.stdout[marker + len("@@RESULT@@") :])
+    tail = " ".join(proc.stderr.strip().splitlines()[-2:])[:300]
+    raise ParseError(f"could not run a DagBag in {sys.executable}: {tail}", "reinstall airflow-gitops (uv sync)")
 
 
 def check_dag_imports(spec: PlatformSpec, clone: Path) -> CheckResult:
