@@ -514,8 +514,10 @@ def _fernet_key_survives_uninstall_and_deploy(cluster, ns, spec_file, tmp_path, 
         capture_output=True,
         check=True,
     )
-    left = kubectl(cluster, "-n", ns, "get", "pods", "-l", "release=airflow", "-o", "name").strip()
-    assert not left, f"pods left after helm uninstall: {left}"
+    deadline = time.monotonic() + 180  # the release's pods end their grace period: none is left running
+    while left := kubectl(cluster, "-n", ns, "get", "pods", "-l", "release=airflow", "-o", "name").strip():
+        assert time.monotonic() < deadline, f"pods left 180 s after helm uninstall: {left}"
+        time.sleep(2)
     result = runner.invoke(app, ["deploy", "-f", str(spec_file), "--out", str(tmp_path / "out-again")])
     assert result.exit_code == 0, result.output[-4000:]
     print(f"helm uninstall + deploy again: {time.monotonic() - t0:.0f}s")
