@@ -68,3 +68,76 @@ def test_remote_logging_off_is_the_seed(tmp_path):
     assert not any(section == "logging" for section, _ in contract.common_config(spec))
     assert contract.logs_connection(spec, s3_endpoint="http://127.0.0.1:5999") == {}
     assert airflow_log_io(_env(spec, None), tmp_path)["io"] is None
+
+
+# In a child process with the local target's environment: a task's log file is uploaded by Airflow's own
+# S3 log IO (what the task supervisor calls when a task ends), then read back the way the API server does.
+UPLOAD_AND_READ = """
+import json, sys
+from airflow.config_templates import airflow_local_settings as s
+io = s.REMOTE_TASK_LOG
+rel = sys.argv[1]
+path = io.base_log_folder / rel
+path.parent.mkdir(parents=True, exist_ok=True)
+path.write_text(sys.argv[2])
+io.upload(rel, None)
+sources, logs = io.read(rel, None)
+c = io.hook.conn_config
+conn = {"id": c.conn_id, "type": c.conn_type, "endpoint": c.get_service_endpoint_url("s3")}
+print(json.dumps({"sources": sources, "logs": logs, "base": str(io.base_log_folder), "conn": conn}))
+"""
+
+
+def test_local_target_uploads_task_logs_to_its_own_s3_endpoint(tmp_path):
+    """The local platform's Airflow environment (airflow_env: settings, Connection, AWS files) writes a
+    task log into s3://<aws.bucket>/<logs.remote_prefix>/ on the real local endpoint (rclone) and reads
+    it back from there; the object is then checked with a plain S3 client."""
+    from conftest import free_port, make_spec, wait_for
+    from test_data_safety import _answers_any
+
+    from airflow_gitops.local import components, mlflow_store
+    from airflow_gitops.local.airflow_env import airflow_env
+    from airflow_gitops.local.aws import write_local_aws_files
+    from airflow_gitops.local.platform import LocalPlatform
+
+    spec = make_spec(
+        tmp_path,
+        {"logs": {"remote": "s3", "remote_prefix": "airflow/task-logs"}, "local": {"ports": {"s3": free_port()}}},
+    )
+    platform = LocalPlatform(spec)
+    lay = platform.layout
+    lay.supervisor.mkdir(parents=True, exist_ok=True)
+    lay.airflow_home.mkdir(parents=True, exist_ok=True)
+    write_local_aws_files(lay)
+    program = components._s3_program(platform)
+    server = subprocess.Popen(
+        program.command, cwd=program.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: server.poll() is None and _answers_any(f"{lay.s3_url}/"), 60, "the S3 endpoint")
+        mlflow_store.ensure_bucket(lay)  # what the s3 component's on_ready does in `up`
+        env = airflow_env(lay, "postgresql://u:p@127.0.0.1:1/db")  # no database is needed for logs
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AWS_"))}
+        rel = "dag_id=d1/run_id=manual__1/task_id=t1/attempt=1.log"
+        line = '{"event": "hello from the task", "level": "info"}\n'
+        r = subprocess.run(
+            [sys.executable, "-c", UPLOAD_AND_READ, rel, line],
+            env={**clean, **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+        key = f"airflow/task-logs/{rel}"
+        assert got["sources"] == [f"s3://{spec.aws.bucket}/{key}"], got
+        assert got["logs"] == [line], got
+        # Through the platform's Connection (boto3 alone would find the endpoint in the AWS config file too).
+        assert got["conn"] == {"id": "airflow_gitops_logs", "type": "aws", "endpoint": lay.s3_url}, got
+        assert got["base"] == str(lay.task_logs)  # the local copy stays where the seed mode keeps it
+        body = mlflow_store._s3(lay).get_object(Bucket=spec.aws.bucket, Key=key)["Body"].read().decode()
+        assert body == line
+        assert (lay.s3_data / spec.aws.bucket / key).read_text() == line  # a file on disk: survives down/up
+    finally:
+        server.terminate()
+        server.wait(30)
