@@ -138,3 +138,41 @@ def test_rwo_logs_pvc_with_remote_logging_names_persistence_off_mock_k8s_api(tmp
 def test_missing_namespace_fails_mock_k8s_api(tmp_path, mock_k8s_api):
     r = _rows(kube.kube_checks(_spec(tmp_path)))["kube.namespace"]
     assert r.status == "fail" and "kubectl create namespace airflow" in r.fix
+
+
+def _storage_class(name, provisioner, default=False):
+    annotations = {"storageclass.kubernetes.io/is-default-class": "true"} if default else {}
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": name, "annotations": annotations},
+        "provisioner": provisioner,
+    }
+
+
+def test_logs_pvc_to_create_on_a_single_node_storage_class_warns_mock_k8s_api(tmp_path, mock_k8s_api):
+    """Before the first deploy (no claim yet): the RWX PVC deploy would create on an EBS-style class would
+    stay Pending - the default class, or logs.storage_class - while an RWX-capable one is fine."""
+    spec = _spec(tmp_path)
+    store = _healthy_store(spec)
+    del store[f"/api/v1/namespaces/{NS}/persistentvolumeclaims/airflow-logs"]
+    classes = [_storage_class("gp3", "ebs.csi.aws.com", default=True), _storage_class("efs", "efs.csi.aws.com")]
+    store["/apis/storage.k8s.io/v1/storageclasses"] = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClassList",
+        "metadata": {},
+        "items": classes,
+    }
+    for c in classes:
+        store[f"/apis/storage.k8s.io/v1/storageclasses/{c['metadata']['name']}"] = c
+    mock_k8s_api.store = store
+    rows = _rows(kube.kube_checks(spec))
+    assert rows["kube.logs_pvc"].status == "fail" and "does not exist" in rows["kube.logs_pvc"].saw
+    r = rows["kube.logs_storage_class"]
+    assert r.status == "warn" and "gp3" in r.saw and "ebs.csi.aws.com" in r.saw and "Pending" in r.saw, r
+    assert "logs.storage_class" in r.fix and "logs.remote: s3" in r.fix
+    efs = parse_spec({"logs": {"storage_class": "efs"}}, base_dir=tmp_path)
+    assert _rows(kube.kube_checks(efs))["kube.logs_storage_class"].status == "ok"
+    typo = parse_spec({"logs": {"storage_class": "nfs"}}, base_dir=tmp_path)
+    r = _rows(kube.kube_checks(typo))["kube.logs_storage_class"]
+    assert r.status == "fail" and "'nfs'" in r.saw, r

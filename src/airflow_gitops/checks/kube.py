@@ -108,6 +108,65 @@ def _single_node_claim(spec: PlatformSpec, core, claim: str, modes: list[str]) -
     return warn(row, f"PVC {claim} is {mode}: {who}; {where}", fix)
 
 
+# Provisioners whose volumes are block devices, attachable to one node at a time: a ReadWriteMany claim
+# on them is never provisioned (their drivers refuse the access mode).
+SINGLE_NODE_PROVISIONERS = {
+    "ebs.csi.aws.com": "AWS EBS",
+    "kubernetes.io/aws-ebs": "AWS EBS",
+    "pd.csi.storage.gke.io": "GCE persistent disk",
+    "kubernetes.io/gce-pd": "GCE persistent disk",
+    "disk.csi.azure.com": "Azure Disk",
+    "kubernetes.io/azure-disk": "Azure Disk",
+    "cinder.csi.openstack.org": "OpenStack Cinder",
+    "kubernetes.io/cinder": "OpenStack Cinder",
+    "dobs.csi.digitalocean.com": "DigitalOcean block storage",
+    "csi.hetzner.cloud": "Hetzner volumes",
+}
+DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
+
+
+def _storage_class_rows(spec: PlatformSpec, api) -> list[CheckResult]:
+    """The logs PVC `deploy` will create (ReadWriteMany) on logs.storage_class, or the cluster's default
+    class: a warning when that class's provisioner makes single-node volumes only (it would stay Pending)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    row, storage = "kube.logs_storage_class", client.StorageV1Api(api)
+    try:
+        if spec.logs.storage_class:
+            sc = storage.read_storage_class(spec.logs.storage_class, _request_timeout=10)
+        else:
+            classes = storage.list_storage_class(_request_timeout=10).items
+            sc = next(
+                (c for c in classes if (c.metadata.annotations or {}).get(DEFAULT_CLASS) == "true"),
+                None,
+            )
+    except ApiException as err:
+        if err.status == 404 and spec.logs.storage_class:
+            return [
+                fail(
+                    row,
+                    f"logs.storage_class {spec.logs.storage_class!r} is not a storage class of this cluster",
+                    "set logs.storage_class to one `kubectl get storageclass` lists (ReadWriteMany-capable), "
+                    + _logs_way_out(spec),
+                )
+            ]
+        return [skip(row, f"not checked: storage classes cannot be read (HTTP {err.status})")]
+    if sc is None:
+        return [skip(row, "no default storage class: the claim binds to a PersistentVolume made for it")]
+    kind = SINGLE_NODE_PROVISIONERS.get(sc.provisioner)
+    if kind is None:
+        return [ok(row, f"the logs PVC will use storage class {sc.metadata.name} ({sc.provisioner})")]
+    return [
+        warn(
+            row,
+            f"the logs PVC `deploy` creates (ReadWriteMany) would use storage class {sc.metadata.name}, whose "
+            f"provisioner {sc.provisioner} ({kind}) makes single-node volumes only: it would stay Pending",
+            "set logs.storage_class to an RWX class (EFS, NFS, Azure Files, Filestore), " + _logs_way_out(spec),
+        )
+    ]
+
+
 def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
     if not kubeconfig_path().exists():
         return [
@@ -218,6 +277,8 @@ def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
                     "`airflow-gitops deploy` creates it (ReadWriteMany, logs.size/logs.storage_class)",
                 )
             )
+            if err.status == 404:
+                rows += _storage_class_rows(spec, api)
             return rows
         modes = list(pvc.spec.access_modes or [])
         phase = pvc.status.phase if pvc.status else "?"
