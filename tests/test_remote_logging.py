@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from airflow_gitops import contract, names
 from airflow_gitops.spec import parse_spec
 
@@ -141,3 +143,62 @@ def test_local_target_uploads_task_logs_to_its_own_s3_endpoint(tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+MARKER_DAG = """
+from datetime import datetime
+from airflow.sdk import dag, task
+
+@dag(dag_id="{dag_id}", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
+     default_args={{"owner": "tests", "retries": 0}})
+def _d():
+    @task
+    def speak():
+        print("{marker}")
+    speak()
+
+_d()
+"""
+
+
+@pytest.mark.platform  # starts a real local platform
+def test_a_task_log_goes_to_s3_and_the_api_server_reads_it_from_there(tmp_path):
+    """End to end on a real local platform with logs.remote: s3: a task's log is uploaded when it ends
+    (by Airflow's task supervisor, through the platform's Connection) to s3://<bucket>/<prefix>/ on the
+    local S3 endpoint; Airflow then empties the local copy, so the log the API server serves (what the UI
+    shows) is the one it read back from S3."""
+    import uuid
+
+    from conftest import DagRepo, cleanup_platform, make_spec, quiet_console, wait_for
+
+    from airflow_gitops.local import mlflow_store
+    from airflow_gitops.local.platform import LocalPlatform
+
+    spec = make_spec(tmp_path, {"logs": {"remote": "s3", "remote_prefix": "e2e/logs"}, "serving": {"enabled": False}})
+    platform = LocalPlatform(spec)
+    try:
+        platform.up(quiet_console())
+        dag_id, marker = "remote_log_e2e", f"marker-{uuid.uuid4().hex}"
+        repo = DagRepo(spec.dag_repo_url, tmp_path / "work")
+        repo.push({f"dags/{dag_id}.py": MARKER_DAG.format(dag_id=dag_id, marker=marker)}, f"add {dag_id}")
+        client = platform.client()
+        wait_for(lambda: dag_id in client.dag_ids(), 120, f"{dag_id} to be listed")
+        run_id = client.trigger(dag_id)
+        run = client.wait_run(dag_id, run_id, timeout=240)
+        assert run["state"] == "success", client.task_log(dag_id, run_id, "speak")[-3000:]
+        s3 = mlflow_store._s3(platform.layout)
+        prefix = f"e2e/logs/dag_id={dag_id}/"
+
+        def uploaded():
+            return [o["Key"] for o in s3.list_objects_v2(Bucket=spec.aws.bucket, Prefix=prefix).get("Contents", [])]
+
+        # The run is success when the task process reports it; its supervisor uploads the log after that.
+        keys = wait_for(uploaded, 90, "the task log in S3")
+        assert len(keys) == 1 and keys[0].endswith("task_id=speak/attempt=1.log"), keys
+        body = s3.get_object(Bucket=spec.aws.bucket, Key=keys[0])["Body"].read().decode()
+        assert marker in body
+        local = platform.layout.task_logs / keys[0].removeprefix("e2e/logs/")
+        assert local.exists() and marker not in local.read_text(), "the local copy was not replaced by the upload"
+        assert marker in client.task_log(dag_id, run_id, "speak")
+    finally:
+        cleanup_platform(platform)
