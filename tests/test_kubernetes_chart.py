@@ -258,3 +258,74 @@ def test_kubernetes_chart_keeps_jinja_in_airflow_config_literal(tmp_path, chart_
         for section in JINJA_CONFIG.values():
             for key, value in section.items():
                 assert f"{key} = {value}" in lines, (key, [ln for ln in lines if ln.startswith(key)])
+
+
+@pytest.mark.parametrize("persistence", [True, False])
+def test_remote_logging_reaches_airflow_cfg_of_every_pod(tmp_path, chart_dir, persistence):
+    """logs.remote: s3 - the chart's airflow.cfg (the ConfigMap the scheduler, the API server and every
+    KubernetesExecutor task pod mount) has the [logging] remote keys; each of those pods has the logs
+    Connection (region, the S3 endpoint of aws.endpoint_url) in its env; the image gets the amazon
+    provider. The logs PVC stays as the seed has it (persistence: true) or is gone (false)."""
+    spec = spec_in(tmp_path, logs={"remote": "s3", "remote_prefix": "prod/airflow", "persistence": persistence})
+    r = render(spec, tmp_path / "out", chart=str(chart_dir))
+    docs = [d for d in yaml.safe_load_all((tmp_path / "out" / "chart.yaml").read_text()) if d]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "airflow-config")
+    cfg = cm["data"]["airflow.cfg"]
+    import configparser
+
+    parsed = configparser.ConfigParser(interpolation=None)
+    parsed.read_string(cfg)
+    assert parsed["logging"]["remote_logging"] == "True"
+    assert parsed["logging"]["remote_base_log_folder"] == "s3://mlops-data/prod/airflow"
+    assert parsed["logging"]["remote_log_conn_id"] == "airflow_gitops_logs"
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+    }
+    pods["pod_template_file"] = yaml.safe_load(cm["data"]["pod_template_file.yaml"])["spec"]
+    want_conn = {
+        "conn_type": "aws",
+        "extra": {
+            "region_name": "ap-northeast-2",
+            "service_config": {"s3": {"endpoint_url": "https://s3.example.com"}},
+        },
+    }
+    for workload, container in [
+        ("airflow-scheduler", "scheduler"),
+        ("airflow-api-server", "api-server"),
+        ("pod_template_file", "base"),
+    ]:
+        pod = pods[workload]
+        c = main(pod, container)
+        # airflow.cfg comes from that ConfigMap in this pod too.
+        cfg_vols = {v["name"] for v in pod["volumes"] if (v.get("configMap") or {}).get("name") == "airflow-config"}
+        assert any(m["name"] in cfg_vols and m["mountPath"].endswith("/airflow.cfg") for m in c["volumeMounts"]), (
+            workload
+        )
+        assert json.loads(env_of(c)["AIRFLOW_CONN_AIRFLOW_GITOPS_LOGS"]) == want_conn, workload
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert claims == (["airflow-logs"] if persistence else []), workload
+    manifests = [d for d in yaml.safe_load_all((tmp_path / "out" / "manifests.yaml").read_text()) if d]
+    assert [d["kind"] for d in manifests if d["kind"] == "PersistentVolumeClaim"] == (
+        ["PersistentVolumeClaim"] if persistence else []
+    )
+    reqs = (tmp_path / "out" / "image" / "requirements.txt").read_text()
+    assert "apache-airflow-providers-amazon==" in reqs
+    assert "secret" not in json.dumps(want_conn).lower() and "aws_secret_access_key" not in cfg
+    assert r is not None
+
+
+def test_notes_name_the_log_storage_to_provide(tmp_path):
+    """NOTES.md asks for RWX storage only where a logs PVC is rendered, and names logs.remote as the way out."""
+    notes = {}
+    for persistence in (True, False):
+        for remote in ("s3", None):
+            out = tmp_path / f"{persistence}-{remote}"
+            out.mkdir()
+            render(spec_in(out, logs={"persistence": persistence, "remote": remote}), out / "out")
+            notes[persistence, remote] = (out / "out" / "NOTES.md").read_text()
+    assert "ReadWriteMany storage" in notes[True, None] and "`logs.remote: s3`" in notes[True, None]
+    assert "the logs PVC `airflow-logs`" in notes[True, None] and "s3://" not in notes[True, None]
+    assert "ReadWriteMany storage" in notes[True, "s3"] and "s3://mlops-data/airflow-logs/" in notes[True, "s3"]
+    assert "ReadWriteMany" not in notes[False, "s3"] and "s3://mlops-data/airflow-logs/" in notes[False, "s3"]
+    assert "the logs PVC" not in notes[False, "s3"]
+    assert "gone with it" in notes[False, None]

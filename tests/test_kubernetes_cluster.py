@@ -314,3 +314,75 @@ def test_deploy_with_a_wrong_context_is_one_clear_message(cluster_env, tmp_path)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "no-such-context" in result.output and "nothing was applied" in result.output
     assert kubectl(cluster_env, "get", "namespace", "af-ctx", check=False) == ""
+
+
+def test_doctor_logs_rows_on_a_real_cluster(cluster_env, tmp_path):
+    """kube.logs_pvc / kube.logs_storage_class against the real API server: an RWO logs claim (bound by
+    the host-path provisioner) where pods can land on the two kwok nodes is a failure naming logs.remote;
+    before a deploy, an RWX claim on a class with an EBS provisioner would stay Pending: a warning."""
+    from airflow_gitops.checks.kube import kube_checks
+    from airflow_gitops.spec import parse_spec
+
+    ns = f"af-logs-{uuid.uuid4().hex[:4]}"
+    kubectl(cluster_env, "create", "namespace", ns)
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "airflow-logs", "namespace": ns},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    subprocess.run(
+        [str(cluster_env.kubectl), "apply", "-f", "-"],
+        input=json.dumps(pvc),
+        text=True,
+        env=cluster_env.env(),
+        check=True,
+    )
+    spec = parse_spec(platform(tmp_path, kubernetes={"namespace": ns}), base_dir=tmp_path)
+    nodes = json.loads(kubectl(cluster_env, "get", "nodes", "-o", "json"))["items"]
+    untainted = [n["metadata"]["name"] for n in nodes if not (n["spec"].get("taints") or [])]
+    assert len(untainted) >= 2, untainted  # the kwok nodes (a real node is tainted: not counted)
+    r = {c.name: c for c in kube_checks(spec)}["kube.logs_pvc"]
+    assert r.status == "fail" and "ReadWriteOnce" in r.saw and f"{len(untainted)} nodes" in r.saw, r
+    assert "logs.remote: s3 and logs.persistence: false" in r.fix
+    kubectl(cluster_env, "-n", ns, "delete", "pvc", "airflow-logs", "--wait=false")
+    kubectl(
+        cluster_env,
+        "-n",
+        ns,
+        "patch",
+        "pvc",
+        "airflow-logs",
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "remove", "path": "/metadata/finalizers"}]),
+        check=False,
+    )
+    sc_name = f"ebs-{uuid.uuid4().hex[:4]}"
+    sc = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": sc_name},
+        "provisioner": "ebs.csi.aws.com",
+    }
+    subprocess.run(
+        [str(cluster_env.kubectl), "apply", "-f", "-"],
+        input=json.dumps(sc),
+        text=True,
+        env=cluster_env.env(),
+        check=True,
+    )
+    try:
+        ebs = parse_spec(
+            platform(tmp_path, kubernetes={"namespace": ns}, logs={"storage_class": sc_name}), base_dir=tmp_path
+        )
+        rows = {c.name: c for c in kube_checks(ebs)}
+        assert rows["kube.logs_pvc"].status == "fail" and "does not exist" in rows["kube.logs_pvc"].saw
+        r = rows["kube.logs_storage_class"]
+        assert r.status == "warn" and "ebs.csi.aws.com" in r.saw and "Pending" in r.saw, r
+        # The cluster's default class (host-path) is not a single-node provisioner the check knows.
+        default = {c.name: c for c in kube_checks(spec)}["kube.logs_storage_class"]
+        assert default.status == "ok" and "standard" in default.saw, default
+    finally:
+        kubectl(cluster_env, "delete", "storageclass", sc_name, check=False)
+        kubectl(cluster_env, "delete", "namespace", ns, "--wait=false", check=False)

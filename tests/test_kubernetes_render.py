@@ -261,6 +261,7 @@ names = st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True)
     host=st.builds(lambda a, b: f"{a}.{b}", names, names),
     tls=st.booleans(),
     persistence=st.booleans(),
+    remote=st.sampled_from([None, "s3"]),
     mlflow=st.one_of(st.none(), st.just("http://mlflow:5000")),
     endpoint=st.one_of(st.none(), st.just("http://minio:9000")),
     config=st.dictionaries(names, st.one_of(st.booleans(), st.integers(), names), max_size=3),
@@ -277,6 +278,7 @@ def test_kubernetes_property_render_never_crashes_and_validates(
     host,
     tls,
     persistence,
+    remote,
     mlflow,
     endpoint,
     config,
@@ -302,7 +304,7 @@ def test_kubernetes_property_render_never_crashes_and_validates(
             "airflow": {"executor": executor, "config": {"core": {"default_task_retries": 8}, "x_sec": config}},
             "database": {"url": f"postgresql://u:{quote(password, safe='')}@db:5432/airflow"},
             "ingress": {"host": host, **({"tls_secret": "tls"} if tls else {})},
-            "logs": {"persistence": persistence},
+            "logs": {"persistence": persistence, "remote": remote},
             "mlflow": {"tracking_uri": mlflow},
             "aws": {"endpoint_url": endpoint},
         }
@@ -315,6 +317,7 @@ def test_kubernetes_property_render_never_crashes_and_validates(
         assert conn == f"postgresql://u:{quote(password, safe='')}@db:5432/airflow"
         if ssh and delivery == "git-sync":
             assert values["dags"]["gitSync"]["knownHosts"] == KNOWN_HOSTS
+        assert ("logging" in values["config"]) == (remote == "s3")
         shutil.rmtree(tmp / "out")
 
 

@@ -55,6 +55,18 @@ INVALID = [
     ("kubernetes: {namespace: Airflow_NS}", "kubernetes.namespace", "DNS label"),
     ("image: {tag: 'v 1'}", "image.tag", "letters"),
     ("logs: {size: ten}", "logs.size", "10Gi"),
+    ("logs: {remote: gcs}", "logs.remote", "'s3'"),
+    ("logs: {remote: S3}", "logs.remote", "'s3'"),
+    ("logs: {remote: true}", "logs.remote", "null / false"),
+    ("logs: {remote_prefix: /airflow-logs}", "logs.remote_prefix", "no leading or trailing '/'"),
+    ("logs: {remote_prefix: 'a/../b'}", "logs.remote_prefix", "S3 key prefix"),
+    ("logs: {remote_prefix: 'a%b'}", "logs.remote_prefix", "S3 key prefix"),
+    (
+        "logs: {remote: s3}\nairflow: {config: {logging: {remote_base_log_folder: 's3://x/y'}}}",
+        "airflow.config.logging.remote_base_log_folder",
+        "logs.remote: null",
+    ),
+    ("connections: {airflow_gitops_logs: {conn_type: aws}}", "connections.airflow_gitops_logs", "pick another id"),
     ("serving: {alias: latest}", "serving.alias", "champion"),
     ("serving: {alias: v3}", "serving.alias", "reserves"),
     ("serving: {model: 'models:/m'}", "serving.model", "registered model name"),
@@ -68,6 +80,20 @@ INVALID = [
     ("- just\n- a list", "(top level)", "mapping"),
     ("dags: [unclosed", "line", "YAML"),
 ]
+
+
+def test_logs_remote_is_off_unless_asked_for(tmp_path):
+    """Default: the seed's PVC mode, no remote logging; YAML's off/false/null all mean off."""
+    assert (parse_spec({}).logs.remote, parse_spec({}).logs.remote_prefix) == (None, "airflow-logs")
+    for text in ("off", "false", "no", "null", "~"):
+        path = tmp_path / "platform.yaml"
+        path.write_text(f"logs: {{remote: {text}}}\n")
+        assert load_spec(path).logs.remote is None, text
+    spec = parse_spec({"logs": {"remote": "s3", "remote_prefix": "team-a/airflow"}})
+    assert (spec.logs.remote, spec.logs.remote_prefix, spec.logs.persistence) == ("s3", "team-a/airflow", True)
+    # Without logs.remote, airflow.config may still configure remote logging itself (another backend).
+    own = {"logging": {"remote_logging": True, "remote_base_log_folder": "gs://b/logs", "remote_log_conn_id": "g"}}
+    assert parse_spec({"airflow": {"config": own}}).airflow.config["logging"]["remote_base_log_folder"] == "gs://b/logs"
 
 
 def test_serving_defaults_follow_the_template_pipeline():
@@ -196,6 +222,8 @@ TRAILING_NEWLINE = [
     ({"mlflow": {"tracking_uri": "databricks\n"}}, "mlflow.tracking_uri"),
     ({"logs": {"size": "10Gi\n"}}, "logs.size"),
     ({"logs": {"existing_claim": "airflow-logs\n"}}, "logs.existing_claim"),
+    ({"logs": {"remote": "s3\n"}}, "logs.remote"),
+    ({"logs": {"remote_prefix": "airflow-logs\n"}}, "logs.remote_prefix"),
     ({"ingress": {"host": "airflow.local\n"}}, "ingress.host"),
     ({"secrets": {"fernet_key_secret": "airflow-fernet-key\n"}}, "secrets.fernet_key_secret"),
     ({"local": {"preload": ["pandas\n"]}}, "local.preload"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from .names import GIT_CONN_ID, SECRET_WORDS, Setting
+from .names import GIT_CONN_ID, LOGS_CONN_ID, SECRET_WORDS, Setting
 
 if TYPE_CHECKING:
     from .spec import PlatformSpec
@@ -121,6 +121,43 @@ def dag_runtime_env(
     return env
 
 
+# --- remote task logging (logs.remote) -----------------------------------------------------------------
+def remote_log_folder(spec: PlatformSpec) -> str | None:
+    """``[logging] remote_base_log_folder``: the prefix inside the platform's bucket; None when off."""
+    if spec.logs.remote != "s3":
+        return None
+    return f"s3://{spec.aws.bucket}/{spec.logs.remote_prefix}"
+
+
+def remote_logging_config(spec: PlatformSpec) -> dict[tuple[str, str], str]:
+    """The ``[logging]`` settings of ``logs.remote`` (the same on every target; {} when off): every task
+    log is uploaded when the task ends, and the API server reads it back from S3."""
+    folder = remote_log_folder(spec)
+    if folder is None:
+        return {}
+    return {
+        ("logging", "remote_logging"): "True",
+        ("logging", "remote_base_log_folder"): folder,
+        ("logging", "remote_log_conn_id"): LOGS_CONN_ID,
+    }
+
+
+def logs_connection(spec: PlatformSpec, *, s3_endpoint: str | None) -> dict[str, str]:
+    """``AIRFLOW_CONN_AIRFLOW_GITOPS_LOGS`` -> the aws Connection remote logging uses ({} when off).
+
+    It holds no credentials: boto3 finds them as DAG code does (``AWS_PROFILE`` and the AWS files of
+    :func:`dag_runtime_env`: the generated ones for the local S3 endpoint, the mounted Secret on
+    Kubernetes). The region and the S3 endpoint (``s3_endpoint``: the target's, None for real AWS) are
+    named in it, so the Connection says where the logs go.
+    """
+    if remote_log_folder(spec) is None:
+        return {}
+    extra: dict[str, Any] = {"region_name": spec.aws.region}
+    if s3_endpoint:
+        extra["service_config"] = {"s3": {"endpoint_url": s3_endpoint}}
+    return {conn_env_name(LOGS_CONN_ID): json.dumps({"conn_type": "aws", "extra": extra})}
+
+
 # --- Secrets (Kubernetes) and the keys in them -------------------------------------------------------
 class SecretKey:
     """Key names inside the Secrets, as the official chart (and git-sync) read them."""
@@ -189,4 +226,5 @@ def common_config(spec: PlatformSpec) -> dict[tuple[str, str], str]:
     return {
         ("core", "load_examples"): _cfg(spec.airflow.load_examples),
         ("core", "dags_are_paused_at_creation"): _cfg(spec.airflow.dags_are_paused_at_creation),
+        **remote_logging_config(spec),
     }

@@ -64,7 +64,9 @@ serving:
   webhook: true
   max_body_bytes: 1048576
 
-logs: {persistence: true, existing_claim: airflow-logs, size: 10Gi}
+# Task logs: the seed's PVC (Kubernetes). remote: s3 also puts them in s3://<aws.bucket>/<remote_prefix>/,
+# which task pods on several nodes need when no ReadWriteMany storage class exists.
+logs: {persistence: true, existing_claim: airflow-logs, size: 10Gi, remote: null, remote_prefix: airflow-logs}
 ingress: {enabled: true, host: airflow.local}
 kubernetes: {namespace: airflow, release: airflow, chart_version: "1.21.0"}
 

@@ -17,6 +17,10 @@ from typing import Any
 GIT_CONN_ID = "airflow_gitops_dags"
 # Airflow's admin user on every target (its password: keystore.ADMIN_PASSWORD, generated, 0600).
 ADMIN_USER = "admin"
+# The Connection (type aws) remote task logging reads and writes S3 with (logs.remote: s3).
+LOGS_CONN_ID = "airflow_gitops_logs"
+# The [logging] keys logs.remote decides (declared in SETTINGS below; contract.common_config sets them).
+REMOTE_LOGGING_KEYS = ("remote_logging", "remote_base_log_folder", "remote_log_conn_id")
 
 
 # --- Airflow configuration the platform sets ---------------------------------------------------------
@@ -59,6 +63,9 @@ SETTINGS: dict[tuple[str, str], Setting] = {
         Setting("dag_processor", "dag_bundle_storage_path", "local.state_dir"),
         Setting("dag_processor", "refresh_interval", "dags.sync_interval"),
         Setting("logging", "base_log_folder", "local.state_dir"),
+        # Remote task logging: set by logs.remote: s3. Without it airflow.config may set them (another
+        # backend, e.g. GCS); with it, spec/checks.py refuses them there by name.
+        *(Setting("logging", key, None) for key in REMOTE_LOGGING_KEYS),
         # Tuned defaults (docs/performance.md); airflow.config may override them.
         Setting("api", "workers", None),
         Setting("dag_processor", "bundle_refresh_check_interval", None),

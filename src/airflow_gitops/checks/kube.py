@@ -10,7 +10,7 @@ from .. import contract
 from ..errors import PlatformError
 from ..kubernetes.cluster import connect, kubeconfig_path
 from ..spec import PlatformSpec
-from .result import CheckResult, fail, ok, skip
+from .result import CheckResult, fail, ok, skip, warn
 
 
 def _expected(spec: PlatformSpec) -> dict[str, dict[str, str]]:
@@ -37,6 +37,134 @@ def _differs(secret, want: dict[str, str]) -> list[str]:
 
     have = secret.data or {}
     return sorted(k for k, v in want.items() if k in have and base64.b64decode(have[k]).decode(errors="replace") != v)
+
+
+def _logs_way_out(spec: PlatformSpec) -> str:
+    """How to do without a ReadWriteMany logs volume: remote logging to the platform's bucket."""
+    folder = f"s3://{spec.aws.bucket}/{spec.logs.remote_prefix}/"
+    if spec.logs.remote:
+        return f"or set logs.persistence: false: with logs.remote: {spec.logs.remote} the logs are in {folder} already"
+    return f"or set logs.remote: s3 and logs.persistence: false (task logs then go to {folder}, no volume)"
+
+
+def _tolerated(taint, tolerations) -> bool:
+    for t in tolerations:
+        if t.effect and t.effect != taint.effect:
+            continue
+        if t.operator == "Exists" and (t.key is None or t.key == taint.key):
+            return True
+        if t.operator == "Equal" and t.key == taint.key and (t.value or "") == (taint.value or ""):
+            return True
+    return False
+
+
+def schedulable_nodes(spec: PlatformSpec, core) -> list[str] | None:
+    """Names of the nodes the platform's pods may run on (kubernetes.node_selector, tolerations, not
+    cordoned); None when the nodes cannot be listed (e.g. RBAC: nodes are cluster-scoped)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        nodes = core.list_node(_request_timeout=10).items
+    except (ApiException, OSError, ValueError):
+        return None
+    selector = spec.kubernetes.node_selector
+    out = []
+    for node in nodes:
+        labels = node.metadata.labels or {}
+        if any(labels.get(k) != v for k, v in selector.items()) or (node.spec and node.spec.unschedulable):
+            continue
+        taints = [t for t in (node.spec.taints or []) if t.effect in ("NoSchedule", "NoExecute")] if node.spec else []
+        if all(_tolerated(t, spec.kubernetes.tolerations) for t in taints):
+            out.append(node.metadata.name)
+    return out
+
+
+def _single_node_claim(spec: PlatformSpec, core, claim: str, modes: list[str]) -> CheckResult:
+    """The logs claim is not ReadWriteMany: only pods on one node can mount it. With the KubernetesExecutor
+    that is every task pod (the seed's setup); the scheduler and the API server otherwise. A fail where the
+    pods can land on several nodes; a warning where the cluster has one (it works there) or its nodes
+    cannot be listed."""
+    row = "kube.logs_pvc"
+    mode = ", ".join(modes) or "no access mode"
+    if spec.airflow.executor == "KubernetesExecutor":
+        who = (
+            "with the KubernetesExecutor each task runs in a pod of its own, and one scheduled on another "
+            "node cannot mount it (the task never starts)"
+        )
+    else:
+        who = "the Airflow pods that mount it (scheduler, API server, workers) cannot run on different nodes"
+    fix = (
+        "recreate it ReadWriteMany on an RWX storage class (NFS, EFS, Azure Files) via logs.storage_class, "
+        + _logs_way_out(spec)
+    )
+    nodes = schedulable_nodes(spec, core)
+    if nodes is not None and len(nodes) > 1:
+        return fail(row, f"PVC {claim} is {mode}: {who}; the pods can land on {len(nodes)} nodes", fix)
+    where = (
+        f"the cluster has one node the pods can run on ({nodes[0]}): it works until a second one is added"
+        if nodes
+        else "the nodes could not be listed"
+    )
+    return warn(row, f"PVC {claim} is {mode}: {who}; {where}", fix)
+
+
+# Provisioners whose volumes are block devices, attachable to one node at a time: a ReadWriteMany claim
+# on them is never provisioned (their drivers refuse the access mode).
+SINGLE_NODE_PROVISIONERS = {
+    "ebs.csi.aws.com": "AWS EBS",
+    "kubernetes.io/aws-ebs": "AWS EBS",
+    "pd.csi.storage.gke.io": "GCE persistent disk",
+    "kubernetes.io/gce-pd": "GCE persistent disk",
+    "disk.csi.azure.com": "Azure Disk",
+    "kubernetes.io/azure-disk": "Azure Disk",
+    "cinder.csi.openstack.org": "OpenStack Cinder",
+    "kubernetes.io/cinder": "OpenStack Cinder",
+    "dobs.csi.digitalocean.com": "DigitalOcean block storage",
+    "csi.hetzner.cloud": "Hetzner volumes",
+}
+DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
+
+
+def _storage_class_rows(spec: PlatformSpec, api) -> list[CheckResult]:
+    """The logs PVC `deploy` will create (ReadWriteMany) on logs.storage_class, or the cluster's default
+    class: a warning when that class's provisioner makes single-node volumes only (it would stay Pending)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    row, storage = "kube.logs_storage_class", client.StorageV1Api(api)
+    try:
+        if spec.logs.storage_class:
+            sc = storage.read_storage_class(spec.logs.storage_class, _request_timeout=10)
+        else:
+            classes = storage.list_storage_class(_request_timeout=10).items
+            sc = next(
+                (c for c in classes if (c.metadata.annotations or {}).get(DEFAULT_CLASS) == "true"),
+                None,
+            )
+    except ApiException as err:
+        if err.status == 404 and spec.logs.storage_class:
+            return [
+                fail(
+                    row,
+                    f"logs.storage_class {spec.logs.storage_class!r} is not a storage class of this cluster",
+                    "set logs.storage_class to one `kubectl get storageclass` lists (ReadWriteMany-capable), "
+                    + _logs_way_out(spec),
+                )
+            ]
+        return [skip(row, f"not checked: storage classes cannot be read (HTTP {err.status})")]
+    if sc is None:
+        return [skip(row, "no default storage class: the claim binds to a PersistentVolume made for it")]
+    kind = SINGLE_NODE_PROVISIONERS.get(sc.provisioner)
+    if kind is None:
+        return [ok(row, f"the logs PVC will use storage class {sc.metadata.name} ({sc.provisioner})")]
+    return [
+        warn(
+            row,
+            f"the logs PVC `deploy` creates (ReadWriteMany) would use storage class {sc.metadata.name}, whose "
+            f"provisioner {sc.provisioner} ({kind}) makes single-node volumes only: it would stay Pending",
+            "set logs.storage_class to an RWX class (EFS, NFS, Azure Files, Filestore), " + _logs_way_out(spec),
+        )
+    ]
 
 
 def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
@@ -149,28 +277,32 @@ def kube_checks(spec: PlatformSpec) -> list[CheckResult]:
                     "`airflow-gitops deploy` creates it (ReadWriteMany, logs.size/logs.storage_class)",
                 )
             )
+            if err.status == 404:
+                rows += _storage_class_rows(spec, api)
             return rows
         modes = list(pvc.spec.access_modes or [])
         phase = pvc.status.phase if pvc.status else "?"
         if "ReadWriteMany" not in modes:
-            rows.append(
-                fail(
-                    row,
-                    f"PVC {ns}/{claim} is {', '.join(modes) or 'no access mode'}: task pods on other "
-                    "nodes cannot write logs the API server reads",
-                    "recreate it ReadWriteMany on an RWX storage class (NFS, EFS, Azure Files) via logs.storage_class",
-                )
-            )
+            rows.append(_single_node_claim(spec, core, f"{ns}/{claim}", modes))
         elif phase != "Bound":
             rows.append(
                 fail(
                     row,
                     f"PVC {ns}/{claim} is {phase}, not Bound",
-                    "check `kubectl -n {ns} describe pvc {claim}`: no RWX storage class may exist",
+                    f"check `kubectl -n {ns} describe pvc {claim}`: no RWX storage class may exist; "
+                    + _logs_way_out(spec),
                 )
             )
         else:
             rows.append(ok(row, f"PVC {ns}/{claim} is ReadWriteMany and Bound"))
     else:
-        rows.append(skip("kube.logs_pvc", "logs.persistence is off"))
+        remote = contract.remote_log_folder(spec)
+        rows.append(
+            skip(
+                "kube.logs_pvc",
+                f"logs.persistence is off (task logs go to {remote}/)"
+                if remote
+                else "logs.persistence is off: a task's log is gone with its pod (logs.remote: s3 keeps them)",
+            )
+        )
     return rows

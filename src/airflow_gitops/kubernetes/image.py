@@ -136,13 +136,16 @@ def required_providers(spec: PlatformSpec) -> list[str]:
     * fab: values.py sets ``core.auth_manager`` to the FAB auth manager (the chart's login);
     * postgres (psycopg2): the metadata database is PostgreSQL (the chart's built-in one is off);
     * cncf-kubernetes: the KubernetesExecutor;
-    * git: ``dags.delivery: bundle`` (GitDagBundle), in every image so that switching needs no rebuild.
+    * git: ``dags.delivery: bundle`` (GitDagBundle), in every image so that switching needs no rebuild;
+    * amazon: ``logs.remote: s3`` (its S3 task log handler).
     """
     out = ["apache-airflow-providers-fab", "apache-airflow-providers-postgres"]
     if "Kubernetes" in spec.airflow.executor:
         out.append("apache-airflow-providers-cncf-kubernetes")
     # Always: switching dags.delivery to bundle must not need another image.
     out.append("apache-airflow-providers-git")
+    if spec.logs.remote == "s3":
+        out.append("apache-airflow-providers-amazon")
     return out
 
 

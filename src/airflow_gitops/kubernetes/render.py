@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from .. import contract
 from ..errors import PlatformError
 from ..keystore import write_private
 from ..spec import PlatformSpec
@@ -120,12 +121,38 @@ def render_chart(chart, values: dict[str, Any], spec: PlatformSpec) -> dict[str,
         ) from None
 
 
+def _logs_note(spec: PlatformSpec) -> str:
+    """NOTES.md's item on task log storage, for the logs.persistence / logs.remote combination."""
+    sc = f" (storage class `{spec.logs.storage_class}`)" if spec.logs.storage_class else ""
+    folder = contract.remote_log_folder(spec)
+    if spec.logs.persistence and folder is None:
+        return (
+            f"**ReadWriteMany storage** for the logs PVC (NFS, EFS, Azure Files, CephFS...){sc}: task pods on "
+            "other nodes mount it. No RWX storage class (EBS-style volumes are ReadWriteOnce)? Set "
+            "`logs.remote: s3` and `logs.persistence: false`."
+        )
+    if spec.logs.persistence:
+        return (
+            f"**ReadWriteMany storage** for the logs PVC{sc}, which every task pod still mounts; task logs also "
+            f"go to `{folder}/`. No RWX storage class? Set `logs.persistence: false`: the S3 copy is enough."
+        )
+    if folder is not None:
+        return (
+            f"**The S3 bucket** `{spec.aws.bucket}`, writable with the AWS Secret's credentials: task logs go to "
+            f"`{folder}/` (no logs PVC)."
+        )
+    return (
+        "**Nothing for logs**, but with `logs.persistence: false` and no `logs.remote` a task's log lives in "
+        "its pod and is gone with it: set `logs.remote: s3` to keep them."
+    )
+
+
 NOTES = """# Before `airflow-gitops deploy`
 
-airflow-gitops creates the namespace `{ns}`, the logs PVC `{claim}` and the Secrets. You provide:
+airflow-gitops creates the namespace `{ns}`{claim} and the Secrets. You provide:
 
 1. **A PostgreSQL** reachable from the cluster at the URL in `database.url` (the chart's own is off).
-2. **ReadWriteMany storage** for the logs PVC (NFS, EFS, Azure Files, CephFS...){sc}.
+2. {logs}
 3. **An ingress controller** serving host `{host}` (and DNS or /etc/hosts pointing at it).
 4. **The image**: `docker build -t {image} image/ && docker push {image}`.
 5. **The deploy key** (SSH repos): add the public half printed by `render` to the DAG repository as a
@@ -198,8 +225,8 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
     (out / "NOTES.md").write_text(
         NOTES.format(
             ns=spec.kubernetes.namespace,
-            claim=spec.logs.existing_claim,
-            sc=f" (storage class `{spec.logs.storage_class}`)" if spec.logs.storage_class else "",
+            claim=f", the logs PVC `{spec.logs.existing_claim}`" if spec.logs.persistence else "",
+            logs=_logs_note(spec),
             host=spec.ingress.host,
             image=f"{spec.image.repository}:{spec.image.tag}",
             mlflow=values["env"][0]["value"],

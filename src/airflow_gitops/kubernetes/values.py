@@ -226,7 +226,15 @@ def build_values(
         "jwtSecretName": names.jwt_secret_secret,
         "postgresql": {"enabled": False},
         "data": {"metadataSecretName": names.metadata_secret},
-        "env": [{"name": k, "value": v} for k, v in runtime_env(spec, warnings).items()],
+        "env": [
+            {"name": k, "value": v}
+            for k, v in {
+                **runtime_env(spec, warnings),
+                # logs.remote: s3 - the Connection remote logging uses (region, endpoint; no secret in it: the
+                # credentials are the mounted AWS Secret's, as for DAG code).
+                **contract.logs_connection(spec, s3_endpoint=spec.aws.endpoint_url),
+            }.items()
+        ],
         "volumes": volumes,
         "volumeMounts": mounts,
         "config": config,

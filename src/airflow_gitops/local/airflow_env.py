@@ -128,6 +128,8 @@ def airflow_env(layout: Layout, database_url: str) -> dict[str, str]:
     env.update(
         {
             contract.conn_env_name(GIT_CONN_ID): git_connection(layout),
+            # logs.remote: s3 - the Connection task logs go to S3 with (this target's endpoint; no secret in it).
+            **contract.logs_connection(layout.spec, s3_endpoint=layout.s3_url),
             "AIRFLOW_HOME": str(layout.airflow_home),
             "GIT_TERMINAL_PROMPT": "0",
             "PYTHONUNBUFFERED": "1",

@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from .. import gitremote
+from .. import contract, gitremote
 from ..errors import PlatformError
 from .platform import LocalPlatform
 
@@ -50,10 +50,11 @@ def run_dag(platform: LocalPlatform, dag_id: str, conf: str | None, timeout: flo
     if run["state"] != "success":
         failed = [ti["task_id"] for ti in tis if ti["state"] in ("failed", "upstream_failed")]
         first = failed[0] if failed else "?"
+        # With logs.remote the local copy is emptied once it is uploaded: the log is then in the bucket.
+        where = contract.remote_log_folder(platform.spec) or str(platform.layout.task_logs)
         raise PlatformError(
             f"{dag_id} run {run_id} {run['state']} (failed tasks: {', '.join(failed) or 'none'})",
-            f"read the task log in the UI, or under {platform.layout.task_logs}/dag_id={dag_id}/run_id={run_id}/"
-            f"task_id={first}/",
+            f"read the task log in the UI, or under {where}/dag_id={dag_id}/run_id={run_id}/task_id={first}/",
         )
     return run
 

@@ -99,10 +99,21 @@ def _cross_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
                 out.append((key, f"cannot be resolved ({_short(str(err))})"))
             except ValueError as err:
                 out.append((key, str(err)))
-    names = {f"secrets.{k}": v for k, v in spec.secrets.model_dump(exclude={"dir"}).items()}
-    for key, name in names.items():
+    secret_names = {f"secrets.{k}": v for k, v in spec.secrets.model_dump(exclude={"dir"}).items()}
+    for key, name in secret_names.items():
         if spec.ingress.tls_secret == name:
             out.append(("ingress.tls_secret", f"is {_short(name)}, the name of {key}; give it its own name"))
+    if spec.logs.remote:
+        user_logging = spec.airflow.config.get("logging", {})
+        for key in names.REMOTE_LOGGING_KEYS:
+            if key in user_logging:
+                out.append(
+                    (
+                        f"airflow.config.logging.{key}",
+                        f"is set by logs.remote: {spec.logs.remote} (to aws.bucket / logs.remote_prefix); remove it "
+                        "here, or set logs.remote: null to configure remote logging yourself",
+                    )
+                )
     return out + _declared_problems(spec)
 
 
@@ -141,6 +152,7 @@ def _declared_problems(spec: PlatformSpec) -> list[tuple[str, str]]:
     for conn_id, conn in spec.connections.items():
         reserved = {
             names.GIT_CONN_ID: "the Connection airflow-gitops pulls the DAG repository with (set by dags.*)",
+            names.LOGS_CONN_ID: "the Connection remote task logging uses (set by logs.remote and aws.*)",
             "airflow_db": "the Connection the Helm chart points at the metadata database (set by database.url)",
         }.get(conn_id.lower())
         if reserved:

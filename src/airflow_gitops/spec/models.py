@@ -480,11 +480,40 @@ class ServingSpec(_Model):
         return v
 
 
+def _remote(v: Any) -> Any:
+    # YAML 1.1 reads `off` / `no` as false: both mean what null means (no remote logging).
+    if v is None or v is False or v == "s3":
+        return None if v is False else v
+    raise ValueError(
+        f"{_short(v)} is not a remote logging backend: use 's3' (task logs to aws.bucket with the platform's "
+        "AWS credentials), or null / false for none (the seed's logs volume only)"
+    )
+
+
 class LogsSpec(_Model):
+    """Task logs: the seed's PVC (Kubernetes; files in the state dir locally) and, optionally, Airflow's
+    remote logging to S3, which needs no ReadWriteMany volume for task pods on several nodes."""
+
     persistence: bool = True
     existing_claim: str = "airflow-logs"
     size: str = "10Gi"
     storage_class: str | None = None
+    # 's3': every task log is also uploaded to s3://<aws.bucket>/<remote_prefix>/ with the platform's AWS
+    # credentials and endpoint, and read back from there by the API server. null (false, off): logs stay
+    # where the seed keeps them.
+    remote: Annotated[Literal["s3"] | None, BeforeValidator(_remote)] = None
+    remote_prefix: str = "airflow-logs"
+
+    @field_validator("remote_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        # An S3 key prefix inside aws.bucket; it also becomes part of an Airflow config value (no '%', '{').
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", v) or ".." in v.split("/") or len(v) > 512:
+            raise ValueError(
+                f"{_short(v)} is not an S3 key prefix: use folder names of letters, digits, '_', '.', '-' "
+                "separated by '/', no leading or trailing '/', e.g. 'airflow-logs' or 'logs/airflow'"
+            )
+        return v
 
     @field_validator("size")
     @classmethod
