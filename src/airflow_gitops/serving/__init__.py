@@ -1,7 +1,8 @@
 """Serving: the champion model behind a FastAPI app, hot-swapped when its registry alias moves.
 
 ``model.py`` loads and checks one version and validates requests against its signature; ``watcher.py``
-follows the alias (MLflow webhook + polling) and swaps; ``webhook.py`` signs/verifies MLflow's webhook
+follows the alias (MLflow webhook + polling) and swaps; ``fetcher.py`` downloads and first checks a new
+version in a worker process (``serving.load_in_worker``); ``webhook.py`` signs/verifies MLflow's webhook
 deliveries and registers ours; ``app.py`` is the HTTP API; ``__main__`` runs it under uvicorn.
 
 Imports only ``errors`` of the package: both targets run the same process with the same environment
