@@ -333,3 +333,30 @@ def test_initdb_refuses_a_file_where_the_data_folder_goes(open_dir):
         pg.initdb(open_dir / "initdb.log")
     assert "not a folder" in err.value.render() and "Fix:" in err.value.render()
     assert (spec.state_dir / "postgres").read_text() == "a file of the user's"
+
+
+def test_a_state_folder_made_again_at_the_same_path_gets_its_own_cluster_and_keeps_the_old(tmp_path):
+    """Found by re-cloning: `rm -rf` of a clone, a fresh clone at the same path, `scripts/demo.sh`. The
+    state folder (0700, root's) is one PostgreSQL cannot traverse, so its cluster lives under
+    /var/lib/airflow-gitops/. It was named after the path alone: the new state folder found the old
+    cluster there (whose keys were gone with the old folder) and `up` stopped. Now each state folder made
+    gets its own folder, and the old cluster's data stays, untouched, with a note of whose it was."""
+    _needs_initdb()
+    base = tmp_path / "clone"
+    made = []
+    try:
+        for _ in range(2):
+            spec = make_spec(base)
+            spec.state_dir.mkdir(parents=True, mode=0o700, exist_ok=True)  # as `up` makes it
+            pg = LocalPostgres(LocalPlatform(spec).layout)
+            pg.initdb(tmp_path / "initdb.log")
+            assert pg.initialized and str(pg.data_dir).startswith("/var/lib/airflow-gitops/")
+            assert (pg.data_dir.parent / "state-folder").read_text().strip() == str(spec.state_dir)
+            made.append(pg.data_dir)
+            shutil.rmtree(base)  # the clone goes, with its state folder; the cluster outside stays
+        first, second = made
+        assert first != second
+        assert (first / "PG_VERSION").exists() and (second / "PG_VERSION").exists()  # nothing deleted
+    finally:
+        for d in made:
+            shutil.rmtree(d.parent, ignore_errors=True)

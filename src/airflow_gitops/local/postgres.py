@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import stat
 import subprocess
@@ -78,8 +79,12 @@ class LocalPostgres:
         inside = self.layout.root / "postgres"
         if _user_can_traverse(self.layout.root):
             return inside
+        # One folder per state folder *made*, not per path: a state folder removed and made again at the
+        # same path (a fresh clone where an old one was) gets a new cluster, and the old one's data stays
+        # where it is, untouched (its keys went with the old state folder). The state folder's path is
+        # written beside it, so whoever finds it knows what it was.
         digest = hashlib.sha256(str(self.layout.root).encode()).hexdigest()[:12]
-        outside = Path("/var/lib/airflow-gitops") / digest / "postgres"
+        outside = Path("/var/lib/airflow-gitops") / f"{digest}-{secrets.token_hex(4)}" / "postgres"
         (self.layout.root / "postgres.location").write_text(str(outside) + "\n")
         return outside
 
@@ -98,7 +103,11 @@ class LocalPostgres:
         data_dir = self._choose_data_dir()
         created = _missing_folders(data_dir)  # outermost first
         before = None if created else data_dir.stat(follow_symlinks=False)
+        note = data_dir.parent / "state-folder"  # outside the state folder: whose cluster this is
         try:
+            if data_dir.parent in created:
+                data_dir.parent.mkdir(parents=True, mode=0o755)
+                note.write_text(str(self.layout.root) + "\n")
             if before is not None:
                 _refuse_unusable(data_dir, before)  # before anything is written there
             try:
@@ -106,6 +115,8 @@ class LocalPostgres:
             except BaseException:
                 if created:
                     shutil.rmtree(data_dir, ignore_errors=True)
+                    if data_dir.parent in created:
+                        note.unlink(missing_ok=True)
                     for folder in reversed(created[:-1]):  # parents we made, while nobody else uses them
                         try:
                             folder.rmdir()
@@ -227,6 +238,12 @@ def _refuse_unusable(data_dir: Path, before: os.stat_result) -> None:
         raise PlatformError(
             f"{data_dir} is in the way of the local PostgreSQL cluster: it is not a folder",
             f"move {data_dir} elsewhere, then `up` again",
+        )
+    if (data_dir / "PG_VERSION").exists():
+        raise PlatformError(
+            f"the PostgreSQL data folder {data_dir} holds a cluster this state folder does not know "
+            "(made by an earlier state folder at this path?): left untouched",
+            f"move {data_dir} elsewhere (or remove it if its data is not needed), then `up` again",
         )
     if any(data_dir.iterdir()):
         raise PlatformError(
