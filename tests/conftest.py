@@ -42,8 +42,13 @@ def make_spec(base_dir: Path, extra: dict | None = None) -> PlatformSpec:
     data = {
         "dags": {"sync_interval": 2},
         "local": {
-            "ports": {"api": free_port(), "mlflow": free_port(), "s3": free_port(), "postgres": free_port(),
-                      "serving": free_port()},
+            "ports": {
+                "api": free_port(),
+                "mlflow": free_port(),
+                "s3": free_port(),
+                "postgres": free_port(),
+                "serving": free_port(),
+            },
             "parallelism": 4,
         },
     }

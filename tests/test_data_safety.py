@@ -116,8 +116,9 @@ def s3(platform):
     lay.supervisor.mkdir(parents=True, exist_ok=True)
     write_local_aws_files(lay)
     program = components._s3_program(platform)
-    server = subprocess.Popen(program.command, cwd=program.directory, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        program.command, cwd=program.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for(lambda: server.poll() is None and _answers_any(f"{lay.s3_url}/"), 60, "the S3 endpoint")
         yield mlflow_store._s3(lay)
@@ -291,7 +292,9 @@ def _initdb_with_a_file_size_limit(base: Path, log: Path) -> str | None:
     """The platform's ``initdb`` under the limit; the rendered PlatformError (None when it passed)."""
     proc = subprocess.run(
         [sys.executable, "-c", _INITDB_UNDER_A_FILE_SIZE_LIMIT, str(base), str(log), str(Path(__file__).parent)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])["error"]

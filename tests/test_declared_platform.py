@@ -96,8 +96,13 @@ def declared(tmp_path_factory) -> Declared:
     data = {
         "dags": {"sync_interval": 2},
         "local": {
-            "ports": {"api": free_port(), "mlflow": free_port(), "s3": free_port(), "postgres": free_port(),
-                      "serving": free_port()},
+            "ports": {
+                "api": free_port(),
+                "mlflow": free_port(),
+                "s3": free_port(),
+                "postgres": free_port(),
+                "serving": free_port(),
+            },
             "parallelism": 4,
         },
         **declarations(),

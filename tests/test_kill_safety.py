@@ -119,12 +119,16 @@ def _end(*procs: subprocess.Popen) -> None:
 def test_a_real_leftover_is_found_and_killed(tmp_path):
     """supervisord's orphans - a plain one, one that retitled itself, the setsid children of another
     (one with an empty environment) - are what `down` stops, each by what marks it; none is left."""
-    c = Crashed(tmp_path / "p", {
-        "plain": ["sleep", "600"],
-        "retitled": [sys.executable, "-c", RETITLED],
-        "detaches": [sys.executable, "-c", DETACHES],
-    })
+    c = Crashed(
+        tmp_path / "p",
+        {
+            "plain": ["sleep", "600"],
+            "retitled": [sys.executable, "-c", RETITLED],
+            "detaches": [sys.executable, "-c", DETACHES],
+        },
+    )
     try:
+
         def execed() -> bool:  # setsid is done before the exec
             kids = psutil.Process(c.pids["detaches"]).children()
             return len(kids) == 2 and all(k.name() == "sleep" for k in kids)
@@ -172,8 +176,11 @@ def test_a_backup_reading_the_state_folder_is_not_killed(crashed):
 
 
 def test_a_process_working_in_the_state_folder_is_not_killed(crashed):
-    worker = _stranger(["sleep", "600"], cwd=crashed.platform.layout.airflow_home,
-                       env={**os.environ, "AIRFLOW_HOME": str(crashed.platform.layout.airflow_home)})
+    worker = _stranger(
+        ["sleep", "600"],
+        cwd=crashed.platform.layout.airflow_home,
+        env={**os.environ, "AIRFLOW_HOME": str(crashed.platform.layout.airflow_home)},
+    )
     try:
         time.sleep(0.3)
         assert "killed pid" in crashed.down()
@@ -193,8 +200,11 @@ def _mirror(root: Path, tmp_path: Path) -> Path:
 def test_another_platform_under_a_mirror_path_is_not_killed(crashed, tmp_path):
     """Its command line, working directory and AIRFLOW_HOME all contain our state path as a substring."""
     mirror_root = _mirror(crashed.root, tmp_path)
-    other = _stranger([sys.executable, "-c", "import time; time.sleep(600)", "-c", str(mirror_root / "supervisor")],
-                      cwd=mirror_root, env={**os.environ, "AIRFLOW_HOME": str(mirror_root / "airflow")})
+    other = _stranger(
+        [sys.executable, "-c", "import time; time.sleep(600)", "-c", str(mirror_root / "supervisor")],
+        cwd=mirror_root,
+        env={**os.environ, "AIRFLOW_HOME": str(mirror_root / "airflow")},
+    )
     try:
         time.sleep(0.3)
         assert "killed pid" in crashed.down()
@@ -225,11 +235,15 @@ def test_a_process_of_another_user_is_never_killed(crashed):
     assert runs_pg_as is None or runs_pg_as.pw_name != "nobody", "PostgreSQL runs as nobody here: pick another user"
     nobody = pwd.getpwnam("nobody")
     token = crashed.platform.session().token
-    env = {**os.environ, "AIRFLOW_HOME": str(crashed.platform.layout.airflow_home),
-           process_hooks.SESSION_ENV_VAR: token}
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(crashed.platform.layout.airflow_home),
+        process_hooks.SESSION_ENV_VAR: token,
+    }
     setpriv = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
-    theirs = _stranger([*setpriv, sys.executable, "-c", "import time; time.sleep(600)", str(crashed.root)],
-                       cwd="/", env=env)
+    theirs = _stranger(
+        [*setpriv, sys.executable, "-c", "import time; time.sleep(600)", str(crashed.root)], cwd="/", env=env
+    )
     try:
         _wait_for(lambda: psutil.Process(theirs.pid).uids().real == nobody.pw_uid, 10, "setpriv to exec")
         assert "killed pid" in crashed.down()

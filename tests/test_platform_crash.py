@@ -163,7 +163,15 @@ def _wait_healthy(platform: LocalPlatform, timeout: float = 240) -> None:
 # Cheap components first; the scheduler, the fork server (its loss takes all four of Airflow's
 # components with it) and PostgreSQL (whose loss restarts more) last.
 COMPONENTS = [
-    "s3", "mlflow", "serving", "dag-processor", "triggerer", "api-server", "scheduler", "forkserver", "postgres"
+    "s3",
+    "mlflow",
+    "serving",
+    "dag-processor",
+    "triggerer",
+    "api-server",
+    "scheduler",
+    "forkserver",
+    "postgres",
 ]
 
 

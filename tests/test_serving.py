@@ -96,7 +96,7 @@ def test_serves_champion_and_describes_it(mlflow_server, serve, model_name):
         (b'[{"a": NaN, "b": 2.0, "n": 1}]', 422, "NaN is not a number"),
         (b'[{"a": 1e999, "b": 2.0, "n": 1}]', 422, "only finite numbers"),
         (b'[{"a": -Infinity, "b": 2.0, "n": 1}]', 422, "-Infinity is not a number"),
-        (b'[1, 2]', 422, "record 0 is a int"),
+        (b"[1, 2]", 422, "record 0 is a int"),
         (b'{"rows": []}', 400, "records"),
     ],
 )
@@ -239,8 +239,13 @@ def test_forged_webhook_is_refused_and_logged(mlflow_server, serve, model_name):
     v = log_version(mlflow_server.uri, model_name, seed=12)
     srv = serve(model_name)
     srv.wait_version(v)
-    payload = json.dumps({"entity": "model_version_alias", "action": "created",
-                          "data": {"name": model_name, "alias": "champion", "version": "99"}}).encode()
+    payload = json.dumps(
+        {
+            "entity": "model_version_alias",
+            "action": "created",
+            "data": {"name": model_name, "alias": "champion", "version": "99"},
+        }
+    ).encode()
     now = str(int(time.time()))
     cases = {
         "bad signature": sign("not-the-secret", "d1", now, payload),
@@ -248,9 +253,16 @@ def test_forged_webhook_is_refused_and_logged(mlflow_server, serve, model_name):
     }
     for why, signature in cases.items():
         ts = now if why == "bad signature" else str(int(time.time()) - 3600)
-        r = httpx.post(f"{srv.url}{WEBHOOK_PATH}", content=payload, headers={
-            "X-MLflow-Signature": signature, "X-MLflow-Timestamp": ts, "X-MLflow-Delivery-Id": "d1",
-            "content-type": "application/json"})
+        r = httpx.post(
+            f"{srv.url}{WEBHOOK_PATH}",
+            content=payload,
+            headers={
+                "X-MLflow-Signature": signature,
+                "X-MLflow-Timestamp": ts,
+                "X-MLflow-Delivery-Id": "d1",
+                "content-type": "application/json",
+            },
+        )
         assert r.status_code == 401 and why in r.json()["error"], r.text
     r = httpx.post(f"{srv.url}{WEBHOOK_PATH}", content=payload)
     assert r.status_code == 401 and "missing" in r.json()["error"]
@@ -259,8 +271,11 @@ def test_forged_webhook_is_refused_and_logged(mlflow_server, serve, model_name):
     assert 'serving_webhooks_total{result="refused"} 3.0' in httpx.get(f"{srv.url}/metrics").text
     # The genuine secret is accepted (and the server stays on its version: the alias did not move).
     good = sign(srv.secret, "d2", now, payload)
-    r = httpx.post(f"{srv.url}{WEBHOOK_PATH}", content=payload, headers={
-        "X-MLflow-Signature": good, "X-MLflow-Timestamp": now, "X-MLflow-Delivery-Id": "d2"})
+    r = httpx.post(
+        f"{srv.url}{WEBHOOK_PATH}",
+        content=payload,
+        headers={"X-MLflow-Signature": good, "X-MLflow-Timestamp": now, "X-MLflow-Delivery-Id": "d2"},
+    )
     assert r.status_code == 200 and r.json()["accepted"] is True
     assert srv.health()["served_version"] == v
 
@@ -327,8 +342,10 @@ def test_signature_validation_in_process():
 
     m = LoadedModel("x", "1", None, None, Wrapped(), columns_of(Wrapped()), 0, 0, 0)
     assert [c.name for c in m.columns] == ["a", "b", "n"]
-    assert m.predict([{"a": 1, "b": 2, "n": 3}]) == model.predict(x.head(0).__class__(
-        {"a": [1.0], "b": [2.0], "n": [3]})).tolist()
+    assert (
+        m.predict([{"a": 1, "b": 2, "n": 3}])
+        == model.predict(x.head(0).__class__({"a": [1.0], "b": [2.0], "n": [3]})).tolist()
+    )
     with pytest.raises(BadInput, match="must be true or false|must be a number"):
         m.predict([{"a": True, "b": 2, "n": 3}])
     assert mlflow  # imported: the signature types come from MLflow itself
@@ -392,14 +409,24 @@ def test_the_loading_worker_killed_is_replaced_and_downloads_are_cleaned(mlflow_
     import psutil
 
     v1 = log_version(mlflow_server.uri, model_name, seed=21)
-    srv = serve(model_name, poll=60)
+    srv = serve(model_name, poll=1)
     srv.wait_version(v1)
     server = psutil.Process(srv.proc.pid)
     (root,) = set(re.findall(r"downloaded under (\S+) by", srv.logs()))
 
+    def workers():
+        kids = []
+        for p in server.children():
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and any("spawn_main" in a for a in p.cmdline()):
+                    kids.append(p)
+            except psutil.Error:  # ended meanwhile
+                pass
+        return kids
+
     def worker():
-        kids = [p for p in server.children() if any("spawn_main" in a for a in p.cmdline())]
-        assert len(kids) == 1, [p.cmdline() for p in server.children()]
+        kids = workers()
+        assert len(kids) == 1, kids
         return kids[0]
 
     def folders():
@@ -413,6 +440,10 @@ def test_the_loading_worker_killed_is_replaced_and_downloads_are_cleaned(mlflow_
 
     first = worker()
     first.kill()
+    deadline = time.monotonic() + 30  # replaced at the next look (poll every 1 s), before any move
+    while not gone(first) or [p.pid for p in workers()] in ([], [first.pid]):
+        assert time.monotonic() < deadline, "the killed worker was not replaced"
+        time.sleep(0.2)
     v2 = log_version(mlflow_server.uri, model_name, seed=22)
     srv.wait_version(v2, timeout=60)
     assert worker().pid != first.pid

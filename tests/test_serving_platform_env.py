@@ -32,4 +32,5 @@ def test_no_webhook_env_when_serving_or_its_webhook_is_off(tmp_path):
         spec = parse_spec({"serving": serving}, base_dir=tmp_path)
         assert webhook_env(Layout(spec)) == {}
     assert not (tmp_path / ".airflow-gitops").exists() or not any(
-        (p.name == keystore.MLFLOW_WEBHOOK_KEY) for p in (tmp_path / ".airflow-gitops").rglob("*"))
+        (p.name == keystore.MLFLOW_WEBHOOK_KEY) for p in (tmp_path / ".airflow-gitops").rglob("*")
+    )

@@ -126,10 +126,16 @@ def test_a_second_up_in_the_same_state_folder_says_who_holds_it_and_touches_noth
     platform = LocalPlatform(spec)
     spec.state_dir.mkdir(parents=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
-         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'up, pid %d' % os.getpid()); print('held', flush=True);"
-         "time.sleep(60)", str(spec.state_dir / ".lock")],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'up, pid %d' % os.getpid()); print('held', flush=True);"
+            "time.sleep(60)",
+            str(spec.state_dir / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -149,8 +155,12 @@ def test_what_the_components_write_is_not_readable_by_other_users(local_platform
     """Issue 22 (Low): logs, task logs and S3 objects were world-readable (another user read the model's
     pickle from disk). supervisord starts every component with umask 077."""
     lay = local_platform.layout
-    written = [lay.logs / "api-server.log", lay.logs / "serving.log", *lay.task_logs.rglob("*"),
-               *lay.s3_data.rglob("*")]
+    written = [
+        lay.logs / "api-server.log",
+        lay.logs / "serving.log",
+        *lay.task_logs.rglob("*"),
+        *lay.s3_data.rglob("*"),
+    ]
     written = [p for p in written if p.exists()]
     assert len(written) >= 2
     loose = [f"{p} {stat.filemode(p.stat().st_mode)}" for p in written if p.stat().st_mode & 0o077]

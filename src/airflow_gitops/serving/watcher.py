@@ -120,6 +120,8 @@ class Watcher:
             if not started:
                 started = bool(self.on_start())
             try:
+                if self.fetcher:  # a worker that died (killed, OOM) is replaced now, not at the next move
+                    self.fetcher.start()
                 self.sync()
             except Exception as exc:  # noqa: BLE001 - the watcher never dies; the next look retries
                 log.exception("serving: unexpected error while following the alias: %s", exc)
