@@ -359,13 +359,25 @@ def _rows(srv, uri):
 
 
 def test_verify_rows_no_model_yet_refused_version_and_a_good_prediction(mlflow_server, serve, model_name, tmp_path):
+    from k8s_specs import spec_in
+
+    from airflow_gitops.checks.kube_containers import health_row
     from airflow_gitops.checks.serving import serving_rows
+
+    spec = spec_in(tmp_path)
+
+    def pod_row():  # the Kubernetes target's row for one pod, from this real server's /health
+        r = httpx.get(f"{srv.url}/health", timeout=5)
+        row = health_row("serving-0", r.status_code, r.json(), spec)
+        return str(row.status), row.saw
 
     srv = serve(model_name, poll=0.5)
     ((name, status, saw),) = _rows(srv, mlflow_server.uri)
     assert (name, status) == ("verify.serving", "skip") and "is not set" in saw
+    assert pod_row()[0] == "skip"  # a fresh platform: nothing registered yet
     v1 = log_version(mlflow_server.uri, model_name, seed=31)
     srv.wait_version(v1)
+    assert pod_row() == ("ok", f"serving-0: serving {model_name}@champion v{v1}, the alias's version")
     (served, prediction) = _rows(srv, mlflow_server.uri)
     assert served[:2] == ("verify.serving", "ok") and f"v{v1}" in served[2]
     assert prediction[:2] == ("verify.serving.prediction", "ok") and "the model's own prediction" in prediction[2]
@@ -375,6 +387,8 @@ def test_verify_rows_no_model_yet_refused_version_and_a_good_prediction(mlflow_s
         time.sleep(0.1)
     ((name, status, saw),) = _rows(srv, mlflow_server.uri)
     assert status == "warn" and f"v{bad} was refused" in saw and "broken on purpose" in saw and f"v{v1} keeps" in saw
+    status, saw = pod_row()
+    assert status == "warn" and f"serving v{v1}; the alias's v{bad} was refused" in saw and "broken on purpose" in saw
     srv.stop()
     (row,) = serving_rows(srv.url, {"MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert str(row.status) == "fail" and "nothing answers" in row.saw and "logs serving" in row.fix
