@@ -86,6 +86,15 @@ def git_connection(spec: PlatformSpec, *, key_file: str | None = None, known_hos
 SERVING_URL_ENV = "MLOPS_SERVING_URL"
 
 
+def aws_profile_env(spec: PlatformSpec, aws_files: tuple[str, str] | None = None) -> dict[str, str]:
+    """How boto3 finds the platform's AWS profile, for DAG code and every component that reaches S3:
+    the profile, the region and, where they are not at boto3's default place, the two files."""
+    env = {"AWS_PROFILE": spec.aws.profile, "AWS_DEFAULT_REGION": spec.aws.region}
+    if aws_files:
+        env["AWS_SHARED_CREDENTIALS_FILE"], env["AWS_CONFIG_FILE"] = aws_files
+    return env
+
+
 def dag_runtime_env(
     spec: PlatformSpec,
     *,
@@ -107,11 +116,8 @@ def dag_runtime_env(
         "MLFLOW_EXPERIMENT_NAME": spec.mlflow.experiment,
         "MLOPS_REGISTERED_MODEL": spec.mlflow.registered_model,
         "MLOPS_DATA_BUCKET": spec.aws.bucket,
-        "AWS_PROFILE": spec.aws.profile,
-        "AWS_DEFAULT_REGION": spec.aws.region,
+        **aws_profile_env(spec, aws_files),
     }
-    if aws_files:
-        env["AWS_SHARED_CREDENTIALS_FILE"], env["AWS_CONFIG_FILE"] = aws_files
     if serving_url:
         env[SERVING_URL_ENV] = serving_url  # the template pipeline waits there for its new champion
     if s3_endpoint and s3_only_endpoint:

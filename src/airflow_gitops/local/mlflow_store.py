@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import keystore
+from .. import contract, keystore
 from ..errors import PlatformError
 from ..serving import DEFAULT_WEBHOOK_NAME
 from .layout import Layout
@@ -61,12 +61,7 @@ def artifacts_destination(layout: Layout) -> str:
 
 def aws_env(layout: Layout) -> dict[str, str]:
     """What boto3 needs to reach the platform's S3 (the same files DAG code uses)."""
-    env = {
-        "AWS_SHARED_CREDENTIALS_FILE": str(layout.aws_credentials),
-        "AWS_CONFIG_FILE": str(layout.aws_config),
-        "AWS_PROFILE": layout.spec.aws.profile,
-        "AWS_DEFAULT_REGION": layout.spec.aws.region,
-    }
+    env = contract.aws_profile_env(layout.spec, (str(layout.aws_credentials), str(layout.aws_config)))
     if layout.s3_url:
         env["MLFLOW_S3_ENDPOINT_URL"] = layout.s3_url  # MLflow's S3 artifact store reads this
     return env
