@@ -44,7 +44,7 @@ def passwords_file(layout: Layout) -> Path:
 def airflow_config(layout: Layout, database_url: str) -> dict[tuple[str, str], str]:
     """Every ``[section] key`` the local target sets, tuned defaults first, then ``airflow.config``."""
     spec, ports = layout.spec, layout.ports
-    api = f"http://{HOST}:{ports.api}"
+    api = layout.api_url
     config = {
         # Tuned defaults (airflow.config may override them; docs/performance.md says why each).
         ("api", "workers"): "1",
