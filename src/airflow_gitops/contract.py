@@ -55,8 +55,8 @@ def bundle_config(spec: PlatformSpec, *, probe: bool = False) -> list[dict[str, 
         "tracking_ref": spec.dags.branch,
         "refresh_interval": spec.dags.sync_interval,
     }
-    if spec.dags.sub_path not in ("", "."):
-        kwargs["subdir"] = spec.dags.sub_path
+    if spec.dags.subdir:
+        kwargs["subdir"] = spec.dags.subdir
     bundles = [{"name": BUNDLE_NAME, "classpath": GIT_BUNDLE_CLASS, "kwargs": kwargs}]
     if probe:
         probe_kwargs = {**kwargs, "tracking_ref": PROBE_BRANCH}

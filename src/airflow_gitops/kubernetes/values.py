@@ -279,7 +279,7 @@ def build_values(
             # Deprecated, but the chart always sets them and they override `ref`: make them agree.
             "branch": ref,
             "rev": "HEAD",
-            "subPath": "" if spec.dags.sub_path == "." else spec.dags.sub_path,
+            "subPath": spec.dags.subdir,
             "depth": spec.dags.depth,
             "period": f"{spec.dags.sync_interval}s",
         }

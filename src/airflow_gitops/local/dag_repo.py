@@ -67,8 +67,8 @@ def seed_local_repo(layout: Layout) -> bool:
     with tempfile.TemporaryDirectory(prefix="airflow-gitops-seed-") as tmp:
         work = Path(tmp) / "work"
         shutil.copytree(template_dir(), work, ignore=shutil.ignore_patterns(*SKIP))
-        sub = layout.spec.dags.sub_path
-        if sub not in ("", ".", "dags") and (work / "dags").is_dir():
+        sub = layout.spec.dags.subdir
+        if sub not in ("", "dags") and (work / "dags").is_dir():
             (work / sub).parent.mkdir(parents=True, exist_ok=True)
             shutil.move(work / "dags", work / sub)
         git("init", "--quiet", f"--initial-branch={branch}", cwd=work)

@@ -117,6 +117,11 @@ class DagsSpec(_Model):
     # Kubernetes delivery: the chart's git-sync sidecars (the seed's) or Airflow 3's GitDagBundle.
     delivery: Literal["git-sync", "bundle"] = "git-sync"
 
+    @property
+    def subdir(self) -> str:
+        """``sub_path`` as a folder inside the repository: '' for its root ('' or '.' in platform.yaml)."""
+        return "" if self.sub_path in ("", ".") else self.sub_path
+
     @field_validator("sync_interval")
     @classmethod
     def _interval(cls, v: int | None, info) -> int:
