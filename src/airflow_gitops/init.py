@@ -12,6 +12,7 @@ from rich.console import Console
 from .errors import PlatformError
 from .keystore import generate_deploy_key
 from .spec import parse_spec
+from .spec.models import Ports
 
 TEMPLATE = """\
 # platform.yaml: the one declarative file of airflow-gitops. Every key is optional; the values shown
@@ -63,6 +64,7 @@ serving:
   poll_interval: 10          # seconds
   webhook: true
   max_body_bytes: 1048576
+  load_in_worker: true       # a new version loads in a worker process (false: ~180 MiB less, slower swaps)
 
 # Task logs: the seed's PVC (Kubernetes). remote: s3 also puts them in s3://<aws.bucket>/<remote_prefix>/,
 # which task pods on several nodes need when no ReadWriteMany storage class exists.
@@ -72,7 +74,7 @@ kubernetes: {namespace: airflow, release: airflow, chart_version: "1.21.0"}
 
 local:
   state_dir: .airflow-gitops
-  ports: {api: 8080, mlflow: 5000, s3: 5055, postgres: 5433, serving: 5001}
+  ports: {PORTS}
   parallelism: 4
 
 # Airflow Connections, Variables and pools, applied by `up` / `airflow-gitops sync` (a Secret on
@@ -85,6 +87,10 @@ variables: {}
 pools: {}
 #  training: {slots: 2, description: GPU-less training slots}
 """
+# The default ports, from the spec's own defaults (one place: spec.Ports).
+TEMPLATE = TEMPLATE.replace(
+    "{PORTS}", "{" + ", ".join(f"{k}: {v}" for k, v in Ports().model_dump().items()) + "}"
+)
 
 
 def _writable_folder(directory: Path) -> None:
