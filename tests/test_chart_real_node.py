@@ -598,10 +598,19 @@ def _fernet_rotation_in_the_pods(cluster, ns, spec_file, probe) -> None:
 
     in_cluster = base64.b64decode(next(iter(secret["data"].values()))).decode().strip()
     assert in_cluster == keys[0].decode(), "the Secret does not hold the new key alone"
-    kubectl(cluster, "-n", ns, "rollout", "status", "deploy/airflow-scheduler", "--timeout=300s", timeout=320)
+    for deploy in ("airflow-scheduler", "airflow-api-server", "airflow-dag-processor"):  # restarted by step 2
+        kubectl(cluster, "-n", ns, "rollout", "status", f"deploy/{deploy}", "--timeout=300s", timeout=320)
     took = time.monotonic() - t0
     print(f"rotate-fernet-key on the real node (both steps, re-encryption in the scheduler pod): {took:.0f}s")
-    assert _probe_digest(cluster, ns, spec_file) == hashlib.sha256(probe.encode()).hexdigest()
+    for attempt in range(3):  # the port-forward may have caught a pod of the release as it was replaced
+        try:
+            digest = _probe_digest(cluster, ns, spec_file)
+            break
+        except OSError:
+            if attempt == 2:
+                raise
+            time.sleep(10)
+    assert digest == hashlib.sha256(probe.encode()).hexdigest()
 
 
 PIPELINE_TASKS = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register", "served"]
