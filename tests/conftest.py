@@ -6,6 +6,7 @@ Tests that change it (stop a component, ``down``/``up``) must leave it healthy a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -182,3 +183,36 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _answers_any(url: str) -> bool:
+    """Any HTTP answer (an unsigned GET / is refused with 403) means the endpoint serves."""
+    import httpx
+
+    try:
+        httpx.get(url, timeout=2)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def local_s3(platform):
+    """The platform's own S3 endpoint (rclone serving ``<state>/s3``, as the ``s3`` component runs it),
+    started alone for a test; stopped on exit."""
+    from airflow_gitops.local import components
+    from airflow_gitops.local.aws import write_local_aws_files
+
+    lay = platform.layout
+    lay.supervisor.mkdir(parents=True, exist_ok=True)
+    write_local_aws_files(lay)
+    program = components._s3_program(platform)
+    server = subprocess.Popen(
+        program.command, cwd=program.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: server.poll() is None and _answers_any(f"{lay.s3_url}/"), 60, "the S3 endpoint")
+        yield server
+    finally:
+        server.terminate()
+        server.wait(30)

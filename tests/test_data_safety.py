@@ -107,35 +107,10 @@ def test_an_interrupted_carry_over_completes_on_the_next_up(platform, monkeypatc
 @pytest.fixture
 def s3(platform):
     """The platform's own S3 endpoint (rclone serving ``<state>/s3``, as the ``s3`` component runs it)."""
-    from conftest import wait_for
+    from conftest import local_s3
 
-    from airflow_gitops.local import components
-    from airflow_gitops.local.aws import write_local_aws_files
-
-    lay = platform.layout
-    lay.supervisor.mkdir(parents=True, exist_ok=True)
-    write_local_aws_files(lay)
-    program = components._s3_program(platform)
-    server = subprocess.Popen(
-        program.command, cwd=program.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for(lambda: server.poll() is None and _answers_any(f"{lay.s3_url}/"), 60, "the S3 endpoint")
-        yield mlflow_store._s3(lay)
-    finally:
-        server.terminate()
-        server.wait(30)
-
-
-def _answers_any(url: str) -> bool:
-    """Any HTTP answer (an unsigned GET / is refused with 403) means the endpoint serves."""
-    import httpx
-
-    try:
-        httpx.get(url, timeout=2)
-        return True
-    except httpx.HTTPError:
-        return False
+    with local_s3(platform):
+        yield mlflow_store._s3(platform.layout)
 
 
 def test_an_up_that_stopped_before_the_artifact_upload_uploads_them_next_time(platform, s3, monkeypatch):

@@ -94,12 +94,10 @@ def test_local_target_uploads_task_logs_to_its_own_s3_endpoint(tmp_path):
     """The local platform's Airflow environment (airflow_env: settings, Connection, AWS files) writes a
     task log into s3://<aws.bucket>/<logs.remote_prefix>/ on the real local endpoint (rclone) and reads
     it back from there; the object is then checked with a plain S3 client."""
-    from conftest import free_port, make_spec, wait_for
-    from test_data_safety import _answers_any
+    from conftest import free_port, local_s3, make_spec
 
-    from airflow_gitops.local import components, mlflow_store
+    from airflow_gitops.local import mlflow_store
     from airflow_gitops.local.airflow_env import airflow_env
-    from airflow_gitops.local.aws import write_local_aws_files
     from airflow_gitops.local.platform import LocalPlatform
 
     spec = make_spec(
@@ -108,15 +106,8 @@ def test_local_target_uploads_task_logs_to_its_own_s3_endpoint(tmp_path):
     )
     platform = LocalPlatform(spec)
     lay = platform.layout
-    lay.supervisor.mkdir(parents=True, exist_ok=True)
     lay.airflow_home.mkdir(parents=True, exist_ok=True)
-    write_local_aws_files(lay)
-    program = components._s3_program(platform)
-    server = subprocess.Popen(
-        program.command, cwd=program.directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for(lambda: server.poll() is None and _answers_any(f"{lay.s3_url}/"), 60, "the S3 endpoint")
+    with local_s3(platform):
         mlflow_store.ensure_bucket(lay)  # what the s3 component's on_ready does in `up`
         env = airflow_env(lay, "postgresql://u:p@127.0.0.1:1/db")  # no database is needed for logs
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AWS_"))}
@@ -140,9 +131,6 @@ def test_local_target_uploads_task_logs_to_its_own_s3_endpoint(tmp_path):
         body = mlflow_store._s3(lay).get_object(Bucket=spec.aws.bucket, Key=key)["Body"].read().decode()
         assert body == line
         assert (lay.s3_data / spec.aws.bucket / key).read_text() == line  # a file on disk: survives down/up
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 MARKER_DAG = """
