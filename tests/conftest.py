@@ -38,18 +38,19 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def free_ports() -> dict[str, int]:
+    """A free port for every component with a port (spec's Ports: a new component gets one too)."""
+    from airflow_gitops.spec.models import Ports
+
+    return {name: free_port() for name in Ports.model_fields}
+
+
 def make_spec(base_dir: Path, extra: dict | None = None) -> PlatformSpec:
     """A spec on free ports with a short sync interval, state in ``base_dir/.airflow-gitops``."""
     data = {
         "dags": {"sync_interval": 2},
         "local": {
-            "ports": {
-                "api": free_port(),
-                "mlflow": free_port(),
-                "s3": free_port(),
-                "postgres": free_port(),
-                "serving": free_port(),
-            },
+            "ports": free_ports(),
             "parallelism": 4,
         },
     }

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DagRepo, cleanup_platform, free_port, quiet_console
+from conftest import DagRepo, cleanup_platform, free_ports, quiet_console
 from typer.testing import CliRunner
 
 from airflow_gitops import managed
@@ -96,13 +96,7 @@ def declared(tmp_path_factory) -> Declared:
     data = {
         "dags": {"sync_interval": 2},
         "local": {
-            "ports": {
-                "api": free_port(),
-                "mlflow": free_port(),
-                "s3": free_port(),
-                "postgres": free_port(),
-                "serving": free_port(),
-            },
+            "ports": free_ports(),
             "parallelism": 4,
         },
         **declarations(),
