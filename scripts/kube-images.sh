@@ -10,7 +10,8 @@
 #
 #   scripts/kube-images.sh build [PLATFORM_YAML]  build what is missing; print one line per image:
 #                                   NAME=<docker-archive path> REF=<image ref>
-#                                   (PLATFORM_YAML default ./platform.yaml; its image.python must be 3.11)
+#                                   (PLATFORM_YAML default ./platform.yaml; its image.python must be 3.11 or
+#                                   3.11.2, the base's: the lock has markers on the patch level)
 #   scripts/kube-images.sh base | git-sync | statsd-exporter
 #                                   build that one; print its line
 #   scripts/kube-images.sh airflow [PLATFORM_YAML]   the base and the airflow image; print their lines
@@ -23,6 +24,8 @@ set -euo pipefail
 
 # ---- versions ---------------------------------------------------------------------------------------
 DEBIAN_SUITE=bookworm              # its python3.11 is the image's CPython (spec.image.python 3.11)
+BASE_PYTHON=3.11.2                 # bookworm's python3.11 (image.python '3.11.2' pins the lock for it; the
+                                   # users' Dockerfile checks it: a base with another Python stops the build)
 GIT_SYNC_VERSION=v4.4.2            # chart 1.21.0's images.gitSync.tag
 STATSD_EXPORTER_VERSION=v0.29.0    # chart 1.21.0's images.statsd.tag
 GIT_SYNC_MIRROR="${GIT_SYNC_MIRROR:-/work/.mirror/kubernetes+git-sync/repo}"  # a bare clone of kubernetes/git-sync
@@ -293,16 +296,17 @@ py() {
 # base's hash.
 airflow_inputs() {
   [ -f "$1" ] || die "no such platform.yaml: $1"
-  py - "$1" "$(base_hash)" "$(declare -f build_airflow)" <<'PYEOF'
+  py - "$1" "$(base_hash)" "$(declare -f build_airflow)" "$BASE_PYTHON" <<'PYEOF'
 import hashlib, sys, tempfile
 from pathlib import Path
 from airflow_gitops.errors import PlatformError
 from airflow_gitops.spec import SpecError, load_spec
 from airflow_gitops.kubernetes import image
+BASE_PYTHON = sys.argv[4]
 try:
     spec = load_spec(sys.argv[1])
-    if spec.image.python != "3.11":
-        raise SystemExit(f"kube-images: error: {sys.argv[1]}: image.python is {spec.image.python}; the test base has Debian bookworm's python3.11. Fix: image.python: '3.11'")
+    if spec.image.python not in ("3.11", BASE_PYTHON):
+        raise SystemExit(f"kube-images: error: {sys.argv[1]}: image.python is {spec.image.python}; the test base has Debian bookworm's Python {BASE_PYTHON}. Fix: image.python: '{BASE_PYTHON}'")
     with tempfile.TemporaryDirectory() as d:
         folder = image.write_folder(spec, Path(d) / "image")
         h = hashlib.sha256(sys.argv[2].encode() + sys.argv[3].encode())

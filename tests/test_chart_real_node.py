@@ -37,6 +37,8 @@ pytestmark = pytest.mark.kubernetes
 ROOT = Path(__file__).resolve().parents[1]
 KUBE_IMAGES = ROOT / "scripts" / "kube-images.sh"
 AIRFLOW_IMAGE = ("localhost/airflow-gitops/airflow-mlops", "node-test")
+# Debian bookworm's python3.11, the test base's (scripts/kube-images.sh BASE_PYTHON)
+BASE_PYTHON = "3.11.2"
 AWS_KEY_ID = "AKIAAIRFLOWGITOPSWXYZ"  # not a real key: boto3 only has to find it in the mounted file
 runner = CliRunner()
 
@@ -85,10 +87,9 @@ def images(kube_node: KubeCluster, tmp_path_factory) -> dict[str, str]:
     """Build (or take from the cache) the images and import them into the node: name -> image ref."""
     d = tmp_path_factory.mktemp("images")
     repo, tag = AIRFLOW_IMAGE
-    # Not logs.remote: s3 yet: the amazon provider's beautifulsoup4 wants soupsieve 4.1.3 for Python >= 3.11.5
-    # (uv.lock's marker), which the test base's Debian 3.11.2 is not, and the image takes the markers of this
-    # interpreter's patch level (kubernetes/image.py _marker_env): its pip cannot install it.
-    image_spec = {"image": {"repository": repo, "tag": tag, "python": "3.11"}}
+    # logs.remote: s3 as the git-sync variant has it: the image carries the amazon provider (its S3 log handler).
+    # image.python with the base's patch level: the lock pins beautifulsoup4's soupsieve by it (>= 3.11.5).
+    image_spec = {"image": {"repository": repo, "tag": tag, "python": BASE_PYTHON}, "logs": {"remote": "s3"}}
     (d / "platform.yaml").write_text(yaml.safe_dump(image_spec))
     proc = subprocess.run(
         ["bash", str(KUBE_IMAGES), "build", str(d / "platform.yaml")], capture_output=True, text=True, timeout=3600
@@ -215,7 +216,7 @@ def seed_spec(
     )
     git_sync_ref, statsd_ref = images["git-sync"], images["statsd-exporter"]
     data = {
-        "image": {"repository": AIRFLOW_IMAGE[0], "tag": AIRFLOW_IMAGE[1], "python": "3.11"},
+        "image": {"repository": AIRFLOW_IMAGE[0], "tag": AIRFLOW_IMAGE[1], "python": BASE_PYTHON},
         "airflow": {"executor": "KubernetesExecutor"},
         "dags": {
             "repo": repo_url,
@@ -236,10 +237,11 @@ def seed_spec(
         },
         "mlflow": {"tracking_uri": ml.mlflow_uri if ml else f"http://{cluster.node.gateway}:5000"},
         "logs": {
-            "persistence": True,  # the seed's PVC
+            "persistence": True,  # the seed's PVC; and, where S3 runs, every task log also goes to the bucket
             "existing_claim": "airflow-logs",
             "size": "1Gi",
             "storage_class": "manual",
+            **({"remote": "s3", "remote_prefix": "airflow-logs"} if ml else {}),
         },
         "ingress": {"host": "airflow.local"},
         # serving needs an MLflow to follow: only where the test runs one
@@ -691,6 +693,17 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
         time.sleep(2)
     _, log = http(f"{run_url}/taskInstances/register/logs/1", token=auth)
     assert "promoted to 'champion'" in json.dumps(log), log
+    # logs.remote: s3 (issue 19 §2): each task pod uploaded its log to the bucket through the S3 endpoint
+    deadline = time.monotonic() + 60  # uploaded when the task ends, a little after the run shows success
+    while True:
+        uploaded = list((ml.root / "s3" / "mlops-data" / "airflow-logs").rglob("*.log"))
+        tasks = {t for t in PIPELINE_TASKS if any(f"task_id={t}" in str(f) for f in uploaded)}
+        if tasks == set(PIPELINE_TASKS):
+            break
+        assert time.monotonic() < deadline, f"task logs in the bucket: {sorted(map(str, uploaded))[:10]}"
+        time.sleep(2)
+    register_log = next(f for f in uploaded if "task_id=register" in str(f))  # the one run so far
+    assert "promoted to 'champion'" in register_log.read_text()
     # serving: the `served` task saw the Service answer with the new champion; each pod is Ready now
     _, served = http(f"{run_url}/taskInstances/served/xcomEntries/return_value", token=auth)
     served = json.loads(served["value"]) if isinstance(served["value"], str) else served["value"]

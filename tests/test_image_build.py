@@ -92,6 +92,23 @@ def test_base_image_config(base_image):
     assert json.loads(manifest.stdout)[0]["RepoTags"] == [base_image["ref"]]
 
 
+def test_a_base_with_another_python_stops_the_build_naming_the_python_to_set(base_image, tmp_path):
+    """The pins are for image.python; on a base with another Python (the test base has Debian's 3.11.2) the
+    Dockerfile's first RUN stops the build before pip, and the one message says what to set."""
+    spec = _platform(tmp_path, python="3.11.9", extra_requirements=["boto3"])
+    out, archive = tmp_path / "rendered", tmp_path / "airflow.oci.tar"
+    env = {**os.environ, "CONTAINERS_STORAGE_CONF": base_image["storage_conf"]}
+    base = f"oci-archive:{base_image['oci']}"
+    proc = _cli(["image", "build", "-f", str(spec), "-o", str(out), "--base", base, "--output", str(archive)], env)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stdout + proc.stderr
+    said = " ".join((proc.stdout + proc.stderr).split())  # the console may wrap the message
+    assert "the base image has Python 3.11.2, platform.yaml has image.python 3.11.9" in said, said
+    assert "set image.python to 3.11.2" in said, said
+    assert "RUN pip install" not in (out / "image-build.log").read_text()  # stopped before the install step
+    assert not archive.exists()
+
+
 def test_image_build_on_the_test_base_runs_airflow(base_image, tmp_path):
     spec = _platform(tmp_path, extra_requirements=["boto3"])
     out, archive = tmp_path / "rendered", tmp_path / "airflow.oci.tar"

@@ -27,7 +27,7 @@ from airflow_gitops.cli import app
 from airflow_gitops.dburl import encoded as metadata_connection
 from airflow_gitops.errors import PlatformError
 from airflow_gitops.kubernetes.render import render
-from airflow_gitops.spec import parse_spec
+from airflow_gitops.spec import SpecError, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -374,3 +374,63 @@ def test_kubernetes_secret_looking_airflow_config_goes_to_a_secret_not_values(tm
     } in r.values["secret"]
     cfg = next(s for s in r.secrets.secrets if s["metadata"]["name"] == "airflow-config-secrets")
     assert cfg["stringData"] == {"AIRFLOW__SMTP__SMTP_PASSWORD": token}
+
+
+def _compile_for(image_dir: Path, python: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """uv's resolver over the image's requirements + constraints for a CPython ``python`` (X.Y.Z)."""
+    uv = os.environ.get("UV") or shutil.which("uv") or str(Path.home() / ".cache/airflow-gitops/uv/bin/uv")
+    lock = _lock_for(pyplatform.python_version())
+    reqs = tmp_path / f"all-{python}.txt"
+    reqs.write_text(f"apache-airflow=={lock['apache-airflow']}\n" + (image_dir / "requirements.txt").read_text())
+    return subprocess.run(
+        [
+            uv,
+            "pip",
+            "compile",
+            str(reqs),
+            "-c",
+            str(image_dir / "constraints.txt"),
+            "--python-version",
+            python,
+            "--python-platform",
+            "x86_64-manylinux_2_28",
+            "--no-header",
+            "--no-annotate",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_kubernetes_image_python_with_the_base_patch_level_pins_what_that_python_can_install(tmp_path):
+    """uv.lock has markers on the patch level (beautifulsoup4 -> soupsieve 4.1.3 only for >= 3.11.5): pinned
+    at this interpreter's patch level, the amazon provider's closure cannot install on Debian's 3.11.2 (the
+    defect the real node found); with image.python '3.11.2' it resolves, and the Dockerfile checks the base."""
+    if not pyplatform.python_version().startswith("3.11.") or int(pyplatform.python_version().split(".")[2]) < 5:
+        pytest.skip(
+            f"needs this interpreter at 3.11.5 or later to show the difference (it is {pyplatform.python_version()})"
+        )
+    render(spec_in(tmp_path, logs={"remote": "s3"}, aws={"bucket": "mlops-data"}), tmp_path / "a")
+    failed = _compile_for(tmp_path / "a" / "image", "3.11.2", tmp_path)
+    assert failed.returncode != 0 and "soupsieve" in failed.stderr, failed.stderr[-2000:]
+
+    render(
+        spec_in(tmp_path, image={"python": "3.11.2"}, logs={"remote": "s3"}, aws={"bucket": "mlops-data"}),
+        tmp_path / "b",
+    )
+    proc = _compile_for(tmp_path / "b" / "image", "3.11.2", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "apache-airflow-providers-amazon" in proc.stdout
+    dockerfile = (tmp_path / "b" / "image" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=apache/airflow:" in dockerfile and "-python3.11\n" in dockerfile  # the tag: X.Y
+    assert "want = '3.11.2'" in dockerfile
+
+
+def test_image_python_must_be_a_quoted_python_version(tmp_path):
+    with pytest.raises(SpecError, match=r"write it quoted, python: '3.1'"):
+        parse_spec({"image": {"python": 3.10}}, base_dir=tmp_path)
+    for bad in ("3.9", "3.11.2\n", "3", "python3.11"):
+        with pytest.raises(SpecError, match="is not a Python the image can have"):
+            parse_spec({"image": {"python": bad}}, base_dir=tmp_path)

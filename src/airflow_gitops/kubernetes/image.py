@@ -44,13 +44,20 @@ def airflow_version() -> str:
 def _marker_env(python: str) -> dict[str, str]:
     """The environment of the image (Linux x86_64, CPython ``python``) for evaluating the lock's markers.
 
-    The same minor version as this interpreter uses its exact patch level, so the image takes the very
-    versions the local platform (and the tests) run.
+    ``python`` is ``image.python``: X.Y.Z is the base's exact patch level (the lock has markers on it:
+    beautifulsoup4 wants soupsieve 4.1.3 only from 3.11.5 on, which Debian's 3.11.2 cannot install). X.Y
+    alone: this interpreter's patch level when the minor versions match, so the image takes the very
+    versions the local platform (and the tests) run; else the newest patch (the official images follow it).
     """
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    minor = ".".join(python.split(".")[:2])
+    if python != minor:
+        full = python
+    else:
+        full = platform.python_version() if python == here else f"{python}.99"
     return {
-        "python_version": python,
-        "python_full_version": platform.python_version() if python == here else f"{python}.99",
+        "python_version": minor,
+        "python_full_version": full,
         "sys_platform": "linux",
         "platform_system": "Linux",
         "platform_machine": "x86_64",
@@ -119,9 +126,9 @@ def constraints_txt(spec: PlatformSpec) -> str:
 def python_drift(spec: PlatformSpec) -> list[str]:
     """Packages whose locked version for the image's Python differs from the one this platform runs."""
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if spec.image.python == here:
+    if spec.image.python == here:  # X.Y alone, this interpreter's minor: its patch level (_marker_env)
         return []
-    ours, theirs = _lock_entries(here), _lock_entries(spec.image.python)
+    ours, theirs = _lock_entries(platform.python_version()), _lock_entries(spec.image.python)
     return sorted(
         f"{n} {ours[n]['version']} -> {e['version']}"
         for n, e in theirs.items()
@@ -188,7 +195,19 @@ def requirements(spec: PlatformSpec) -> list[str]:
 
 def official_base(spec: PlatformSpec) -> str:
     """The official image the Dockerfile builds on by default: ``apache/airflow:<version>-python<X.Y>``."""
-    return f"apache/airflow:{airflow_version()}-python{spec.image.python}"
+    return f"apache/airflow:{airflow_version()}-python{spec.image.python_minor}"
+
+
+def _python_check(want: str) -> str:
+    """A shell command that fails, naming the fix, when the base's Python is not ``image.python``."""
+    code = (
+        "import platform, sys; have = platform.python_version(); "
+        f"want = '{want}'; "
+        "sys.exit(0 if have == want or have.startswith(want + '.') else "
+        "f'the base image has Python {have}, platform.yaml has image.python {want}: "
+        "set image.python to {have} (or use a base with Python {want}), then render again')"
+    )
+    return f'python -c "{code}"'
 
 
 def dockerfile(spec: PlatformSpec) -> str:
@@ -203,6 +222,8 @@ def dockerfile(spec: PlatformSpec) -> str:
         "FROM ${BASE_IMAGE}\n"
         "COPY requirements.txt constraints.txt /tmp/\n"
         "USER airflow\n"
+        "# The pins are for image.python: a base with another Python stops here, saying which to set.\n"
+        f"RUN {_python_check(spec.image.python)}\n"
         f'RUN pip install --no-cache-dir "apache-airflow=={version}" -r /tmp/requirements.txt -c /tmp/constraints.txt\n'
     )
     if spec.serving.enabled:

@@ -15,6 +15,7 @@ Output folder (default ``rendered/``)::
 
 from __future__ import annotations
 
+import platform
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -203,8 +204,13 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
     if drift:
         warnings.append(
             f"image.python {spec.image.python} is not the Python the local platform and its tests run "
-            f"({sys.version_info.major}.{sys.version_info.minor}); uv.lock resolves {len(drift)} packages differently "
-            f"for it ({', '.join(drift[:4])}{' ...' if len(drift) > 4 else ''}): set image.python to match"
+            f"({platform.python_version()}); uv.lock resolves {len(drift)} packages differently "
+            f"for it ({', '.join(drift[:4])}{' ...' if len(drift) > 4 else ''}): "
+            + (
+                "the image runs those versions (the base's patch level); the local platform runs the others"
+                if spec.image.python_minor == f"{sys.version_info.major}.{sys.version_info.minor}"
+                else "set image.python to match"
+            )
         )
     serving_docs = serving_k8s.manifests(spec)
     rendered_chart = render_chart(chart_obj, values, spec) if chart_obj is not None else None

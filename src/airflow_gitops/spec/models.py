@@ -46,8 +46,9 @@ class ImageSpec(_Model):
     tag: str = "latest"
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     # The Python the local platform (and its tests) run: uv.lock pins some packages differently per Python,
-    # so another one means an image with versions nothing was tested with (render warns).
-    python: Literal["3.10", "3.11", "3.12", "3.13"] = "3.11"
+    # so another one means an image with versions nothing was tested with (render warns). X.Y, or X.Y.Z when
+    # the base image's patch level is known (the lock has markers on it, e.g. soupsieve for >= 3.11.5).
+    python: str = "3.11"
     # Package names; versions are pinned from the local platform's lock (one source of truth).
     extra_requirements: list[str] = Field(
         default_factory=lambda: ["mlflow", "pandas", "pyarrow", "scikit-learn", "boto3"]
@@ -68,6 +69,28 @@ class ImageSpec(_Model):
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", v):
             raise ValueError(f"{_short(v)} is not a valid image tag; use letters, digits, '_', '.', '-'")
         return v
+
+    @field_validator("python", mode="before")
+    @classmethod
+    def _python_quoted(cls, v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            raise ValueError(f"write it quoted, python: '{v}' (YAML reads 3.10 as the number 3.1)")
+        return v
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str) -> str:
+        if not re.fullmatch(r"3\.(10|11|12|13)(\.\d{1,2})?", v):
+            raise ValueError(
+                f"{_short(v)} is not a Python the image can have; use 3.10, 3.11, 3.12 or 3.13, or with the base "
+                "image's patch level, e.g. '3.11.2'"
+            )
+        return v
+
+    @property
+    def python_minor(self) -> str:
+        """X.Y of ``python`` (the official image's tag suffix, the lock's ``python_version``)."""
+        return ".".join(self.python.split(".")[:2])
 
 
 class AirflowSpec(_Model):
