@@ -53,6 +53,10 @@ class PgServer:
     root: Path
     host: str = "127.0.0.1"
 
+    @property
+    def log_file(self) -> Path:
+        return self.root / "data" / "server.log"
+
     def url(self, user: str = "postgres", password: str | None = None, db: str = "postgres") -> str:
         return f"postgresql://{user}:{password or self.superuser_password}@{self.host}:{self.port}/{db}"
 
@@ -81,8 +85,11 @@ class PgServer:
         return f"postgresql://{name}:{quote(password, safe='')}@{self.host}:{self.port}/{name}"
 
 
-def start_postgres(host: str = "127.0.0.1", allow: str | None = None) -> tuple[PgServer, callable]:
-    """A server listening on ``host``; ``allow`` (a CIDR) may connect with a password besides localhost."""
+def start_postgres(
+    host: str = "127.0.0.1", allow: str | None = None, log_connections: bool = False
+) -> tuple[PgServer, callable]:
+    """A server listening on ``host``; ``allow`` (a CIDR) may connect with a password besides localhost;
+    ``log_connections``: each connection in ``server.log_file`` as ``[client-address/database]LOG: ...``."""
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
@@ -123,6 +130,8 @@ def start_postgres(host: str = "127.0.0.1", allow: str | None = None) -> tuple[P
         with open(data / "pg_hba.conf", "a") as hba:
             hba.write(f"host all all {allow} scram-sha-256\n")
     opts = f"-c listen_addresses={host} -c port={port} -c unix_socket_directories={data} -c fsync=off"
+    if log_connections:
+        opts += " -c log_connections=on -c log_line_prefix='[%h/%d]'"
     log = data / "server.log"
     subprocess.run(
         [*prefix, pg_ctl, "-D", str(data), "-l", str(log), "-o", opts, "-w", "start"],

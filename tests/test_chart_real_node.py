@@ -111,7 +111,7 @@ def images(kube_node: KubeCluster, tmp_path_factory) -> dict[str, str]:
 def services(kube_node: KubeCluster, tmp_path_factory):
     """PostgreSQL and an sshd Git remote on the node's gateway address (the pods' way to the host)."""
     node = kube_node.node
-    pg, stop_pg = start_postgres(host=node.gateway, allow=node.pod_cidr)
+    pg, stop_pg = start_postgres(host=node.gateway, allow=node.pod_cidr, log_connections=True)
     git, sshd = start_sshd(tmp_path_factory.mktemp("node-git"), host=node.gateway)
     try:
         yield SimpleNamespace(pg=pg, git=git)
@@ -388,7 +388,7 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
                 assert time.monotonic() < deadline, "the task pod was not deleted after the task"
                 time.sleep(2)
             if ml:
-                _pipeline_a_pod_per_task(kube_node, ns, base, auth, ml)
+                _pipeline_a_pod_per_task(kube_node, ns, base, auth, ml, services.pg)
                 _faults_mid_run(kube_node, ns, base, auth)
         finally:
             pf.terminate()
@@ -416,7 +416,8 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
         if delivery == "git-sync":
             assert rows["verify.container.git_sync"]["status"] == "ok"
             assert "== the branch head" in rows["verify.container.git_sync"]["saw"]
-            # A pushed commit reaches the git-sync container (period 10 s).
+            # A pushed commit reaches the git-sync container (period 10 s), and its DAG the API.
+            pushed = time.monotonic()
             sha = services.git.push(
                 services.git.url(services.git.root / "repos" / f"dags-{ns}.git"),
                 {"dags/second.py": HELLO_DAG.replace("hello_real_node", "second_dag")},
@@ -453,7 +454,30 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
                 if head.strip() == sha:
                     break
                 assert time.monotonic() < deadline, f"git-sync still at {head.strip()}, pushed {sha}"
-                time.sleep(3)
+                time.sleep(1)
+            synced = time.monotonic() - pushed
+            pf, base = port_forward(kube_node, ns, "svc/airflow-api-server", 8080)
+            try:
+                deadline = pushed + 2 * 10 + 60  # two git-sync periods + the DAG processor's parse
+                while True:
+                    try:
+                        _, dags = http(f"{base}/api/v2/dags", token=auth)
+                        if "second_dag" in {d["dag_id"] for d in dags["dags"]}:
+                            break
+                    except OSError:  # the port-forward not up yet
+                        pass
+                    assert time.monotonic() < deadline, (
+                        f"second_dag not listed {time.monotonic() - pushed:.0f} s after the push"
+                    )
+                    time.sleep(1)
+                listed = time.monotonic() - pushed
+            finally:
+                pf.terminate()
+                pf.wait(10)
+            print(
+                f"\ngit-sync: pushed {sha[:12]} in the container after {synced:.1f} s, second_dag listed by the API "
+                f"after {listed:.1f} s (period 10 s, the seed's wait)"
+            )
     finally:
         os.environ.clear()
         os.environ.update(env_before)
@@ -618,7 +642,7 @@ def _fernet_rotation_in_the_pods(cluster, ns, spec_file, probe) -> None:
 PIPELINE_TASKS = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register", "served"]
 
 
-def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str, ml) -> None:
+def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str, ml, pg) -> None:
     """The template's ml_training_pipeline: every task in a worker pod of its own (our image, the real
     node), boto3 in the pods writing the bucket, MLflow registering the model and moving the alias; the
     pods deleted afterwards, a task's log still readable through the API."""
@@ -656,6 +680,8 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
                 "node": p["spec"].get("nodeName"),
                 "image": statuses[0].get("imageID") or p["spec"]["containers"][0]["image"],
                 "phase": p["status"]["phase"],
+                "ip": p["status"].get("podIP") or pods.get(p["metadata"]["name"], {}).get("ip"),
+                "env": {e["name"] for c in p["spec"]["containers"] for e in c.get("env") or []},
             }
         _, state = http(run_url, token=auth)
         if state["state"] in ("success", "failed"):
@@ -676,6 +702,7 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
     by_task = {info["task"] for info in pods.values()}
     assert by_task == set(PIPELINE_TASKS), pods  # each task in its own pod (a short one may be seen only once)
     assert {info["node"] for info in pods.values()} == {cluster.node.name}, pods
+    _database_connections_by_pod(cluster, ns, pg, pods)
     # MLflow: the run logged from the pods, the model registered, the alias moved; the data in the bucket
     client = MlflowClient(ml.mlflow_uri)
     _, reg = http(f"{run_url}/taskInstances/register/xcomEntries/return_value", token=auth)
@@ -720,6 +747,40 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
             break
         assert time.monotonic() < deadline, [p["status"].get("containerStatuses") for p in serving["items"]]
         time.sleep(2)
+
+
+def _database_connections_by_pod(cluster: KubeCluster, ns: str, pg, workers: dict[str, dict]) -> None:
+    """The seed's PostgreSQL row: the external server's connection log (log_connections) shows the release's
+    pods by their addresses - the scheduler, API server and DAG processor use the metadata database; Airflow 3's
+    worker pods talk to the Execution API instead."""
+    import collections
+    import re
+
+    db = ns.replace("-", "_")
+    seen = collections.Counter(
+        m.group(1)
+        for m in re.finditer(
+            r"^\[([0-9.]+)/" + re.escape(db) + r"\]LOG:  connection authorized", pg.log_file.read_text(), re.M
+        )
+    )
+    release = json.loads(kubectl(cluster, "-n", ns, "get", "pods", "-l", "release=airflow", "-o", "json"))["items"]
+    by_component = {
+        p["metadata"]["labels"].get("component"): p["status"].get("podIP")
+        for p in release
+        if p["status"]["phase"] == "Running"
+    }
+    print(f"\nPostgreSQL {pg.host}:{pg.port}/{db}: connections authorized, by pod address:")
+    for component, ip in sorted(by_component.items(), key=lambda kv: str(kv[0])):
+        print(f"  {component or '?':16} {ip or '-':15} {seen.get(ip, 0)}")
+    for name, info in sorted(workers.items()):
+        print(f"  worker {info['task']:9} {info['ip'] or '-':15} {seen.get(info['ip'], 0)}  ({name})")
+    others = {
+        ip: n for ip, n in seen.items() if ip not in set(by_component.values()) | {w["ip"] for w in workers.values()}
+    }
+    print(f"  other addresses  {others or '-'} (pods gone since: migrations Job, create-user Job, replaced pods)")
+    for component in ("scheduler", "api-server", "dag-processor"):
+        assert seen.get(by_component.get(component), 0) > 0, (component, by_component, dict(seen))
+    assert all(ip.startswith(cluster.node.pod_cidr.rsplit(".", 1)[0]) for ip in seen), seen  # pods, not the host
 
 
 def _faults_mid_run(cluster: KubeCluster, ns: str, base: str, auth: str) -> None:
