@@ -9,6 +9,8 @@ so it proves what Airflow sees there, not only that objects exist.
 |                   | verify.container.dags    | ``airflow dags list`` in the scheduler: the repository's DAGs |
 | PostgreSQL        | verify.container.database| ``airflow db check`` in the scheduler                         |
 | AWS auth (boto3)  | verify.container.aws     | boto3's credentials in the scheduler come from the mounted file |
+| (all, from a task)| task.*                   | the platform_selfcheck DAG triggered from the api-server      |
+|                   |                          | container; its task runs in a worker pod (checks/selfcheck.py)|
 | (serving)         | verify.serving.pods      | the serving Deployment's pods are Running (Ready needs a model) |
 |                   | verify.serving.health.POD| GET /health in each serving container: served version vs alias |
 
@@ -24,6 +26,7 @@ import json
 from ..gitremote import branch_head
 from ..kubernetes import serving as serving_k8s
 from ..spec import PlatformSpec
+from . import selfcheck
 from .result import CheckResult, fail, ok, skip, warn
 
 GIT_SYNC_WORKTREE = "/git/repo"  # the chart's GITSYNC_ROOT (/git) + GITSYNC_LINK (repo)
@@ -39,8 +42,11 @@ AWS = (
 )
 
 
-def exec_in(api, ns: str, pod: str, container: str, command: list[str], timeout: float = EXEC_TIMEOUT):
-    """(exit code, stdout, stderr) of ``command`` run in a container, as ``kubectl exec`` does."""
+def exec_in(
+    api, ns: str, pod: str, container: str, command: list[str], timeout: float = EXEC_TIMEOUT, stdin: str | None = None
+):
+    """(exit code, stdout, stderr) of ``command`` run in a container, as ``kubectl exec`` does; ``stdin``
+    is written to it (a secret goes there, never into ``command``: argv is visible in the pod)."""
     from kubernetes import client
     from kubernetes.stream import stream
 
@@ -52,11 +58,13 @@ def exec_in(api, ns: str, pod: str, container: str, command: list[str], timeout:
         command=command,
         stderr=True,
         stdout=True,
-        stdin=False,
+        stdin=stdin is not None,
         tty=False,
         _preload_content=False,
     )
     out, err = [], []
+    if stdin is not None:
+        resp.write_stdin(stdin)
     resp.run_forever(timeout=timeout)
     out.append(resp.read_stdout() or "")
     err.append(resp.read_stderr() or "")
@@ -242,6 +250,11 @@ def container_rows(api, spec: PlatformSpec) -> list[CheckResult]:
                 )
     else:
         rows.append(skip("verify.container.git_sync", "dags.delivery is bundle: verify.container.dags shows the DAGs"))
+    # The rows from where tasks run: the self-check DAG, its task in a worker pod (checks/selfcheck.py).
+    if all(r.status == "ok" for r in rows if r.name == "verify.container.api"):
+        rows += selfcheck.kubernetes_rows(api, spec, exec_in, pod)
+    else:
+        rows.append(skip("task.selfcheck", "not run: the API server above does not answer"))
     return rows
 
 

@@ -35,10 +35,9 @@ from .kube_containers import container_rows
 from .kube_containers import serving_rows as kube_serving_rows
 from .process_s3 import s3_credential_rows
 from .result import CheckResult, emit, fail, ok, skip, warn
+from .selfcheck import SELFCHECK_DAG, SELFCHECK_TASK, report_rows
 from .serving import serving_rows
 
-SELFCHECK_DAG = "platform_selfcheck"
-SELFCHECK_TASK = "selfcheck"
 PROBE_FILE = ".airflow-gitops-probe"
 
 
@@ -214,19 +213,7 @@ def _selfcheck(platform: LocalPlatform) -> list[CheckResult]:
                 f"read the task log in the UI ({platform.layout.api_url}) or `airflow-gitops logs scheduler`",
             )
         ]
-    rows = []
-    for name, c in report["checks"].items():
-        if c.get("ok"):
-            rows.append(ok(f"task.{name}", str(c.get("detail", ""))[:300]))
-        else:
-            rows.append(
-                fail(
-                    f"task.{name}",
-                    str(c.get("detail", ""))[:300],
-                    "fix what the detail names (aws.* / mlflow.* in platform.yaml), then `verify` again",
-                )
-            )
-    return rows
+    return report_rows(report)
 
 
 def run_verify_local(target: LocalTarget, *, probe: bool) -> list[CheckResult]:
@@ -258,13 +245,6 @@ def run_verify_kubernetes(target: KubernetesTarget, *, probe: bool) -> list[Chec
     if all(r.status != "fail" for r in rows if r.name == "kube.cluster"):
         rows += _release_rows(spec)
         rows += _serving_rows(spec)
-    rows.append(
-        skip(
-            "task.selfcheck",
-            f"not run from here: it runs in a worker pod; kubectl -n {spec.kubernetes.namespace} port-forward "
-            f"svc/{spec.kubernetes.release}-api-server 8080, then trigger {SELFCHECK_DAG} in the UI",
-        )
-    )
     return rows
 
 
