@@ -290,6 +290,7 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
     # The seed's own delivery (git-sync) also runs the seed's pipeline, a pod per task (issue 19).
     ml = request.getfixturevalue("ml_services") if delivery == "git-sync" else None
     spec_file = seed_spec(tmp_path, kube_node, services, images, ns=ns, delivery=delivery, ml=ml)
+    figures: dict = {"delivery": delivery}  # for bench/bench_kubernetes.py (printed, never asserted on)
     env_before = os.environ.copy()
     os.environ["KUBECONFIG"] = str(kube_node.kubeconfig)
     os.environ["PATH"] = f"{kube_node.bin_dir}{os.pathsep}{os.environ['PATH']}"
@@ -301,6 +302,14 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
             pods = kubectl(kube_node, "-n", ns, "get", "pods", "-o", "wide")
             pytest.fail(f"deploy failed after {deploy_s:.0f}s:\n{result.output[-4000:]}\n{pods}")
         print(f"deploy ({delivery}) on the real node: {deploy_s:.0f}s")
+        figures["deploy_ready_s"] = deploy_s
+        deployed = yaml.safe_load((tmp_path / "out" / "values.yaml").read_text())
+        figures["values"] = {
+            "git-sync period": deployed["dags"]["gitSync"].get("period"),
+            "git-sync depth": deployed["dags"]["gitSync"].get("depth"),
+            "[dag_processor] refresh_interval": deployed["config"].get("dag_processor", {}).get("refresh_interval"),
+            "worker pod securityContext": json.dumps(deployed["securityContexts"]["pod"]),
+        }
 
         pods = json.loads(kubectl(kube_node, "-n", ns, "get", "pods", "-o", "json"))["items"]
         ours = set(images.values())
@@ -389,7 +398,8 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
                 assert time.monotonic() < deadline, "the task pod was not deleted after the task"
                 time.sleep(2)
             if ml:
-                _pipeline_a_pod_per_task(kube_node, ns, base, auth, ml, services.pg)
+                figures["pipeline"] = _pipeline_a_pod_per_task(kube_node, ns, base, auth, ml, services.pg)
+                figures["release_memory"] = _release_memory(kube_node, ns)
                 _faults_mid_run(kube_node, ns, base, auth)
         finally:
             pf.terminate()
@@ -427,68 +437,10 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
         if delivery == "git-sync":
             assert rows["verify.container.git_sync"]["status"] == "ok"
             assert "== the branch head" in rows["verify.container.git_sync"]["saw"]
-            # A pushed commit reaches the git-sync container (period 10 s), and its DAG the API.
-            pushed = time.monotonic()
-            sha = services.git.push(
-                services.git.url(services.git.root / "repos" / f"dags-{ns}.git"),
-                {"dags/second.py": HELLO_DAG.replace("hello_real_node", "second_dag")},
-                "a second DAG",
-            )
-            gs_pod = kubectl(
-                kube_node,
-                "-n",
-                ns,
-                "get",
-                "pods",
-                "-l",
-                "component=dag-processor",
-                "-o",
-                "jsonpath={.items[0].metadata.name}",
-            )
-            deadline = time.monotonic() + 90
-            while True:
-                head = kubectl(
-                    kube_node,
-                    "-n",
-                    ns,
-                    "exec",
-                    gs_pod,
-                    "-c",
-                    "git-sync",
-                    "--",
-                    "git",
-                    "-C",
-                    "/git/repo",
-                    "rev-parse",
-                    "HEAD",
-                )
-                if head.strip() == sha:
-                    break
-                assert time.monotonic() < deadline, f"git-sync still at {head.strip()}, pushed {sha}"
-                time.sleep(1)
-            synced = time.monotonic() - pushed
-            pf, base = port_forward(kube_node, ns, "svc/airflow-api-server", 8080)
-            try:
-                deadline = pushed + 2 * 10 + 60  # two git-sync periods + the DAG processor's parse
-                while True:
-                    try:
-                        _, dags = http(f"{base}/api/v2/dags", token=auth)
-                        if "second_dag" in {d["dag_id"] for d in dags["dags"]}:
-                            break
-                    except OSError:  # the port-forward not up yet
-                        pass
-                    assert time.monotonic() < deadline, (
-                        f"second_dag not listed {time.monotonic() - pushed:.0f} s after the push"
-                    )
-                    time.sleep(1)
-                listed = time.monotonic() - pushed
-            finally:
-                pf.terminate()
-                pf.wait(10)
-            print(
-                f"\ngit-sync: pushed {sha[:12]} in the container after {synced:.1f} s, second_dag listed by the API "
-                f"after {listed:.1f} s (period 10 s, the seed's wait)"
-            )
+        figures["push_to_synced_s"], figures["push_to_listed_s"] = _push_a_dag(kube_node, ns, services, delivery, auth)
+        if os.environ.get("AIRFLOW_GITOPS_BENCH_JSON"):  # bench/bench_kubernetes.py collects the figures
+            with open(os.environ["AIRFLOW_GITOPS_BENCH_JSON"], "a") as fh:
+                fh.write(json.dumps(figures) + "\n")
     finally:
         os.environ.clear()
         os.environ.update(env_before)
@@ -503,6 +455,63 @@ def test_the_seed_platform_runs_on_the_real_node(kube_node, images, services, tm
             capture_output=True,
         )
         subprocess.run([str(kube_node.kubectl), "delete", "pv", f"{ns}-logs"], env=kube_node.env(), capture_output=True)
+
+
+def _push_a_dag(cluster: KubeCluster, ns: str, services, delivery: str, auth: str) -> tuple[float | None, float]:
+    """Push a second DAG: (push -> git-sync's worktree at the commit (git-sync only), push -> listed by the API)."""
+    pushed = time.monotonic()
+    sha = services.git.push(
+        services.git.url(services.git.root / "repos" / f"dags-{ns}.git"),
+        {"dags/second.py": HELLO_DAG.replace("hello_real_node", "second_dag")},
+        "a second DAG",
+    )
+    synced = None
+    if delivery == "git-sync":  # the commit reaches the git-sync container (period 10 s)
+        gs_pod = kubectl(
+            cluster,
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-l",
+            "component=dag-processor",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            head = kubectl(
+                cluster, "-n", ns, "exec", gs_pod, "-c", "git-sync", "--", "git", "-C", "/git/repo", "rev-parse", "HEAD"
+            )
+            if head.strip() == sha:
+                break
+            assert time.monotonic() < deadline, f"git-sync still at {head.strip()}, pushed {sha}"
+            time.sleep(1)
+        synced = time.monotonic() - pushed
+    pf, base = port_forward(cluster, ns, "svc/airflow-api-server", 8080)
+    try:
+        deadline = pushed + 2 * 10 + 60  # two sync periods (10 s) + the DAG processor's parse
+        while True:
+            try:
+                _, dags = http(f"{base}/api/v2/dags", token=auth)
+                if "second_dag" in {d["dag_id"] for d in dags["dags"]}:
+                    break
+            except OSError:  # the port-forward not up yet
+                pass
+            assert time.monotonic() < deadline, (
+                f"second_dag not listed {time.monotonic() - pushed:.0f} s after the push"
+            )
+            time.sleep(1)
+        listed = time.monotonic() - pushed
+    finally:
+        pf.terminate()
+        pf.wait(10)
+    print(
+        f"\n{delivery}: pushed {sha[:12]}"
+        + (f", in the git-sync container after {synced:.1f} s" if synced is not None else "")
+        + f", second_dag listed by the API after {listed:.1f} s (sync period 10 s, the seed's wait)"
+    )
+    return synced, listed
 
 
 def _api_session(cluster: KubeCluster, ns: str, spec_file: Path):
@@ -693,6 +702,7 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
                 "phase": p["status"]["phase"],
                 "ip": p["status"].get("podIP") or pods.get(p["metadata"]["name"], {}).get("ip"),
                 "env": {e["name"] for c in p["spec"]["containers"] for e in c.get("env") or []},
+                "pod": p,  # the last state seen: its timestamps for the figures
             }
         _, state = http(run_url, token=auth)
         if state["state"] in ("success", "failed"):
@@ -713,7 +723,17 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
     by_task = {info["task"] for info in pods.values()}
     assert by_task == set(PIPELINE_TASKS), pods  # each task in its own pod (a short one may be seen only once)
     assert {info["node"] for info in pods.values()} == {cluster.node.name}, pods
+    # Hardened worker pods (issue 22): no metadata database URL and no key in their environment, and still
+    # every task ran (the namespace enforces Pod Security "restricted": the API server admitted each pod).
+    leaked = {
+        name: info["env"] & {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY"}
+        for name, info in pods.items()
+    }
+    assert not any(leaked.values()), leaked
+    labels = json.loads(kubectl(cluster, "get", "namespace", ns, "-o", "json"))["metadata"]["labels"]
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", labels
     _database_connections_by_pod(cluster, ns, pg, pods)
+    figures = {"wall_s": wall, "tasks": _pod_timings(pods, tis["task_instances"])}
     # MLflow: the run logged from the pods, the model registered, the alias moved; the data in the bucket
     client = MlflowClient(ml.mlflow_uri)
     _, reg = http(f"{run_url}/taskInstances/register/xcomEntries/return_value", token=auth)
@@ -758,6 +778,58 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
             break
         assert time.monotonic() < deadline, [p["status"].get("containerStatuses") for p in serving["items"]]
         time.sleep(2)
+    return figures
+
+
+def _ts(value: str | None) -> float | None:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+def _pod_timings(pods: dict[str, dict], task_instances: list[dict]) -> dict[str, dict]:
+    """Per task, from its worker pod's last seen state and its task instance (seconds; the pod's timestamps
+    have a resolution of 1 s): created -> scheduled, the git-sync init container (the clone), container
+    started -> the task started (Python, the task SDK, the DAG's imports), the task's run, -> pod finished."""
+    tis = {t["task_id"]: t for t in task_instances}
+    out = {}
+    for info in pods.values():
+        p, task = info["pod"], info["task"]
+        ti = tis.get(task) or {}
+        created = _ts(p["metadata"]["creationTimestamp"])
+        cond = {c["type"]: _ts(c.get("lastTransitionTime")) for c in p["status"].get("conditions") or []}
+        inits = {
+            c["name"]: c.get("state", {}).get("terminated") or {}
+            for c in p["status"].get("initContainerStatuses") or []
+        }
+        main = (p["status"].get("containerStatuses") or [{}])[0].get("state", {})
+        main_state = main.get("terminated") or main.get("running") or {}
+        started, finished = _ts(main_state.get("startedAt")), _ts(main_state.get("finishedAt"))
+        ti_start, ti_end = _ts(ti.get("start_date")), _ts(ti.get("end_date"))
+        clone = inits.get("git-sync-init") or {}
+        row = {
+            "pod": p["metadata"]["name"],
+            "scheduled_s": (cond.get("PodScheduled") or created) - created if created else None,
+            "clone_s": (_ts(clone.get("finishedAt")) - _ts(clone.get("startedAt"))) if clone.get("startedAt") else None,
+            "created_to_running_s": started - created if started and created else None,
+            "running_to_task_start_s": ti_start - started if ti_start and started else None,
+            "task_s": ti.get("duration"),
+            "task_end_to_pod_end_s": finished - ti_end if finished and ti_end else None,
+            "created_to_finished_s": finished - created if finished and created else None,
+        }
+        if task not in out or (row["created_to_finished_s"] or 0) > (out[task]["created_to_finished_s"] or 0):
+            out[task] = row
+    return out
+
+
+def _release_memory(cluster: KubeCluster, ns: str) -> dict[str, int]:
+    """Working-set bytes per pod of the namespace, from the kubelet's summary API (cAdvisor), idle."""
+    summary = json.loads(kubectl(cluster, "get", "--raw", f"/api/v1/nodes/{cluster.node.name}/proxy/stats/summary"))
+    return {
+        p["podRef"]["name"]: sum((c.get("memory") or {}).get("workingSetBytes") or 0 for c in p.get("containers") or [])
+        for p in summary.get("pods") or []
+        if p["podRef"]["namespace"] == ns
+    }
 
 
 def _database_connections_by_pod(cluster: KubeCluster, ns: str, pg, workers: dict[str, dict]) -> None:

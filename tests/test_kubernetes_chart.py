@@ -72,6 +72,10 @@ def check_common(docs, cm, pods, r):
         env = env_of(main(pod, container))
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow.svc:5000", workload
         assert env["AWS_DEFAULT_REGION"] == "ap-northeast-2", workload
+        if workload == "pod_template_file":  # worker pods: no database URL, no key (issue 22)
+            assert not {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"} & set(env), env
+            assert not {"AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"} & set(env), env
+            continue
         assert env["AIRFLOW__CORE__FERNET_KEY"]["secretKeyRef"]["name"] == "airflow-fernet-key", workload
         for var, secret in [
             ("AIRFLOW__API__SECRET_KEY", "airflow-api-secret-key"),

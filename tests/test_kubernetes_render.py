@@ -87,7 +87,9 @@ def test_kubernetes_values_validate_against_chart_schema(tmp_path, delivery):
         assert bundle["classpath"] == "airflow.providers.git.bundles.git.GitDagBundle"
         assert bundle["kwargs"]["tracking_ref"] == "release" and bundle["kwargs"]["subdir"] == "pipelines/dags"
         assert values["secret"][0]["envName"] == "AIRFLOW_CONN_AIRFLOW_GITOPS_DAGS"
-    assert r.warnings == [w for w in r.warnings if "aws.credentials_file" in w or "has no TLS" in w]
+    assert r.warnings == [
+        w for w in r.warnings if "aws.credentials_file" in w or "has no TLS" in w or "no podTemplate" in w
+    ]
 
 
 @pytest.mark.parametrize("delivery", ["git-sync", "bundle"])

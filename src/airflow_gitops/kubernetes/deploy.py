@@ -226,7 +226,7 @@ def deploy_command(
     wait: bool = True,
     timeout: int = HELM_TIMEOUT,
 ) -> None:
-    r = render(spec, out, chart=chart)  # local and pure: fails before touching the cluster
+    r = render(spec, out, chart=chart, load_official=True)  # fails before touching the cluster
     api = connect(spec)  # reachability before any write
     ns = spec.kubernetes.namespace
     missing = missing_permissions(api, ns, namespace_exists=_namespace_exists(api, ns))

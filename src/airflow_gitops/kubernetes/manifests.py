@@ -176,12 +176,17 @@ def checksum(spec: PlatformSpec, data: dict[str, str]) -> str:
     return digest.hexdigest()[:32]
 
 
+# The namespace admits only pods of Pod Security's "restricted" profile (non-root, no privilege escalation,
+# no capabilities, seccomp RuntimeDefault): every pod values.py and serving.py make is one of them.
+POD_SECURITY = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
+
+
 def namespace_and_pvc(spec: PlatformSpec) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = [
         {
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": spec.kubernetes.namespace, "labels": dict(MANAGED_BY)},
+            "metadata": {"name": spec.kubernetes.namespace, "labels": {**MANAGED_BY, **POD_SECURITY}},
         }
     ]
     if spec.logs.persistence:

@@ -30,7 +30,7 @@ from ..keystore import write_private
 from ..spec import PlatformSpec
 from . import image, manifests
 from . import serving as serving_k8s
-from .values import build_values
+from .values import build_values, worker_pod_template
 
 OFFICIAL_REPO = "https://airflow.apache.org"
 CHART_NAME = "airflow"
@@ -109,6 +109,24 @@ def load_chart(ref: ChartRef):
         ) from None
 
 
+def _chart_pod_template(rendered: dict[str, str]) -> str:
+    """The KubernetesExecutor's pod template in the chart's rendered ConfigMap (``pod_template_file.yaml``)."""
+    for name, text in rendered.items():
+        if not name.endswith((".yaml", ".yml")):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if (
+                isinstance(doc, dict)
+                and doc.get("kind") == "ConfigMap"
+                and "pod_template_file.yaml" in (doc.get("data") or {})
+            ):
+                return doc["data"]["pod_template_file.yaml"]
+    raise PlatformError(
+        "the chart rendered no pod_template_file.yaml for the KubernetesExecutor",
+        "render against the chart version this project tests (the default of kubernetes.chart_version)",
+    )
+
+
 def render_chart(chart, values: dict[str, Any], spec: PlatformSpec) -> dict[str, str]:
     import helm_python as helm
 
@@ -179,10 +197,13 @@ render again. To pick another chart: set `kubernetes.chart_version` (or `--chart
 """
 
 
-def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Rendered:
-    """Write every file; return what was written. Raises :class:`PlatformError` before writing on bad input."""
+def render(spec: PlatformSpec, out: Path, *, chart: str | None = None, load_official: bool = False) -> Rendered:
+    """Write every file; return what was written. Raises :class:`PlatformError` before writing on bad input.
+
+    ``load_official``: with no ``chart`` nor ``kubernetes.chart``, pull the official chart to render with it
+    (``deploy``: it installs that chart anyway, and the worker pod template is derived from it)."""
     chart_ref = chart or spec.kubernetes.chart
-    chart_obj = load_chart(ChartRef.parse(chart_ref, spec)) if chart_ref else None
+    chart_obj = load_chart(ChartRef.parse(chart_ref, spec)) if chart_ref or load_official else None
     warnings: list[str] = []
     secret_bundle = manifests.build_secrets(spec)
     warnings += secret_bundle.warnings
@@ -214,6 +235,16 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None) -> Render
         )
     serving_docs = serving_k8s.manifests(spec)
     rendered_chart = render_chart(chart_obj, values, spec) if chart_obj is not None else None
+    if rendered_chart is not None and "Kubernetes" in spec.airflow.executor:
+        # Worker pods without the database URL and the keys: the chart's own template, those variables out.
+        values["podTemplate"] = worker_pod_template(_chart_pod_template(rendered_chart))
+        rendered_chart = render_chart(chart_obj, values, spec)
+    elif "Kubernetes" in spec.airflow.executor:
+        warnings.append(
+            "rendered without the chart: values.yaml has no podTemplate, so with `helm install` of these values "
+            "the worker pods get the metadata database URL and the Fernet key; `render --chart` (or "
+            "kubernetes.chart) adds it, `deploy` always does"
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     (out / ".gitignore").write_text("# key material: never commit\nsecrets.yaml\n")

@@ -36,6 +36,42 @@ MLFLOW_PLACEHOLDER = "http://mlflow.mlflow.svc.cluster.local:5000"
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 
 
+# Every pod of the chart: the image's airflow user (uid 50000, gid 0, as the official image), never root, no
+# privilege escalation, no capabilities, the runtime's default seccomp profile: what the namespace's Pod
+# Security label ``restricted`` (manifests.POD_SECURITY) demands.
+POD_SECURITY_CONTEXT = {
+    "runAsUser": 50000,
+    "runAsGroup": 0,
+    "fsGroup": 0,
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+GIT_SYNC_UID, STATSD_UID = 65533, 65534  # the chart's users of git-sync and statsd-exporter
+# What a KubernetesExecutor worker pod does not get (worker_pod_template): Airflow 3's tasks reach the
+# metadata database only through the API server's Execution API, and Connections/Variables come back
+# decrypted from it; DAG code in a worker pod never needs the database URL or these keys.
+WORKER_POD_WITHOUT = (
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW_CONN_AIRFLOW_DB",
+    "AIRFLOW__CORE__FERNET_KEY",
+    "AIRFLOW__API__SECRET_KEY",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__WEBSERVER__SECRET_KEY",
+)
+
+
+def worker_pod_template(chart_pod_template: str) -> str:
+    """The chart's own worker pod template (as the chart rendered it) without ``WORKER_POD_WITHOUT``, for the
+    chart's ``podTemplate`` (which the chart runs through ``tpl``: written as a literal)."""
+    import yaml
+
+    pod = yaml.safe_load(chart_pod_template)
+    for container in (pod["spec"].get("initContainers") or []) + pod["spec"]["containers"]:
+        container["env"] = [e for e in container.get("env") or [] if e.get("name") not in WORKER_POD_WITHOUT]
+    return tpl_literal(yaml.safe_dump(pod, sort_keys=False))
+
+
 def require_repo(spec: PlatformSpec) -> str:
     repo = spec.dags.repo
     if not repo or repo.startswith("/") or repo.startswith("file://"):
@@ -237,6 +273,7 @@ def build_values(
         ],
         "volumes": volumes,
         "volumeMounts": mounts,
+        "securityContexts": {"pod": POD_SECURITY_CONTEXT, "containers": CONTAINER_SECURITY_CONTEXT},
         "config": config,
         "logs": {
             "persistence": (
@@ -252,6 +289,7 @@ def build_values(
         if ref:
             repository, tag = ref.rsplit(":", 1)
             values["images"][key] = {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"}
+    values["statsd"] = {"securityContexts": {"pod": {**POD_SECURITY_CONTEXT, "runAsUser": STATSD_UID}}}
     if secret_env(spec):
         values["secret"] = secret_env(spec)
     if connections_checksum:
@@ -282,6 +320,7 @@ def build_values(
             "subPath": spec.dags.subdir,
             "depth": spec.dags.depth,
             "period": f"{spec.dags.sync_interval}s",
+            "securityContexts": {"container": {"runAsUser": GIT_SYNC_UID, **CONTAINER_SECURITY_CONTEXT}},
         }
         if ssh:
             if not known_hosts:
