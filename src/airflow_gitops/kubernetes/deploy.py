@@ -226,8 +226,11 @@ def deploy_command(
     wait: bool = True,
     timeout: int = HELM_TIMEOUT,
 ) -> None:
-    r = render(spec, out, chart=chart, load_official=True)  # fails before touching the cluster
+    r = render(spec, out, chart=chart)  # local and pure: fails before touching the cluster
     api = connect(spec)  # reachability before any write
+    if r.chart_version is None and "Kubernetes" in spec.airflow.executor:
+        # The worker pod template is derived from the chart this deploy installs: pull it and render with it.
+        r = render(spec, out, chart=chart, load_official=True)
     ns = spec.kubernetes.namespace
     missing = missing_permissions(api, ns, namespace_exists=_namespace_exists(api, ns))
     if missing:
