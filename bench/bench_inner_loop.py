@@ -12,8 +12,9 @@ push, and each variant's idle CPU, side by side with Airflow's defaults; and sta
 
 One real platform (``LocalPlatform``: PostgreSQL, rclone S3, MLflow, Airflow 3 under supervisor) on its
 own ports and state directory under /tmp/bench-inner-*; stopped in ``finally``. A *variant* is a set
-of environment variables for the Airflow programs (``VARIANTS``); switching rewrites the launcher's
-environment file and restarts the scheduler and dag-processor, so every variant runs on the same
+of levers of the launch plan and Airflow settings for the Airflow programs (``VARIANTS``); switching
+rewrites the launch plan and the launcher's environment file and restarts the scheduler and
+dag-processor, so every variant runs on the same
 platform, database and MLflow. Variants alternate (A B A B ...) so that the neighbours' load, which
 changes minute by minute on a shared machine, hits all of them alike; each line carries the load.
 
@@ -39,6 +40,7 @@ Figures:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -58,48 +60,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_platform import _children_map, _cpu_s, _tree, measure_memory, program_trees  # noqa: E402
 
 from airflow_gitops import keystore  # noqa: E402
+from airflow_gitops.local.airflow_env import launch_plan, write_launch_plan  # noqa: E402
 from airflow_gitops.local.platform import LocalPlatform, port_free  # noqa: E402
-from airflow_gitops.local.preload import (  # noqa: E402
-    BUSY_SLEEP_ENV_VAR,
-    DAG_PROCESSOR_ENV_VAR,
-    DAG_PROCESSOR_MODULES,
-    ENV_VAR,
-    PATCH_ENV_VAR,
-)
+from airflow_gitops.local.preload import DAG_PROCESSOR_MODULES  # noqa: E402
 from airflow_gitops.spec import parse_spec  # noqa: E402
 
 DAG_ID = "ml_training_pipeline"
 DAG_FILE = "dags/ml_training_pipeline.py"
 ORDER = ["ingest", "validate", "train", "evaluate", "log_to_mlflow", "register", "served"]
-DP_PRELOAD = ",".join(DAG_PROCESSOR_MODULES)
+DP_PRELOAD = DAG_PROCESSOR_MODULES
 PP = "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES"
+IDLE = "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"
+# The launch plan's levers (local/launch_plan.py) a variant switches, each to its "off" value.
+PRELOAD_OFF = {"scheduler_preload": ()}
+BUSY_OFF = {"scheduler_busy_sleep": None}
+DP_PRELOAD_OFF = {"dag_processor_preload": ()}
+POLL_OFF = {"dag_processor_poll": False}
 
-# A variant changes the Airflow programs' environment as the platform writes it ("ours": unchanged).
-# None removes a variable: Airflow's default applies (for our launcher's levers: off).
-VARIANTS: dict[str, dict[str, str | None]] = {
+# A variant changes the Airflow programs' launch plan (lower-case keys: its fields) and environment
+# (upper-case keys) as the platform writes them ("ours": unchanged). For the environment, None removes a
+# variable: Airflow's default applies.
+VARIANTS: dict[str, dict] = {
     "ours": {},
     # Airflow's own defaults for every lever this bench is about (the platform's other settings, e.g.
     # the 1 s bundle refresh, stay as they are: this isolates the levers).
-    "airflow": {
-        ENV_VAR: None,
-        BUSY_SLEEP_ENV_VAR: None,
-        DAG_PROCESSOR_ENV_VAR: None,
-        PATCH_ENV_VAR: None,
-        PP: None,
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": None,
-    },
+    "airflow": {**PRELOAD_OFF, **BUSY_OFF, **DP_PRELOAD_OFF, **POLL_OFF, PP: None, IDLE: None},
     # one lever at a time, against "airflow"
-    "preload": {BUSY_SLEEP_ENV_VAR: None},
-    "busy": {ENV_VAR: None},
-    "sleep01": {ENV_VAR: None, BUSY_SLEEP_ENV_VAR: None, "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1"},
+    "preload": {**BUSY_OFF},
+    "busy": {**PRELOAD_OFF},
+    "sleep01": {**PRELOAD_OFF, **BUSY_OFF, IDLE: "0.1"},
     # parse levers
-    "pp1": {PP: "1", DAG_PROCESSOR_ENV_VAR: None, PATCH_ENV_VAR: None},
-    "pp2": {PP: "2", DAG_PROCESSOR_ENV_VAR: None, PATCH_ENV_VAR: None},
-    "pp4": {PP: "4", DAG_PROCESSOR_ENV_VAR: None, PATCH_ENV_VAR: None},
-    "dpre1": {PP: "1", DAG_PROCESSOR_ENV_VAR: DP_PRELOAD, PATCH_ENV_VAR: None},
-    "dpre2": {PP: "2", DAG_PROCESSOR_ENV_VAR: DP_PRELOAD, PATCH_ENV_VAR: None},
-    "dpre2patch": {PP: "2", DAG_PROCESSOR_ENV_VAR: DP_PRELOAD, PATCH_ENV_VAR: "1"},
-    "pp2patch": {PP: "2", DAG_PROCESSOR_ENV_VAR: None, PATCH_ENV_VAR: "1"},
+    "pp1": {PP: "1", **DP_PRELOAD_OFF, **POLL_OFF},
+    "pp2": {PP: "2", **DP_PRELOAD_OFF, **POLL_OFF},
+    "pp4": {PP: "4", **DP_PRELOAD_OFF, **POLL_OFF},
+    "dpre1": {PP: "1", "dag_processor_preload": DP_PRELOAD, **POLL_OFF},
+    "dpre2": {PP: "2", "dag_processor_preload": DP_PRELOAD, **POLL_OFF},
+    "dpre2patch": {PP: "2", "dag_processor_preload": DP_PRELOAD, "dag_processor_poll": True},
+    "pp2patch": {PP: "2", **DP_PRELOAD_OFF, "dag_processor_poll": True},
 }
 
 
@@ -135,10 +132,15 @@ class Bench:
         self.work = base / "clone"
         self.n = 0
 
-    # environment switch
+    # launch plan and environment switch
     def env_for(self, variant: str) -> dict[str, str]:
+        """The variant's environment; writes its launch plan (which the environment names)."""
         env = self.plat.airflow_env()
+        levers = {k: v for k, v in VARIANTS[variant].items() if k.islower()}
+        env.update(write_launch_plan(self.plat.layout, dataclasses.replace(launch_plan(self.plat.layout), **levers)))
         for key, value in VARIANTS[variant].items():
+            if key.islower():
+                continue
             if value is None:
                 env.pop(key, None)
             else:

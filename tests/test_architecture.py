@@ -283,13 +283,53 @@ def test_every_key_the_local_target_sets_is_declared_in_the_contract(tmp_path):
     assert undeclared == set()
 
 
-def test_kubernetes_secrets_hold_exactly_the_keys_the_contract_names(tmp_path):
+# Specs that change which Secrets exist and what they hold: delivery, SSH or HTTPS repository, AWS files
+# or none, serving on or off, declared Connections/Variables, a secret-looking airflow.config key.
+SECRET_CASES = {
+    "git-sync ssh": {},
+    "bundle ssh": {"delivery": "bundle"},
+    "git-sync https": {"dags": {"repo": "https://github.com/org/airflow-dags.git"}},
+    "bundle https": {"delivery": "bundle", "dags": {"repo": "https://github.com/org/airflow-dags.git"}},
+    "aws files": {"aws": {"credentials_file": "aws-credentials", "config_file": "aws-config"}},
+    "serving off": {"serving": {"enabled": False}},
+    "bundle, declared, config secret, serving off": {
+        "delivery": "bundle",
+        "serving": {"enabled": False},
+        "connections": {"s3_data": {"conn_type": "aws", "extra": {"region_name": "us-east-1"}}},
+        "variables": {"model_threshold": "0.9"},
+        "airflow": {"config": {"smtp": {"smtp_password": "inline-for-the-test"}}},
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(SECRET_CASES))
+def test_kubernetes_secrets_hold_exactly_the_keys_the_contract_names(case, tmp_path):
+    """contract.secret_keys is the one map of Secret -> keys (checks/kube.py checks a cluster against it);
+    kubernetes/manifests.build_secrets must make exactly those Secrets with exactly those keys."""
     from k8s_specs import spec_in
 
     from airflow_gitops.kubernetes.manifests import build_secrets
 
-    for delivery in ("git-sync", "bundle"):
-        (tmp_path / delivery).mkdir()
-        spec = spec_in(tmp_path / delivery, delivery=delivery)
-        rendered = {s["metadata"]["name"]: sorted(s["stringData"]) for s in build_secrets(spec).secrets}
-        assert rendered == {name: sorted(keys) for name, keys in contract.secret_keys(spec).items()}
+    over = dict(SECRET_CASES[case])
+    delivery = over.pop("delivery", "git-sync")
+    (tmp_path / "aws-credentials").write_text("[default]\naws_access_key_id = x\naws_secret_access_key = y\n")
+    (tmp_path / "aws-config").write_text("[default]\nregion = ap-northeast-2\n")
+    spec = spec_in(tmp_path, delivery=delivery, **over)
+    rendered = {s["metadata"]["name"]: sorted(s["stringData"]) for s in build_secrets(spec).secrets}
+    assert rendered == {name: sorted(keys) for name, keys in contract.secret_keys(spec).items()}
+    # And what docs/kubernetes.md says the git Secret holds (independent of both).
+    git = rendered.get(spec.secrets.git_ssh_secret)
+    ssh, bundle = spec.dags.is_ssh, delivery == "bundle"
+    want_git = sorted([*(["gitSshKey", "known_hosts"] if ssh else []), *(["connection"] if bundle else [])]) or None
+    assert git == want_git
+    assert (spec.secrets.connections_secret in rendered) == bool(over.get("connections"))
+    assert (spec.secrets.config_secret in rendered) == ("airflow" in over)
+    # The keys the official chart reads (its values name them: docs/kubernetes.md), whatever the spec.
+    n = spec.secrets
+    assert {name: rendered[name] for name in (n.fernet_key_secret, n.api_secret_key_secret, n.jwt_secret_secret)} == {
+        n.fernet_key_secret: ["fernet-key"],
+        n.api_secret_key_secret: ["api-secret-key"],
+        n.jwt_secret_secret: ["jwt-secret"],
+    }
+    assert rendered[n.metadata_secret] == ["connection"] and rendered[n.admin_password_secret] == ["password"]
+    assert rendered[n.aws_secret] == ["config", "credentials"]

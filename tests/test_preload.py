@@ -245,10 +245,15 @@ def test_preloaded_tasks_share_no_state_and_start_with_the_libraries(local_platf
             "environment": None,
             "dag module global": [],
         }, p
+    # Each lever of the launch plan the platform wrote (launch_plan.py) took effect where it belongs.
     log = local_platform.supervisor.log_of("scheduler").read_text(errors="replace")
-    assert "airflow-gitops: preloaded" in log
+    assert "airflow-gitops: preloaded" in log and "busy-only loop sleep 0.1 s: on" in log
+    log = local_platform.supervisor.log_of("dag-processor").read_text(errors="replace")
+    assert "modules in" in log and "prompt parse collection: on" in log
     log = local_platform.supervisor.log_of("api-server").read_text(errors="replace")
     assert "airflow-gitops: route types built once: on" in log
+    for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        assert "database ready" in local_platform.supervisor.log_of(name).read_text(errors="replace"), name
 
 
 def test_doctor_names_a_preload_package_that_is_not_installed(tmp_path):

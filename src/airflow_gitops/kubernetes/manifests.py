@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -129,8 +130,9 @@ def fernet_secret(spec: PlatformSpec) -> dict[str, Any]:
 
 
 def build_secrets(spec: PlatformSpec) -> SecretBundle:
+    """Every Secret of :func:`contract.secret_keys` with exactly the keys it names there (the one place
+    that says which Secret holds which keys); this module only knows where each key's value comes from."""
     out = SecretBundle()
-    names = spec.secrets
     url = spec.database.resolved_url()
     if url is None:
         raise PlatformError(
@@ -138,35 +140,69 @@ def build_secrets(spec: PlatformSpec) -> SecretBundle:
             "set database.url to your PostgreSQL, e.g. '${AIRFLOW_DB_URL}' with "
             "AIRFLOW_DB_URL=postgresql://USER:PASSWORD@HOST:5432/airflow in the environment",
         )
-    out.secrets.append(fernet_secret(spec))
-    out.secrets.append(_secret(spec, names.metadata_secret, {SecretKey.METADATA: dburl.encoded(url)}))
-    out.secrets.append(_secret(spec, names.api_secret_key_secret, {SecretKey.API_SECRET: keys.api_secret_key(spec)}))
-    out.secrets.append(_secret(spec, names.jwt_secret_secret, {SecretKey.JWT: keys.jwt_secret(spec)}))
-    out.secrets.append(_secret(spec, names.aws_secret, _aws_files(spec, out.warnings)))
-    out.secrets.append(
-        _secret(spec, names.admin_password_secret, {SecretKey.ADMIN_PASSWORD: keys.admin_password(spec)})
-    )
-    config_secrets = contract.secret_config_keys(spec)
-    if config_secrets:
-        out.secrets.append(_secret(spec, names.config_secret, config_secrets))
-    if contract.declared_env_names(spec):
-        # Every ${VAR} and from_file read now; each becomes AIRFLOW_CONN_* / AIRFLOW_VAR_* on every pod.
-        env = managed.resolve(spec).env()
-        out.secrets.append(_secret(spec, names.connections_secret, env))
-        out.connections_checksum = checksum(spec, env)
-
-    git: dict[str, str] = {}
-    key = deploy_key(spec)
-    if key:
-        git[SecretKey.GIT_SSH_KEY] = key[0]
-        out.deploy_public_key = key[1]
-        out.known_hosts = read_known_hosts(spec)
-        git[SecretKey.KNOWN_HOSTS] = out.known_hosts or ""
-    if spec.dags.delivery == "bundle":
-        git[SecretKey.GIT_CONNECTION] = v.git_connection(spec)
-    if git:
-        out.secrets.append(_secret(spec, names.git_ssh_secret, git))
+    value = _secret_values(spec, url, out)
+    for name, wanted in contract.secret_keys(spec).items():
+        data = {key: value(name, key) for key in wanted}
+        out.secrets.append(_secret(spec, name, data))
+        if name == spec.secrets.connections_secret:
+            out.connections_checksum = checksum(spec, data)
     return out
+
+
+def _secret_values(spec: PlatformSpec, url: str, out: SecretBundle):
+    """``value(secret name, key)``: the value of one key :func:`contract.secret_keys` names (each source
+    read once; the deploy key's public half and the known_hosts go into ``out`` on the way)."""
+    names = spec.secrets
+
+    @functools.cache
+    def aws() -> dict[str, str]:
+        return _aws_files(spec, out.warnings)
+
+    @functools.cache
+    def config() -> dict[str, str]:
+        return contract.secret_config_keys(spec)
+
+    @functools.cache
+    def declared() -> dict[str, str]:
+        # Every ${VAR} and from_file read now; each becomes AIRFLOW_CONN_* / AIRFLOW_VAR_* on every pod.
+        return managed.resolve(spec).env()
+
+    def ssh_key() -> str:
+        key = deploy_key(spec)
+        assert key is not None  # the contract names the key only for an SSH repository
+        out.deploy_public_key = key[1]
+        return key[0]
+
+    def known_hosts() -> str:
+        out.known_hosts = read_known_hosts(spec)
+        return out.known_hosts or ""
+
+    fixed = {
+        (names.fernet_key_secret, SecretKey.FERNET): lambda: keys.fernet_key(spec),
+        (names.metadata_secret, SecretKey.METADATA): lambda: dburl.encoded(url),
+        (names.api_secret_key_secret, SecretKey.API_SECRET): lambda: keys.api_secret_key(spec),
+        (names.jwt_secret_secret, SecretKey.JWT): lambda: keys.jwt_secret(spec),
+        (names.aws_secret, SecretKey.AWS_CREDENTIALS): lambda: aws()[SecretKey.AWS_CREDENTIALS],
+        (names.aws_secret, SecretKey.AWS_CONFIG): lambda: aws()[SecretKey.AWS_CONFIG],
+        (names.admin_password_secret, SecretKey.ADMIN_PASSWORD): lambda: keys.admin_password(spec),
+        (names.git_ssh_secret, SecretKey.GIT_SSH_KEY): ssh_key,
+        (names.git_ssh_secret, SecretKey.KNOWN_HOSTS): known_hosts,
+        (names.git_ssh_secret, SecretKey.GIT_CONNECTION): lambda: v.git_connection(spec),
+    }
+    # Secrets whose keys are named by what platform.yaml declares.
+    by_name = {
+        names.config_secret: lambda key: config()[key],
+        names.connections_secret: lambda key: declared()[key],
+    }
+
+    def value(name: str, key: str) -> str:
+        if (name, key) in fixed:
+            return fixed[(name, key)]()
+        if name in by_name:
+            return by_name[name](key)
+        raise LookupError(f"contract.secret_keys names key {key!r} of Secret {name!r}, which manifests cannot fill")
+
+    return value
 
 
 def checksum(spec: PlatformSpec, data: dict[str, str]) -> str:

@@ -19,6 +19,8 @@ from ..names import (
     GIT_CONN_ID,
 )
 from . import preload
+from .launch_plan import ENV_VAR as LAUNCH_PLAN_ENV_VAR
+from .launch_plan import LaunchPlan
 from .layout import HOST, Layout, dag_runtime_env
 
 
@@ -136,34 +138,40 @@ def airflow_env(layout: Layout, database_url: str) -> dict[str, str]:
             "NO_COLOR": "1",
         }
     )
-    env.update(launcher_env(layout))
+    env.update(write_launch_plan(layout))
     env.update(dag_runtime_env(layout))
     return env
 
 
-def launcher_env(layout: Layout) -> dict[str, str]:
-    """What ``launch.py`` does to a process before Airflow runs in it (``preload.py``; each lever and
-    what the bench measured for it: docs/performance.md, "Inner loop")."""
-    env = {}
-    modules = preload.modules_for(layout.spec.local.preload)
-    if modules:
+def launch_plan(layout: Layout) -> LaunchPlan:
+    """What ``launch.py`` does to an Airflow process before Airflow runs in it (``preload.py``; each lever
+    and what the bench measured for it: docs/performance.md, "Inner loop")."""
+    return LaunchPlan(
         # Task processes are forks of the scheduler: what it imported, every task starts with.
-        env[preload.ENV_VAR] = ",".join(modules)
-    # The scheduler's loop sleeps 0.1 s instead of [scheduler] scheduler_idle_sleep_time (1 s) while a
-    # Dag run is queued or running and for a minute after a push: the next task (and the run triggered
-    # after a push) starts sooner; idle, nothing changes.
-    env[preload.BUSY_SLEEP_ENV_VAR] = "0.1"
-    # The DAG processor forks a process per file and parse: what each would import again (Airflow's
-    # task SDK, the standard operators, the providers' asset handlers) is imported once in it, and a
-    # finished parse is collected at once instead of up to 1 s later.
-    env[preload.DAG_PROCESSOR_ENV_VAR] = ",".join(preload.DAG_PROCESSOR_MODULES)
-    env[preload.PATCH_ENV_VAR] = "1"
-    # The API server (whose start is the critical path of `up`) builds each distinct route type once
-    # instead of once per router an endpoint is included through.
-    env[preload.API_ROUTES_ENV_VAR] = "1"
-    # Airflow's components start with the database, not after `airflow db migrate`: each imports what it
-    # needs (the API server builds its app) and then waits until `up` has stamped the migration.
-    env[preload.WAIT_ENV_VAR] = str(layout.migrated_stamp)
-    # They are forked from one process that imported Airflow once for all of them (forkserver.py).
-    env[preload.SOCKET_ENV_VAR] = str(layout.forkserver_socket)
-    return env
+        scheduler_preload=tuple(preload.modules_for(layout.spec.local.preload)),
+        # The scheduler's loop sleeps 0.1 s instead of [scheduler] scheduler_idle_sleep_time (1 s) while a
+        # Dag run is queued or running and for a minute after a push: the next task (and the run
+        # triggered after a push) starts sooner; idle, nothing changes.
+        scheduler_busy_sleep=0.1,
+        # The DAG processor forks a process per file and parse: what each would import again (Airflow's
+        # task SDK, the standard operators, the providers' asset handlers) is imported once in it, and a
+        # finished parse is collected at once instead of up to 1 s later.
+        dag_processor_preload=preload.DAG_PROCESSOR_MODULES,
+        dag_processor_poll=True,
+        # The API server (whose start is the critical path of `up`) builds each distinct route type once
+        # instead of once per router an endpoint is included through.
+        api_route_types_once=True,
+        # Airflow's components start with the database, not after `airflow db migrate`: each imports what
+        # it needs (the API server builds its app) and then waits until `up` has stamped the migration.
+        migrated_stamp=str(layout.migrated_stamp),
+        # They are forked from one process that imported Airflow once for all of them (forkserver.py).
+        forkserver_socket=str(layout.forkserver_socket),
+    )
+
+
+def write_launch_plan(layout: Layout, plan: LaunchPlan | None = None) -> dict[str, str]:
+    """Write ``plan`` (default: :func:`launch_plan`) to ``layout.launch_plan`` (0600; no secret in it) and
+    return the one variable that names it to the launcher."""
+    plan = plan or launch_plan(layout)
+    keystore.write_private(layout.launch_plan, plan.to_json())
+    return {LAUNCH_PLAN_ENV_VAR: str(layout.launch_plan)}

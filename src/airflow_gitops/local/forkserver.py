@@ -8,7 +8,7 @@ given by ``components.py``) and forks each component from there; the forks share
 copy-on-write.
 
 supervisord still supervises every component: what it starts is the launcher (``launch.py``), which,
-when ``preload.SOCKET_ENV_VAR`` names a socket, becomes a small client that
+when its launch plan (``launch_plan.py``) names the server's socket, becomes a small client that
 
 * sends the server its command, environment, working directory, nice value and umask, and its
   standard input, output and error (``SCM_RIGHTS``), so the component logs where it always did;
@@ -17,14 +17,15 @@ when ``preload.SOCKET_ENV_VAR`` names a socket, becomes a small client that
 
 The server forks a child per request; the child takes the client's descriptors, directory,
 environment, nice value and umask, a process group of its own (as supervisord gives its programs),
-the client's command line as its title, and runs the command: Airflow's components in-process
-(``preload.run``), anything else by ``exec``. When a client goes away (``kill -9``, or supervisord's
-SIGKILL after its stop timeout) the server kills its child's process group; when the server dies its
-children get SIGKILL from the kernel (``process_hooks``: parent-death signal), so no component outlives
-either. A request whose environment differs from the server's (``DIGEST_ENV_VAR``: ``up`` rewrote the
-environment file since the server started) is refused, and so is one from another user
-(``SO_PEERCRED``); the client then runs its component itself, as before, and says so in its log, as it
-does when no server answers within ``CONNECT_WAIT_S``.
+the client's command line as its title, and runs the command as the launch plan its environment names
+says: Airflow's components in-process (``preload.run``), anything else by ``exec``. When a client goes
+away (``kill -9``, or supervisord's SIGKILL after its stop timeout) the server kills its child's
+process group; when the server dies its children get SIGKILL from the kernel (``process_hooks``:
+parent-death signal), so no component outlives either. A request whose environment differs from the
+server's (``DIGEST_ENV_VAR``: ``up`` rewrote the environment file since the server started) is
+refused, and so is one from another user (``SO_PEERCRED``); the client then runs its component
+itself, as before, and says so in its log, as it does when no server answers within
+``CONNECT_WAIT_S``.
 """
 
 from __future__ import annotations
@@ -477,7 +478,7 @@ def main(argv: list[str]) -> None:
     _become(message, fds)
     from . import preload
 
-    preload.start(message["command"])
+    preload.start(message["command"])  # with the launch plan the client's environment names
 
 
 if __name__ == "__main__":

@@ -5,12 +5,16 @@ supervisor starts every Airflow program through this launcher so that the platfo
 one 0600 JSON file instead of ``supervisord.conf`` (whose ``environment=`` line would also need
 fragile quoting for JSON values such as the bundle config).
 
-Airflow's components (``airflow api-server|scheduler|dag-processor|triggerer``) are not exec'd but run
-in this process when the environment asks for a preload, a patch or a wait for the migration stamp
-(``preload.py``): LocalExecutor's task processes are forks of the scheduler, and each component
-imports what it needs before the database is migrated.
+What else happens to an Airflow program is its launch plan's (``launch_plan.py``): one JSON record the
+local target writes, named in ENV_FILE by ``launch_plan.ENV_VAR``; a program whose environment names
+none (MLflow, the S3 endpoint, serving) is simply exec'd. Airflow's components (``airflow
+api-server|scheduler|dag-processor|triggerer``) are not exec'd but run in this process when the plan
+asks for a preload, a patch or a wait for the migration stamp (``preload.py``): LocalExecutor's task
+processes are forks of the scheduler, and each component imports what it needs before the database is
+migrated. A plan file that is missing or malformed stops the program with one message naming it and the
+fix (in the component's log).
 
-When ``preload.SOCKET_ENV_VAR`` names a socket, such a component is not imported here but forked
+When the plan names the fork server's socket, such a component is not imported here but forked
 from the fork server, which imported Airflow once for all of them; this process stays as its
 stand-in for supervisord (``forkserver.py``), and runs the component itself only when no server
 takes the request.
@@ -48,17 +52,21 @@ def main(argv: list[str]) -> None:
     if nice:
         os.nice(nice)
     command = argv[2:]
+    from . import launch_plan
+
+    plan = launch_plan.from_env_or_exit()
+    if plan is None:
+        os.execvp(command[0], command)  # not one of Airflow's programs: nothing to prepare
     from . import forkserver, preload
 
     # What the fork server compares: it forks only for the environment it imported Airflow with.
     os.environ[forkserver.DIGEST_ENV_VAR] = hashlib.sha256(raw).hexdigest()
-    server = os.environ.get(preload.SOCKET_ENV_VAR)
-    if server and preload.wanted(command, dict(os.environ)):
+    if plan.forkserver_socket and preload.wanted(command, plan):
         try:
-            forkserver.run_forked(server, command)  # exits as the component does
+            forkserver.run_forked(plan.forkserver_socket, command)  # exits as the component does
         except forkserver.Unavailable as why:
             print(f"airflow-gitops: {why}; starting {command[1]} in this process", file=sys.stderr, flush=True)
-    preload.start(command)
+    preload.start(command, plan)
 
 
 if __name__ == "__main__":

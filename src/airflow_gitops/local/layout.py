@@ -9,7 +9,7 @@ One state directory holds everything (default ``.airflow-gitops/``)::
     mlflow/           MLflow's working dir (its store is in PostgreSQL, artifacts in S3)
     aws/              credentials + config (the seed's /home/airflow/.aws)         survives down/up
     s3/               the local S3 endpoint's objects: one folder a bucket          survives down/up
-    supervisor/       supervisord.conf, the 0600 environment files, socket, pid
+    supervisor/       supervisord.conf, the 0600 environment files, the launch plan, socket, pid
     logs/             one log file per component
 """
 
@@ -119,6 +119,11 @@ class Layout:
     def forkserver_socket(self) -> Path:
         """Where the fork server listens (``forkserver.py``)."""
         return unix_socket_path(self.supervisor, "forkserver.sock", "-forkserver.sock")
+
+    @property
+    def launch_plan(self) -> Path:
+        """What ``launch.py`` does to each Airflow process (``launch_plan.py``; 0600 JSON, no secret)."""
+        return self.supervisor / "launch-plan.json"
 
     @property
     def logs(self) -> Path:

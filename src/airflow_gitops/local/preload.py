@@ -24,7 +24,7 @@ Measured by ``bench/bench_inner_loop.py``; figures in docs/performance.md ("Inne
 3. DAG processor: the same preload for its per-file parse processes (``DAG_PROCESSOR_MODULES``), and
    prompt collection of finished parses (:func:`patch_dag_processor_poll`).
 
-4. Start before the database is migrated (every component; ``WAIT_ENV_VAR``): the command's modules
+4. Start before the database is migrated (every component; the plan's ``migrated_stamp``): the command's modules
    are imported - for the API server, its app is built - and only then does the process wait until
    ``up`` has migrated the database (:func:`wait_for_migrations`), so a cold ``up`` overlaps each
    component's start with the migration instead of queueing behind it. (Airflow's own check at each
@@ -39,8 +39,9 @@ Each patch of Airflow (or FastAPI) internals is a module of ``patches/`` behind 
 fingerprint of every upstream function it replaces or relies on, and when one differs from the versions
 it was verified on it changes nothing, says so in the component's log (and "n/a" in the note below) and
 in ``doctor``; tests/test_patches.py fails on an upstream that changed them.
-``launch.py`` runs an Airflow component through :func:`run` when one of the environment variables
-below that applies to it is set (non-empty).
+Which of these a component gets is the launch plan's (``launch_plan.py``: one record the local target
+writes, named by one environment variable); ``launch.py`` runs an Airflow component through :func:`run`
+when a lever of the plan applies to it (:func:`wanted`).
 """
 
 from __future__ import annotations
@@ -54,21 +55,16 @@ import sys
 import time
 from pathlib import Path
 
+from .launch_plan import LaunchPlan, from_env_or_exit
 from .patches import local_executor
 from .patches.dag_processor_poll import patch_dag_processor_poll
 from .patches.fastapi_routes import patch_fastapi_route_building
 from .patches.scheduler_sleep import patch_scheduler_busy_sleep
 
-ENV_VAR = "AIRFLOW_GITOPS_PRELOAD"  # comma-separated modules (``module:function`` also calls it)
-BUSY_SLEEP_ENV_VAR = "AIRFLOW_GITOPS_SCHEDULER_BUSY_SLEEP"  # seconds, e.g. "0.1"
-PATCH_ENV_VAR = "AIRFLOW_GITOPS_DAG_PROCESSOR_POLL_PATCH"  # "1"
-API_ROUTES_ENV_VAR = "AIRFLOW_GITOPS_API_ROUTE_MEMO"  # "1": the API server builds each route's types once
-WAIT_ENV_VAR = "AIRFLOW_GITOPS_MIGRATED_STAMP"  # path: import first, then wait for `up`'s migration stamp
 WAIT_MAX_S = 600
-SOCKET_ENV_VAR = "AIRFLOW_GITOPS_FORKSERVER"  # path of the fork server's socket: start through it
 
 # What ``airflow COMMAND`` imports before it touches the database: imported while the database may still
-# be migrated (``WAIT_ENV_VAR``). ``airflow.api_fastapi.main`` builds the API server's app at import
+# be migrated (the plan's ``migrated_stamp``). ``airflow.api_fastapi.main`` builds the API server's app at import
 # (uvicorn then finds it in ``sys.modules``).
 COMMAND_MODULES = {
     "api-server": ("airflow.cli.commands.api_server_command", "airflow.api_fastapi.main"),
@@ -83,7 +79,6 @@ FORK_SERVER_MODULES = (
     "airflow",
     *dict.fromkeys(m for modules in COMMAND_MODULES.values() for m in modules if m != "airflow.api_fastapi.main"),
 )
-DAG_PROCESSOR_ENV_VAR = "AIRFLOW_GITOPS_DAG_PROCESSOR_PRELOAD"  # like ENV_VAR, for the DAG processor
 
 # What every task process imports before the first line of task code: Airflow's task runner, the
 # DagBag that parses the DAG file again, GitDagBundle (and GitPython) that prepares the bundle.
@@ -235,33 +230,33 @@ def wait_for_migrations(command: list[str], stamp: str, timeout: float = WAIT_MA
     return f"imported in {imported - started:.1f} s, database ready {time.monotonic() - imported:.1f} s later"
 
 
-def run(command: list[str], env: dict[str, str]) -> None:
-    """Prepare this process as ``env`` asks, then run ``airflow COMMAND...`` in it (as the script would)."""
+def run(command: list[str], plan: LaunchPlan) -> None:
+    """Prepare this process as ``plan`` says, then run ``airflow COMMAND...`` in it (as the script would)."""
     notes = []
-    if command[1:2] == ["api-server"] and env.get(API_ROUTES_ENV_VAR):
+    if command[1:2] == ["api-server"] and plan.api_route_types_once:
         notes.append(f"route types built once: {'on' if patch_fastapi_route_building() else 'n/a'}")
     import airflow  # noqa: F401 - initialise Airflow (settings, logging) before anything else
 
     if command[1:2] == ["scheduler"]:
-        modules = [m for m in env.get(ENV_VAR, "").split(",") if m.strip()]
+        modules = list(plan.scheduler_preload)
         if modules:
             if patch_local_executor(modules):
                 notes.append(f"{len(modules)} modules to preload at the first task")
             else:  # not LocalExecutor's layout we know: preload now
                 ok, seconds = preload(modules)
                 notes.append(f"preloaded {ok}/{len(modules)} modules in {seconds:.1f} s")
-        if env.get(BUSY_SLEEP_ENV_VAR):
-            busy = float(env[BUSY_SLEEP_ENV_VAR])
+        if plan.scheduler_busy_sleep:
+            busy = plan.scheduler_busy_sleep
             notes.append(f"busy-only loop sleep {busy} s: {'on' if patch_scheduler_busy_sleep(busy) else 'n/a'}")
     if command[1:2] == ["dag-processor"]:
-        modules = [m for m in env.get(DAG_PROCESSOR_ENV_VAR, "").split(",") if m.strip()]
+        modules = list(plan.dag_processor_preload)
         if modules:
             ok, seconds = preload(modules)
             notes.append(f"preloaded {ok}/{len(modules)} modules in {seconds:.1f} s")
-        if env.get(PATCH_ENV_VAR):
+        if plan.dag_processor_poll:
             notes.append(f"prompt parse collection: {'on' if patch_dag_processor_poll() else 'n/a'}")
-    if env.get(WAIT_ENV_VAR) and command[1] in COMMAND_MODULES:
-        notes.append(wait_for_migrations(command, env[WAIT_ENV_VAR]))
+    if plan.migrated_stamp and command[1] in COMMAND_MODULES:
+        notes.append(wait_for_migrations(command, plan.migrated_stamp))
     if notes:
         print("airflow-gitops: " + "; ".join(notes), file=sys.stderr, flush=True)
     from airflow.__main__ import main
@@ -270,26 +265,28 @@ def run(command: list[str], env: dict[str, str]) -> None:
     sys.exit(main())
 
 
-def start(command: list[str]) -> None:
-    """Become ``command``: run it in this process through :func:`run` when it needs that, else exec it."""
-    env = dict(os.environ)
-    if wanted(command, env):
-        run(command, env)  # exits
+def start(command: list[str], plan: LaunchPlan | None = None) -> None:
+    """Become ``command``: run it in this process through :func:`run` when its launch plan (``plan``, else
+    the one this process's environment names) asks for that, else exec it."""
+    if plan is None:
+        plan = from_env_or_exit()
+    if plan is not None and wanted(command, plan):
+        run(command, plan)  # exits
     os.execvp(command[0], command)
 
 
-def wanted(command: list[str], env: dict[str, str]) -> bool:
+def wanted(command: list[str], plan: LaunchPlan) -> bool:
     """Does ``command`` need :func:`run` (rather than a plain exec)?"""
     if not command or command[0].rsplit("/", 1)[-1] != "airflow":
         return False
     if command[1:3] == ["db", "migrate"]:
-        return bool(env.get(SOCKET_ENV_VAR))  # forked from the fork server, which imported Airflow already
-    if env.get(WAIT_ENV_VAR) and command[1:2] and command[1] in COMMAND_MODULES:
+        return bool(plan.forkserver_socket)  # forked from the fork server, which imported Airflow already
+    if plan.migrated_stamp and command[1:2] and command[1] in COMMAND_MODULES:
         return True
     if command[1:2] == ["scheduler"]:
-        return bool(env.get(ENV_VAR, "").strip() or env.get(BUSY_SLEEP_ENV_VAR))
+        return bool(plan.scheduler_preload or plan.scheduler_busy_sleep)
     if command[1:2] == ["dag-processor"]:
-        return bool(env.get(DAG_PROCESSOR_ENV_VAR, "").strip() or env.get(PATCH_ENV_VAR))
+        return bool(plan.dag_processor_preload or plan.dag_processor_poll)
     if command[1:2] == ["api-server"]:
-        return bool(env.get(API_ROUTES_ENV_VAR))
+        return plan.api_route_types_once
     return False
