@@ -39,17 +39,17 @@ _GIT_URL_FORMS = (
 )
 
 
-def _full_match(field: str, pattern: str, problem: str):
-    """A validator of ``field``: the whole value matches ``pattern`` (no trailing newline slips through), else
-    ``problem`` with ``{v}`` the value, shortened and quoted."""
+def _full_match(field: str | tuple[str, ...], pattern: str | re.Pattern, problem: str, max_len: int | None = None):
+    """A validator of ``field``: the whole value matches ``pattern`` (no trailing newline slips through) within
+    ``max_len`` characters, else ``problem`` with ``{v}`` the value, shortened and quoted."""
     rx = re.compile(pattern)
 
     def check(cls, v: str) -> str:
-        if not rx.fullmatch(v):
+        if (max_len is not None and len(v) > max_len) or not rx.fullmatch(v):
             raise ValueError(problem.format(v=_short(v)))
         return v
 
-    return field_validator(field)(classmethod(check))
+    return field_validator(*((field,) if isinstance(field, str) else field))(classmethod(check))
 
 
 class ImageSpec(_Model):
@@ -609,20 +609,16 @@ class KubernetesSpec(_Model):
                 raise ValueError(f"{_short(key)}: {_short(value)} is not a Kubernetes label; use e.g. 'pool: airflow'")
         return v
 
-    @field_validator("namespace", "release")
-    @classmethod
-    def _label(cls, v: str) -> str:
-        if len(v) > 53 or not DNS_LABEL.fullmatch(v):
-            raise ValueError(f"{_short(v)} must be a DNS label: lower-case letters, digits and '-', at most 53")
-        return v
-
+    _label = _full_match(
+        ("namespace", "release"),
+        DNS_LABEL,
+        "{v} must be a DNS label: lower-case letters, digits and '-', at most 53",
+        max_len=53,
+    )
     # Both reach helm/kubectl's command line, values.yaml's header and NOTES.md: never an option or a line break.
-    @field_validator("chart_version")
-    @classmethod
-    def _chart_version(cls, v: str) -> str:
-        if len(v) > 64 or not _CHART_VERSION.fullmatch(v):
-            raise ValueError(f"{_short(v)} is not a chart version; write a chart version such as 1.21.0")
-        return v
+    _chart_version = _full_match(
+        "chart_version", _CHART_VERSION, "{v} is not a chart version; write a chart version such as 1.21.0", max_len=64
+    )
 
     @field_validator("context")
     @classmethod
