@@ -194,31 +194,7 @@ def test_kubernetes_image_requirements_resolve_to_exactly_the_lock(tmp_path):
     render(spec_in(tmp_path), tmp_path / "out")
     image_dir = tmp_path / "out" / "image"
     lock = _lock_for(pyplatform.python_version())
-    (tmp_path / "all.txt").write_text(
-        f"apache-airflow=={lock['apache-airflow']}\n" + (image_dir / "requirements.txt").read_text()
-    )
-    uv = os.environ.get("UV") or shutil.which("uv") or str(Path.home() / ".cache/airflow-gitops/uv/bin/uv")
-    py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    proc = subprocess.run(
-        [
-            uv,
-            "pip",
-            "compile",
-            str(tmp_path / "all.txt"),
-            "-c",
-            str(image_dir / "constraints.txt"),
-            "--python-version",
-            py,
-            "--python-platform",
-            "x86_64-manylinux_2_28",
-            "--no-header",
-            "--no-annotate",
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _compile_for(image_dir, f"{sys.version_info.major}.{sys.version_info.minor}", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     resolved = dict(line.split("==") for line in proc.stdout.split() if "==" in line)
     assert len(resolved) > 100

@@ -88,9 +88,7 @@ pools: {}
 #  training: {slots: 2, description: GPU-less training slots}
 """
 # The default ports, from the spec's own defaults (one place: spec.Ports).
-TEMPLATE = TEMPLATE.replace(
-    "{PORTS}", "{" + ", ".join(f"{k}: {v}" for k, v in Ports().model_dump().items()) + "}"
-)
+TEMPLATE = TEMPLATE.replace("{PORTS}", "{" + ", ".join(f"{k}: {v}" for k, v in Ports().model_dump().items()) + "}")
 
 
 def _writable_folder(directory: Path) -> None:

@@ -58,6 +58,13 @@ _DISTRIBUTIONS = {
 }
 
 
+def _as_dict(self) -> dict:
+    """A report dataclass as JSON-ready data (its status as text)."""
+    d = asdict(self)
+    d["status"] = str(self.status)
+    return d
+
+
 @dataclass
 class FileReport:
     file: str
@@ -69,10 +76,7 @@ class FileReport:
     slow_imports: list[dict] = field(default_factory=list)
     missing_package: str | None = None
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["status"] = str(self.status)
-        return d
+    to_dict = _as_dict
 
 
 @dataclass
@@ -85,10 +89,7 @@ class TestsReport:
     failed: list[dict] = field(default_factory=list)
     fix: str = ""
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["status"] = str(self.status)
-        return d
+    to_dict = _as_dict
 
 
 @dataclass

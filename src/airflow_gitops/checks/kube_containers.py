@@ -73,6 +73,19 @@ def exec_in(
     return (rc if rc is not None else -1), "".join(out), "".join(err)
 
 
+def _verdict(name: str, good: bool, saw: str, fix: str) -> CheckResult:
+    return ok(name, saw) if good else fail(name, saw, fix)
+
+
+def _last_json(rc: int, out: str) -> dict:
+    """The JSON object a command printed as its last line ({} when it failed or printed none)."""
+    try:
+        value = json.loads(out.strip().splitlines()[-1]) if rc == 0 else {}
+    except (ValueError, IndexError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _pod(api, ns: str, release: str, component: str, container: str):
     """A running, ready pod of the release's ``component`` that has ``container``, or None."""
     from kubernetes import client
@@ -150,55 +163,43 @@ def container_rows(api, spec: PlatformSpec) -> list[CheckResult]:
         rows.append(fail("verify.container.api", "no ready api-server pod", fix_logs % "api-server"))
     else:
         rc, out, err = exec_in(api, ns, pod, "api-server", ["python", "-c", HEALTH])
-        try:
-            health = json.loads(out.strip().splitlines()[-1]) if rc == 0 else {}
-        except (ValueError, IndexError):
-            health = {}
+        health = _last_json(rc, out)
         states = {k: (v or {}).get("status") for k, v in health.items() if isinstance(v, dict)}
-        if states.get("metadatabase") == "healthy" and states.get("scheduler") == "healthy":
-            rows.append(ok("verify.container.api", f"{pod}: /api/v2/monitor/health: {states}"))
-        else:
-            rows.append(
-                fail(
-                    "verify.container.api",
-                    f"{pod}: /api/v2/monitor/health: {states or _tail(out + err) or f'exit {rc}'}",
-                    fix_logs % "scheduler",
-                )
-            )
+        good = states.get("metadatabase") == "healthy" and states.get("scheduler") == "healthy"
+        saw = states or _tail(out + err) or f"exit {rc}"
+        rows.append(
+            _verdict("verify.container.api", good, f"{pod}: /api/v2/monitor/health: {saw}", fix_logs % "scheduler")
+        )
 
     sched = _pod(api, ns, release, "scheduler", "scheduler")
     if sched is None:
         rows.append(fail("verify.container.database", "no ready scheduler pod", fix_logs % "scheduler"))
     else:
         rc, out, err = exec_in(api, ns, sched, "scheduler", ["airflow", "db", "check"])
-        if rc == 0:
-            rows.append(ok("verify.container.database", f"{sched}: `airflow db check`: the metadata database answers"))
-        else:
-            rows.append(
-                fail(
-                    "verify.container.database",
-                    f"{sched}: `airflow db check` exit {rc}: {_tail(err or out)}",
-                    f"check the Secret {spec.secrets.metadata_secret} (key connection) and that the database "
-                    "accepts connections from the pods' network",
-                )
+        rows.append(
+            _verdict(
+                "verify.container.database",
+                rc == 0,
+                f"{sched}: `airflow db check`: "
+                + ("the metadata database answers" if rc == 0 else f"exit {rc}: {_tail(err or out)}"),
+                f"check the Secret {spec.secrets.metadata_secret} (key connection) and that the database "
+                "accepts connections from the pods' network",
             )
+        )
         rc, out, err = exec_in(api, ns, sched, "scheduler", ["airflow", "dags", "list", "-o", "json"])
         dags = _dag_ids(out) if rc == 0 else []
-        if dags:
-            rows.append(ok("verify.container.dags", f"{sched}: {len(dags)} DAGs: {', '.join(dags[:8])}"))
-        else:
-            rows.append(
-                fail(
-                    "verify.container.dags",
-                    f"{sched}: no DAG in the database (exit {rc}: {_tail(err + ' ' + out, 200)})",
-                    f"check dags.repo/branch/sub_path; {fix_logs % 'dag-processor'}",
-                )
+        rows.append(
+            _verdict(
+                "verify.container.dags",
+                bool(dags),
+                f"{sched}: {len(dags)} DAGs: {', '.join(dags[:8])}"
+                if dags
+                else f"{sched}: no DAG in the database (exit {rc}: {_tail(err + ' ' + out, 200)})",
+                f"check dags.repo/branch/sub_path; {fix_logs % 'dag-processor'}",
             )
+        )
         rc, out, err = exec_in(api, ns, sched, "scheduler", ["python", "-c", AWS])
-        try:
-            aws = json.loads(out.strip().splitlines()[-1]) if rc == 0 else {}
-        except (ValueError, IndexError):
-            aws = {}
+        aws = _last_json(rc, out)
         want = _local_key_tail(spec)
         if aws.get("method") == "shared-credentials-file" and (want is None or aws.get("tail") == want):
             rows.append(

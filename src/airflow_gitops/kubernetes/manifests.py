@@ -60,24 +60,28 @@ def _aws_files(spec: PlatformSpec, warnings: list[str]) -> dict[str, str]:
     aws = spec.aws
     files: dict[str, str] = {}
     if aws.credentials_file:
-        path = spec.path(aws.credentials_file)
-        if not path.is_file():
-            raise PlatformError(f"aws.credentials_file {path} not found", "point it at an AWS credentials file")
-        files[SecretKey.AWS_CREDENTIALS] = path.read_text(encoding="utf-8")
+        files[SecretKey.AWS_CREDENTIALS] = _read(
+            spec, "aws.credentials_file", aws.credentials_file, "an AWS credentials file"
+        )
     else:
         warnings.append(
             "aws.credentials_file is not set: the AWS Secret holds no access keys, so pods need another "
             "credential source (IRSA / EKS Pod Identity); set aws.credentials_file to mount a credentials file"
         )
         files[SecretKey.AWS_CREDENTIALS] = f"[{aws.profile}]\n"
-    if aws.config_file:
-        path = spec.path(aws.config_file)
-        if not path.is_file():
-            raise PlatformError(f"aws.config_file {path} not found", "point it at an AWS config file")
-        files[SecretKey.AWS_CONFIG] = path.read_text(encoding="utf-8")
-    else:
-        files[SecretKey.AWS_CONFIG] = aws.config_file_text(aws.endpoint_url)
+    files[SecretKey.AWS_CONFIG] = (
+        _read(spec, "aws.config_file", aws.config_file, "an AWS config file")
+        if aws.config_file
+        else aws.config_file_text(aws.endpoint_url)
+    )
     return files
+
+
+def _read(spec: PlatformSpec, key: str, value, what: str) -> str:
+    path = spec.path(value)
+    if not path.is_file():
+        raise PlatformError(f"{key} {path} not found", f"point it at {what}")
+    return path.read_text(encoding="utf-8")
 
 
 def read_known_hosts(spec: PlatformSpec) -> str | None:

@@ -39,6 +39,19 @@ _GIT_URL_FORMS = (
 )
 
 
+def _full_match(field: str | tuple[str, ...], pattern: str | re.Pattern, problem: str, max_len: int | None = None):
+    """A validator of ``field``: the whole value matches ``pattern`` (no trailing newline slips through) within
+    ``max_len`` characters, else ``problem`` with ``{v}`` the value, shortened and quoted."""
+    rx = re.compile(pattern)
+
+    def check(cls, v: str) -> str:
+        if (max_len is not None and len(v) > max_len) or not rx.fullmatch(v):
+            raise ValueError(problem.format(v=_short(v)))
+        return v
+
+    return field_validator(*((field,) if isinstance(field, str) else field))(classmethod(check))
+
+
 class ImageSpec(_Model):
     """The custom Airflow image: ``apache/airflow`` plus the packages DAGs need."""
 
@@ -54,21 +67,14 @@ class ImageSpec(_Model):
         default_factory=lambda: ["mlflow", "pandas", "pyarrow", "scikit-learn", "boto3"]
     )
 
-    @field_validator("repository")
-    @classmethod
-    def _repo(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9]+([._/:-][a-z0-9]+)*", v):
-            raise ValueError(
-                f"{_short(v)} is not an image repository; use e.g. 'registry.example.com/team/airflow-mlops'"
-            )
-        return v
-
-    @field_validator("tag")
-    @classmethod
-    def _tag(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", v):
-            raise ValueError(f"{_short(v)} is not a valid image tag; use letters, digits, '_', '.', '-'")
-        return v
+    _repo = _full_match(
+        "repository",
+        r"[a-z0-9]+([._/:-][a-z0-9]+)*",
+        "{v} is not an image repository; use e.g. 'registry.example.com/team/airflow-mlops'",
+    )
+    _tag = _full_match(
+        "tag", r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "{v} is not a valid image tag; use letters, digits, '_', '.', '-'"
+    )
 
     @field_validator("python", mode="before")
     @classmethod
@@ -77,15 +83,12 @@ class ImageSpec(_Model):
             raise ValueError(f"write it quoted, python: '{v}' (YAML reads 3.10 as the number 3.1)")
         return v
 
-    @field_validator("python")
-    @classmethod
-    def _python(cls, v: str) -> str:
-        if not re.fullmatch(r"3\.(10|11|12|13)(\.\d{1,2})?", v):
-            raise ValueError(
-                f"{_short(v)} is not a Python the image can have; use 3.10, 3.11, 3.12 or 3.13, or with the base "
-                "image's patch level, e.g. '3.11.2'"
-            )
-        return v
+    _python = _full_match(
+        "python",
+        r"3\.(10|11|12|13)(\.\d{1,2})?",
+        "{v} is not a Python the image can have; use 3.10, 3.11, 3.12 or 3.13, or with the base image's patch "
+        "level, e.g. '3.11.2'",
+    )
 
     @property
     def python_minor(self) -> str:
@@ -397,29 +400,20 @@ class AwsSpec(_Model):
             _printable(str(v), "the path")
         return v
 
-    @field_validator("profile")
-    @classmethod
-    def _profile(cls, v: str) -> str:
-        # It becomes an INI section header in the AWS files: '[', ']' or a newline would inject sections.
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", v):
-            raise ValueError(
-                f"{_short(v)} is not an AWS profile name; use 1-64 letters, digits, '_', '.', '+', '-' (e.g. 'default')"
-            )
-        return v
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", v):
-            raise ValueError(f"{_short(v)} is not an AWS region; use e.g. 'us-east-1' or 'ap-northeast-2'")
-        return v
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v):
-            raise ValueError(f"{_short(v)} is not a valid S3 bucket name (3-63 chars: a-z, 0-9, '.', '-')")
-        return v
+    # The profile becomes an INI section header in the AWS files: '[', ']' or a newline would inject sections.
+    _profile = _full_match(
+        "profile",
+        r"[A-Za-z0-9_.+-]{1,64}",
+        "{v} is not an AWS profile name; use 1-64 letters, digits, '_', '.', '+', '-' (e.g. 'default')",
+    )
+    _region = _full_match(
+        "region", r"[a-z]{2}(-[a-z]+)+-\d", "{v} is not an AWS region; use e.g. 'us-east-1' or 'ap-northeast-2'"
+    )
+    _bucket = _full_match(
+        "bucket",
+        r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+        "{v} is not a valid S3 bucket name (3-63 chars: a-z, 0-9, '.', '-')",
+    )
 
     @field_validator("endpoint_url")
     @classmethod
@@ -543,12 +537,9 @@ class LogsSpec(_Model):
             )
         return v
 
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        if not re.fullmatch(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?", v):
-            raise ValueError(f"{_short(v)} is not a Kubernetes quantity; use e.g. '10Gi'")
-        return v
+    _size = _full_match(
+        "size", r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?", "{v} is not a Kubernetes quantity; use e.g. '10Gi'"
+    )
 
     _claim = field_validator("existing_claim")(classmethod(lambda cls, v: _k8s_name(v)))
 
@@ -618,20 +609,16 @@ class KubernetesSpec(_Model):
                 raise ValueError(f"{_short(key)}: {_short(value)} is not a Kubernetes label; use e.g. 'pool: airflow'")
         return v
 
-    @field_validator("namespace", "release")
-    @classmethod
-    def _label(cls, v: str) -> str:
-        if len(v) > 53 or not DNS_LABEL.fullmatch(v):
-            raise ValueError(f"{_short(v)} must be a DNS label: lower-case letters, digits and '-', at most 53")
-        return v
-
+    _label = _full_match(
+        ("namespace", "release"),
+        DNS_LABEL,
+        "{v} must be a DNS label: lower-case letters, digits and '-', at most 53",
+        max_len=53,
+    )
     # Both reach helm/kubectl's command line, values.yaml's header and NOTES.md: never an option or a line break.
-    @field_validator("chart_version")
-    @classmethod
-    def _chart_version(cls, v: str) -> str:
-        if len(v) > 64 or not _CHART_VERSION.fullmatch(v):
-            raise ValueError(f"{_short(v)} is not a chart version; write a chart version such as 1.21.0")
-        return v
+    _chart_version = _full_match(
+        "chart_version", _CHART_VERSION, "{v} is not a chart version; write a chart version such as 1.21.0", max_len=64
+    )
 
     @field_validator("context")
     @classmethod
