@@ -18,7 +18,7 @@ import pytest
 from airflow_gitops.checks.doctor import DOCTOR
 from airflow_gitops.checks.patches import patch_checks
 from airflow_gitops.local import patches, preload
-from airflow_gitops.local.target import LocalTarget
+from airflow_gitops.local.platform import LocalTarget
 
 GUARDS = {g.patch: g for g in patches.all_guards()}
 

@@ -66,7 +66,7 @@ def _spec(path: Path | None) -> PlatformSpec:
 
 # ``--target`` -> its implementation (imported on use: the CLI starts without Airflow or Kubernetes).
 TARGETS = {
-    TargetName.local: ("airflow_gitops.local.target", "LocalTarget"),
+    TargetName.local: ("airflow_gitops.local.platform", "LocalTarget"),
     TargetName.kubernetes: ("airflow_gitops.kubernetes.target", "KubernetesTarget"),
 }
 
@@ -96,27 +96,27 @@ def init(
 @_friendly
 def up(file: SpecOption = None) -> None:
     """Start the whole platform on this machine and wait until every component is healthy."""
-    from .local.platform import LocalPlatform
+    from .local.platform import LocalTarget
 
-    LocalPlatform(_spec(file)).up(console)
+    LocalTarget(_spec(file)).up(console)
 
 
 @app.command()
 @_friendly
 def down(file: SpecOption = None) -> None:
     """Stop every local component. All data (database, DAG repo, MLflow, keys) is kept."""
-    from .local.platform import LocalPlatform
+    from .local.platform import LocalTarget
 
-    LocalPlatform(_spec(file)).down(console)
+    LocalTarget(_spec(file)).down(console)
 
 
 @app.command()
 @_friendly
 def status(file: SpecOption = None, as_json: JsonOption = False) -> None:
     """Component health, URLs, login, the DAG repository and the commit Airflow has parsed."""
-    from .local.platform import LocalPlatform
+    from .local.platform import LocalTarget
 
-    report = LocalPlatform(_spec(file)).status()
+    report = LocalTarget(_spec(file)).status()
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
@@ -139,10 +139,10 @@ def sync(
     Creates and updates what the file declares, deletes what it managed and no longer declares, and
     leaves what was made by hand in the UI alone. Prints names and fields, never a value.
     """
-    from .local.platform import LocalPlatform
+    from .local.platform import LocalTarget
     from .local.sync import print_plan
 
-    result = LocalPlatform(_spec(file)).sync(console, dry_run=dry_run)
+    result = LocalTarget(_spec(file)).sync(console, dry_run=dry_run)
     if as_json:
         print(json.dumps({**result.to_dict(), "dry_run": dry_run, "summary": result.summary()}, indent=2))
     else:
@@ -157,9 +157,9 @@ def logs(
     file: SpecOption = None,
 ) -> None:
     """Show the last lines of a component's log (and where the log file is)."""
-    from .local.platform import LocalPlatform
+    from .local.platform import LocalTarget
 
-    LocalPlatform(_spec(file)).logs(component, lines, console)
+    LocalTarget(_spec(file)).logs(component, lines, console)
 
 
 @app.command()
@@ -171,10 +171,10 @@ def run(
     file: SpecOption = None,
 ) -> None:
     """Trigger a DAG on the local platform and wait for it; exit 1 if the run fails."""
-    from .local.platform import LocalPlatform
+    from .local.platform import LocalTarget
     from .local.run import run_dag
 
-    run_dag(LocalPlatform(_spec(file)), dag_id, conf, timeout, console)
+    run_dag(LocalTarget(_spec(file)), dag_id, conf, timeout, console)
 
 
 @app.command()
@@ -187,10 +187,10 @@ def predict(
     file: SpecOption = None,
 ) -> None:
     """Ask the local serving component for predictions from the champion; print its answer."""
-    from .local.platform import LocalPlatform
+    from .local.platform import LocalTarget
     from .local.predict import predict as ask
 
-    ask(LocalPlatform(_spec(file)), records, console)
+    ask(LocalTarget(_spec(file)), records, console)
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """The interface both targets implement, so that no command branches on a target's name.
 
-``local.target.LocalTarget`` runs the platform on this machine; ``kubernetes.target.KubernetesTarget``
+``local.platform.LocalTarget`` runs the platform on this machine; ``kubernetes.target.KubernetesTarget``
 deploys it with the official chart. The CLI picks one by ``--target``; checks receive the object and
 ask it what differs (the database a check should reach, the files the spec refers to there, how to
 rotate the Fernet key). The read-only checks themselves live in ``checks/`` and are declared per
@@ -25,7 +25,7 @@ class Target(ABC):
         self.spec = spec
 
     @abstractmethod
-    def database_url(self) -> tuple[str | None, str]:
+    def checked_database_url(self) -> tuple[str | None, str]:
         """(URL of the metadata database this target's Airflow uses, or None and why it is not known yet).
 
         Raises PlatformError for a ``${VAR}`` in ``database.url`` whose variable is unset.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from ..kubernetes.target import KubernetesTarget
-from ..local.target import LocalTarget
+from ..local.platform import LocalTarget
 from ..target import Target
 from .aws import aws_checks
 from .database import database_checks

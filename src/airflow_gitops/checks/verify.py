@@ -26,8 +26,7 @@ from ..dburl import connect, explain_connect_error
 from ..gitremote import clone_url, git_env
 from ..kubernetes.target import KubernetesTarget
 from ..local.layout import dag_runtime_env
-from ..local.platform import LocalPlatform, PlatformStatus
-from ..local.target import LocalTarget
+from ..local.platform import LocalTarget, PlatformStatus
 from ..spec import PlatformSpec
 from ..target import Target
 from .kube import kube_checks
@@ -58,7 +57,7 @@ def _components(status: PlatformStatus) -> list[CheckResult]:
     return rows
 
 
-def _api(platform: LocalPlatform, status: PlatformStatus) -> CheckResult:
+def _api(platform: LocalTarget, status: PlatformStatus) -> CheckResult:
     try:
         client = platform.client()
         health = client.health()
@@ -82,7 +81,7 @@ def _api(platform: LocalPlatform, status: PlatformStatus) -> CheckResult:
     )
 
 
-def _dag_sync(platform: LocalPlatform, status: PlatformStatus, spec: PlatformSpec) -> CheckResult:
+def _dag_sync(platform: LocalTarget, status: PlatformStatus, spec: PlatformSpec) -> CheckResult:
     head = status.branch_head
     if not head:
         return fail(
@@ -105,7 +104,7 @@ def _dag_sync(platform: LocalPlatform, status: PlatformStatus, spec: PlatformSpe
     )
 
 
-def _probe(platform: LocalPlatform, spec: PlatformSpec) -> CheckResult:
+def _probe(platform: LocalTarget, spec: PlatformSpec) -> CheckResult:
     """Push a marker commit to the probe branch (never dags.branch), time until Airflow's DAG processor
     has it, then move the branch back so the marker commit is referenced by nothing."""
     if spec.dags.repo is not None:
@@ -164,7 +163,7 @@ def _probe(platform: LocalPlatform, spec: PlatformSpec) -> CheckResult:
             git("push", "-q", "--force", "origin", f"{base}:refs/heads/{PROBE_BRANCH}")
 
 
-def _postgres(platform: LocalPlatform) -> CheckResult:
+def _postgres(platform: LocalTarget) -> CheckResult:
     url = platform.database_url()
     try:
         conn = connect(url)
@@ -182,7 +181,7 @@ def _postgres(platform: LocalPlatform) -> CheckResult:
     return ok("verify.postgres", f"the metadata database answers: PostgreSQL {version}, {dags} DAGs registered")
 
 
-def _selfcheck(platform: LocalPlatform) -> list[CheckResult]:
+def _selfcheck(platform: LocalTarget) -> list[CheckResult]:
     client = platform.client()
     try:
         if SELFCHECK_DAG not in client.dag_ids():
@@ -229,9 +228,8 @@ def _selfcheck(platform: LocalPlatform) -> list[CheckResult]:
     return rows
 
 
-def run_verify_local(target: LocalTarget, *, probe: bool) -> list[CheckResult]:
-    platform = target.platform
-    spec = target.spec
+def run_verify_local(platform: LocalTarget, *, probe: bool) -> list[CheckResult]:
+    spec = platform.spec
     status = platform.status()
     if not status.running:
         return [fail("verify.running", "the local platform is not running", "`airflow-gitops up`")]

@@ -16,7 +16,7 @@ from .deploy import apply_fernet_secret
 class KubernetesTarget(Target):
     name = "kubernetes"
 
-    def database_url(self) -> tuple[str | None, str]:
+    def checked_database_url(self) -> tuple[str | None, str]:
         url = self.spec.database.expanded_url()
         if url is None:
             return None, "not checked: database.url is not set (the chart needs an external one)"

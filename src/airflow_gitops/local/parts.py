@@ -1,7 +1,7 @@
 """What a component record (``components.py``) and the MLflow store (``mlflow_store.py``) use of the
 running local platform: its layout, its PostgreSQL and the environment file of its Airflow programs.
 
-``platform.LocalPlatform`` is one; the records name this protocol, not the class that orders them, so
+``platform.LocalTarget`` is one; the records name this protocol, not the class that orders them, so
 they sit below it.
 """
 

@@ -1,4 +1,4 @@
-"""The local target: the seed's whole design on one machine, under supervisor.
+"""The local target (``LocalTarget``): the seed's whole design on one machine, under supervisor.
 
 ``up`` order: preflight (ports, binaries, keys) -> state dir, keys, AWS files, DAG repo -> the
 components of ``components.COMPONENTS`` phase by phase (PostgreSQL; S3 endpoint and MLflow;
@@ -22,7 +22,8 @@ from rich.console import Console
 from .. import contract, dburl, gitremote, keystore, managed
 from ..binaries import venv_bin
 from ..errors import PlatformError
-from ..fernetkeys import key_file, read_keys
+from ..fernetkeys import key_file, read_keys, rotate_keys
+from ..target import Target
 from . import components, environment, forkserver, preload, process_hooks
 from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
@@ -55,9 +56,11 @@ def _printer(console: Console):
     return lambda line: console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
-class LocalPlatform:
+class LocalTarget(Target):
+    name = "local"
+
     def __init__(self, spec):
-        self.spec = spec
+        super().__init__(spec)
         self.layout = Layout(spec)
         self.postgres = LocalPostgres(self.layout)
         self.supervisor = Supervisor(self.layout.supervisor, self.layout.logs)
@@ -65,6 +68,13 @@ class LocalPlatform:
     # --- configuration ---------------------------------------------------------------------------
     def database_url(self) -> str:
         return self.spec.database.resolved_url() or self.postgres.url()
+
+    def checked_database_url(self) -> tuple[str | None, str]:
+        if self.spec.database.url is not None:
+            return self.spec.database.expanded_url(), ""
+        if not self.postgres.initialized:
+            return None, "the local PostgreSQL does not exist yet: `up` creates it"
+        return self.postgres.url(), ""
 
     def airflow_env(self) -> dict[str, str]:
         """The environment to run ``airflow`` commands against this platform."""
@@ -520,3 +530,14 @@ class LocalPlatform:
         from .report import print_access
 
         print_access(self.status(), console)
+
+    def rotate_fernet_key(self, console: Console) -> None:
+        if not self.is_running():
+            raise PlatformError(
+                "the local platform is not running: the rotation needs its database",
+                "`airflow-gitops up`, then run `airflow-gitops rotate-fernet-key` again",
+            )
+        rotate_keys(key_file(self.spec), self.database_url(), self.airflow_env(), console)
+        console.print("Restarting the components so they run with the new key only ...")
+        self.down(console)
+        self.up(console)
