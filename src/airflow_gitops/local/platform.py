@@ -23,7 +23,7 @@ from .. import contract, dburl, gitremote, keystore, managed
 from ..binaries import venv_bin
 from ..errors import PlatformError
 from ..fernetkeys import key_file, read_keys, rotate_keys
-from ..target import Target
+from ..target import Capability, Target
 from . import components, environment, forkserver, preload, process_hooks
 from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
@@ -58,6 +58,11 @@ def _printer(console: Console):
 
 class LocalTarget(Target):
     name = "local"
+    capabilities = frozenset({Capability.AIRFLOW_HERE, Capability.SYNC})
+    instead = {
+        "render": "use `airflow-gitops up` locally",
+        "deploy": "use `airflow-gitops up` locally (`deploy` installs the chart: --target kubernetes)",
+    }
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -169,6 +174,9 @@ class LocalTarget(Target):
         result = self.sync(console, declared=declared)
         if result.changes or any(result.managed.values()):
             print_plan(result, console)
+
+    def print_plan(self, result: Plan, console: Console, *, dry_run: bool) -> None:
+        print_plan(result, console, dry_run=dry_run)
 
     def declared_counts(self) -> dict[str, dict[str, int]]:
         """connections / variables / pools -> managed and hand-made counts (nothing decrypted)."""
@@ -513,6 +521,11 @@ class LocalTarget(Target):
         except Exception:  # noqa: BLE001 - status shows what it can; `doctor` explains a database problem
             return {}
 
+    def print_status(self, report: PlatformStatus, console: Console) -> None:
+        from .report import print_status
+
+        print_status(report, console)
+
     def logs(self, component: str | None, lines: int, console: Console) -> None:
         names = self._names() + ["migrate", "initdb", "supervisord"]
         if component and component not in names:
@@ -530,6 +543,16 @@ class LocalTarget(Target):
         from .report import print_access
 
         print_access(self.status(), console)
+
+    def run_dag(self, dag_id: str, conf: str | None, timeout: float, console: Console) -> dict:
+        from .run import run_dag
+
+        return run_dag(self, dag_id, conf, timeout, console)
+
+    def predict(self, records: str | None, console: Console) -> dict:
+        from .predict import predict
+
+        return predict(self, records, console)
 
     def rotate_fernet_key(self, console: Console) -> None:
         if not self.is_running():
