@@ -110,6 +110,21 @@ def test_a_new_target_gets_the_cli_verbs_without_a_change_to_the_cli(tmp_path, d
     assert double.calls == [("up",), ("down",), ("logs", "scheduler", 7), ("status",), ("status",)]
 
 
+class PlainStatusTarget(RecordingTarget):
+    """TEST DOUBLE: reports a status but does not print it its own way."""
+
+    print_status = Target.print_status
+
+
+def test_a_target_without_its_own_status_printer_shows_the_report(tmp_path, monkeypatch):
+    monkeypatch.setitem(cli.TARGETS, "local", (__name__, "PlainStatusTarget"))
+    result = runner.invoke(cli.app, ["status", "-f", _spec_file(tmp_path)])
+    assert result.exit_code == 3 and json.loads(result.output) == {
+        "running": False,
+        "components": {"double": "STOPPED"},
+    }
+
+
 def test_a_verb_the_double_does_not_implement_gets_the_base_class_message(tmp_path, double):
     result = runner.invoke(cli.app, ["sync", "-f", _spec_file(tmp_path)])
     assert result.exit_code == 1 and "Traceback" not in result.output

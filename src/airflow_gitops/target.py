@@ -115,8 +115,8 @@ class Target(ABC):
         raise self.unsupported("status")
 
     def print_status(self, report: StatusReport, console: Console) -> None:
-        """``status`` without ``--json``."""
-        raise self.unsupported("status")
+        """``status`` without ``--json`` (unless the target prints it its own way: the report's fields)."""
+        console.print_json(data=report.to_dict(), default=str)
 
     def logs(self, component: str | None, lines: int, console: Console) -> None:
         raise self.unsupported("logs")
@@ -126,8 +126,8 @@ class Target(ABC):
         raise self.unsupported("sync")
 
     def print_plan(self, result: SyncResult, console: Console, *, dry_run: bool) -> None:
-        """``sync`` without ``--json``."""
-        raise self.unsupported("sync")
+        """``sync`` without ``--json`` (unless the target prints it its own way: the summary line)."""
+        console.print(result.summary(), highlight=False)
 
     def run_dag(self, dag_id: str, conf: str | None, timeout: float, console: Console) -> dict:
         """Trigger a DAG, wait for it, print its tasks; PlatformError when the run fails."""
