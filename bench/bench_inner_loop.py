@@ -10,7 +10,7 @@ push, and each variant's idle CPU, side by side with Airflow's defaults; and sta
     .venv/bin/python bench/bench_inner_loop.py --what leak                   # tasks cannot leak state
     .venv/bin/python bench/bench_inner_loop.py --what up --rounds 3 --idle 20   # vs airflow standalone
 
-One real platform (``LocalPlatform``: PostgreSQL, rclone S3, MLflow, Airflow 3 under supervisor) on its
+One real platform (``LocalTarget``: PostgreSQL, rclone S3, MLflow, Airflow 3 under supervisor) on its
 own ports and state directory under /tmp/bench-inner-*; stopped in ``finally``. A *variant* is a set
 of levers of the launch plan and Airflow settings for the Airflow programs (``VARIANTS``); switching
 rewrites the launch plan and the launcher's environment file and restarts the scheduler and
@@ -61,7 +61,7 @@ from bench_platform import _children_map, _cpu_s, _tree, measure_memory, program
 
 from airflow_gitops import keystore  # noqa: E402
 from airflow_gitops.local.airflow_env import launch_plan, write_launch_plan  # noqa: E402
-from airflow_gitops.local.platform import LocalPlatform, port_free  # noqa: E402
+from airflow_gitops.local.platform import LocalTarget, port_free  # noqa: E402
 from airflow_gitops.local.preload import DAG_PROCESSOR_MODULES  # noqa: E402
 from airflow_gitops.spec import parse_spec  # noqa: E402
 
@@ -125,7 +125,7 @@ class Bench:
             {"dags": {"sync_interval": sync}, "local": {"state_dir": str(base / "state"), "ports": ports}},
             base_dir=base,
         )
-        self.plat = LocalPlatform(spec)
+        self.plat = LocalTarget(spec)
         self.console = Console(file=open(os.devnull, "w"), force_terminal=False)  # noqa: SIM115
         self.variant: str | None = None
         self.engine = None
@@ -588,7 +588,7 @@ def our_up(folder: Path, idle: float) -> dict:
     (folder / "platform.yaml").write_text(json.dumps({"local": {"ports": ports}}))
     cli = str(Path(sys.executable).with_name("airflow-gitops"))
     out: dict = {}
-    plat = LocalPlatform(load_spec(folder / "platform.yaml"))
+    plat = LocalTarget(load_spec(folder / "platform.yaml"))
 
     def timed(verb: str) -> float:
         t = time.monotonic()

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_pipeline.py [--runs 2] [--model random_forest] [--json out.json]
 
-Setup (timed, but not part of the figures): a real ``LocalPlatform`` (PostgreSQL, moto S3, MLflow,
+Setup (timed, but not part of the figures): a real ``LocalTarget`` (PostgreSQL, moto S3, MLflow,
 Airflow's api-server, scheduler, dag-processor, triggerer under supervisor) on its own ports
 (``--ports``, default api 19080, mlflow 16000, s3 16055, postgres 16433) and a state directory under
 ``/tmp/bench-pipeline-*``; DAGs come from the platform's GitDagBundle on the seeded bare repository.
@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 
-from airflow_gitops.local.platform import LocalPlatform, port_free
+from airflow_gitops.local.platform import LocalTarget, port_free
 from airflow_gitops.spec import parse_spec
 
 TARGET_SECONDS = 60.0
@@ -88,7 +88,7 @@ def _ts(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def one_run(plat: LocalPlatform, conf: dict, label: str) -> dict:
+def one_run(plat: LocalTarget, conf: dict, label: str) -> dict:
     client = plat.client()
     scheduler_pid = plat.status().components["scheduler"].pid
     with TaskProcessSampler(scheduler_pid) as sampler:
@@ -186,7 +186,7 @@ def main() -> int:
     spec = parse_spec(
         {"dags": {"sync_interval": 5}, "local": {"state_dir": str(base / "state"), "ports": ports}}, base_dir=base
     )
-    plat = LocalPlatform(spec)
+    plat = LocalTarget(spec)
     console = Console(file=open(os.devnull, "w"), force_terminal=False)  # noqa: SIM115
     figures: dict = {"target_seconds": TARGET_SECONDS, "cpus": os.cpu_count(), "runs": []}
     try:

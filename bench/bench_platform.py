@@ -40,7 +40,7 @@ import httpx
 from rich.console import Console
 
 from airflow_gitops.binaries import venv_bin
-from airflow_gitops.local.platform import LocalPlatform, port_free
+from airflow_gitops.local.platform import LocalTarget, port_free
 from airflow_gitops.spec import parse_spec
 
 HOST = "127.0.0.1"
@@ -84,7 +84,7 @@ class StepRecorder:
 class HealthWatcher(threading.Thread):
     """Polls every component's own health signal and notes when each first reports healthy."""
 
-    def __init__(self, plat: LocalPlatform, t0: float):
+    def __init__(self, plat: LocalTarget, t0: float):
         super().__init__(daemon=True)
         self.plat, self.t0 = plat, t0
         self.first: dict[str, float] = {}
@@ -133,7 +133,7 @@ def _cpu_s(pid: int) -> float:
     return sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def program_trees(plat: LocalPlatform, kids: dict[int, list[int]] | None = None) -> dict[str, list[int]]:
+def program_trees(plat: LocalTarget, kids: dict[int, list[int]] | None = None) -> dict[str, list[int]]:
     """Each supervisor program -> the pids that work for it: its process tree and, for Airflow's
     components, the tree of the fork that runs it (a child of the fork server, whose own entry then
     holds only itself and what it forked for no component, e.g. a migration)."""
@@ -158,12 +158,12 @@ def program_trees(plat: LocalPlatform, kids: dict[int, list[int]] | None = None)
     return trees
 
 
-def cpu_by_component(plat: LocalPlatform) -> dict:
+def cpu_by_component(plat: LocalTarget) -> dict:
     """CPU seconds each supervisor program's process tree has used so far (i.e. to start up)."""
     return {name: round(sum(_cpu_s(p) for p in tree), 1) for name, tree in program_trees(plat).items()}
 
 
-def timed_up(plat: LocalPlatform) -> dict:
+def timed_up(plat: LocalTarget) -> dict:
     import resource
 
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -207,7 +207,7 @@ def timed_up(plat: LocalPlatform) -> dict:
     }
 
 
-def timed_down(plat: LocalPlatform) -> float:
+def timed_down(plat: LocalTarget) -> float:
     t0 = time.monotonic()
     plat.down(Console(file=open(os.devnull, "w")))
     return round(time.monotonic() - t0, 2)
@@ -255,7 +255,7 @@ def _cmd(pid: int) -> str:
         return "?"
 
 
-def measure_memory(plat: LocalPlatform) -> dict:
+def measure_memory(plat: LocalTarget) -> dict:
     """PSS (MiB) per supervisor program, summed over its process tree; plus supervisord itself."""
     comps: dict[str, dict] = {}
     seen: set[int] = set()
@@ -300,7 +300,7 @@ def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *GIT_ID, *args], cwd=cwd, check=True, capture_output=True)
 
 
-def push_to_live(plat: LocalPlatform, tag: str, pushes: int, cap: float, gap_max: float, rng) -> dict:
+def push_to_live(plat: LocalTarget, tag: str, pushes: int, cap: float, gap_max: float, rng) -> dict:
     spec = plat.spec
     client = plat.client()
     results = []
@@ -460,7 +460,7 @@ def main() -> int:
     for name in runs:
         cfg = configs[name]
         spec = make_spec(state, ports, cfg["sync"], cfg["airflow_config"])
-        plat = LocalPlatform(spec)
+        plat = LocalTarget(spec)
         kind = "cold" if not (state / "postgres").exists() else "warm"
         r: dict = {"sync_interval": cfg["sync"], "airflow_config": cfg["airflow_config"]}
         res["runs"][name] = r
@@ -536,7 +536,7 @@ def print_summary(res: dict) -> None:
                 else f"{base['median_s'] / p['median_s']:.1f}x"
             )
         print(f"{label:52} {med:>10} {mx:>10} {len(p['pushes']):>3}  {ratio}")
-    print("\nstart (LocalPlatform.up -> every component healthy)")
+    print("\nstart (LocalTarget.up -> every component healthy)")
     for name in runs:
         for kind in ("up_cold", "up_warm"):
             u = runs[name].get(kind)

@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 
-from airflow_gitops.local.platform import LocalPlatform, port_free
+from airflow_gitops.local.platform import LocalTarget, port_free
 from airflow_gitops.spec import parse_spec
 
 COMPONENTS = ["s3", "mlflow", "dag-processor", "triggerer", "api-server", "scheduler", "postgres"]
@@ -102,7 +102,7 @@ def wait(predicate, timeout: float, interval: float = 0.5):
     return None
 
 
-def heartbeats(plat: LocalPlatform) -> dict[str, float]:
+def heartbeats(plat: LocalTarget) -> dict[str, float]:
     try:
         health = plat.client().health()
     except Exception:
@@ -115,7 +115,7 @@ def heartbeats(plat: LocalPlatform) -> dict[str, float]:
     return out
 
 
-def recovered(plat: LocalPlatform, name: str, old_pid: int, killed_at: float) -> bool:
+def recovered(plat: LocalTarget, name: str, old_pid: int, killed_at: float) -> bool:
     state = plat.supervisor.states().get(name, {})
     if state.get("statename") != "RUNNING" or state.get("pid") in (None, 0, old_pid):
         return False
@@ -126,18 +126,18 @@ def recovered(plat: LocalPlatform, name: str, old_pid: int, killed_at: float) ->
     return all(fresh.get(job, 0) > killed_at for job in must)
 
 
-def run_state(plat: LocalPlatform, run_id: str) -> str:
+def run_state(plat: LocalTarget, run_id: str) -> str:
     try:
         return plat.client().dag_run(DAG_ID, run_id)["state"]
     except Exception:
         return "unknown"
 
 
-def tis(plat: LocalPlatform, run_id: str) -> dict[str, str]:
+def tis(plat: LocalTarget, run_id: str) -> dict[str, str]:
     return {t["task_id"]: t["state"] for t in plat.client().task_instances(DAG_ID, run_id)}
 
 
-def push_probe(plat: LocalPlatform, work: Path, retries: int, retry_delay: int) -> None:
+def push_probe(plat: LocalTarget, work: Path, retries: int, retry_delay: int) -> None:
     import subprocess
 
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
@@ -153,7 +153,7 @@ def push_probe(plat: LocalPlatform, work: Path, retries: int, retry_delay: int) 
         subprocess.run([*git, "push", "-q", "origin", "HEAD"], cwd=work, check=True)
 
 
-def probe_ready(plat: LocalPlatform, retries: int) -> bool:
+def probe_ready(plat: LocalTarget, retries: int) -> bool:
     """The probe is parsed with the wanted retries (a pushed change is live)."""
     try:
         tasks = plat.client().request("GET", f"/api/v2/dags/{DAG_ID}/tasks")["tasks"]
@@ -162,7 +162,7 @@ def probe_ready(plat: LocalPlatform, retries: int) -> bool:
         return False
 
 
-def measure(plat: LocalPlatform, name: str, cap: float) -> dict:
+def measure(plat: LocalTarget, name: str, cap: float) -> dict:
     if not wait(lambda: plat.status().healthy, 300):
         return {"error": "not healthy before the kill"}
     client = plat.client()
@@ -229,7 +229,7 @@ def main() -> int:
         data = {"dags": {"sync_interval": 2}, "local": {"state_dir": str(base / cfg_name), "ports": ports}}
         if cfg["airflow_config"]:
             data["airflow"] = {"config": cfg["airflow_config"]}
-        plat = LocalPlatform(parse_spec(data, base_dir=base))
+        plat = LocalTarget(parse_spec(data, base_dir=base))
         r: dict = res["configs"].setdefault(cfg_name, {"settings": cfg, "components": {}})
         try:
             t0 = time.monotonic()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from airflow_gitops.local.platform import LocalPlatform
+from airflow_gitops.local.platform import LocalTarget
 from airflow_gitops.spec import PlatformSpec, parse_spec
 
 # Fixture modules shared by several test files.
@@ -61,7 +61,7 @@ def quiet_console() -> Console:
     return Console(width=200, force_terminal=False, record=True)
 
 
-def cleanup_platform(platform: LocalPlatform) -> None:
+def cleanup_platform(platform: LocalTarget) -> None:
     """Stop everything and remove a PostgreSQL data dir that had to live outside the state dir."""
     platform.down(quiet_console())
     marker = platform.layout.root / "postgres.location"
@@ -75,7 +75,7 @@ def seed_legacy_mlflow(spec: PlatformSpec, tmp: Path) -> dict:
     import mlflow
     from mlflow import MlflowClient
 
-    lay = LocalPlatform(spec).layout
+    lay = LocalTarget(spec).layout
     lay.mlflow.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {
@@ -116,12 +116,12 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def local_platform(tmp_path_factory) -> LocalPlatform:
+def local_platform(tmp_path_factory) -> LocalTarget:
     spec = make_spec(tmp_path_factory.mktemp("platform"))
     # The session platform is an UPGRADED one: it starts on a state dir with a legacy MLflow store,
     # which `up` carries over (test_platform_local checks it); fresh starts are covered elsewhere.
     legacy = seed_legacy_mlflow(spec, tmp_path_factory.mktemp("legacy-mlflow"))
-    platform = LocalPlatform(spec)
+    platform = LocalTarget(spec)
     platform.legacy_mlflow = legacy
     try:
         platform.up(quiet_console())

@@ -8,7 +8,7 @@ from pg_fixture import _free_port as unused_port
 
 from airflow_gitops.checks import database, fernet
 from airflow_gitops.keystore import write_private
-from airflow_gitops.local.target import LocalTarget
+from airflow_gitops.local.platform import LocalTarget
 from airflow_gitops.spec import parse_spec
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from airflow_gitops.checks.doctor import doctor_command, run_doctor
 from airflow_gitops.checks.verify import run_verify_local
 from airflow_gitops.keystore import all_secret_values
-from airflow_gitops.local.target import LocalTarget
+from airflow_gitops.local.platform import LocalTarget
 
 pytestmark = pytest.mark.platform
 
@@ -49,7 +49,7 @@ def _git(repo, *args: str) -> str:
 def test_verify_passes_on_healthy_platform_with_probe(local_platform):
     repo = local_platform.spec.local_repo
     refs_before = _git(repo, "for-each-ref", "--format=%(refname) %(objectname)")
-    rows = _rows(run_verify_local(LocalTarget(local_platform.spec), probe=True))
+    rows = _rows(run_verify_local(local_platform, probe=True))
     failed = [r for r in rows.values() if r.status == "fail"]
     assert not failed, failed
     assert rows["verify.dag_sync"].status == "ok"
@@ -66,7 +66,7 @@ def test_verify_names_the_stopped_component(local_platform):
     platform = local_platform
     platform.supervisor.stop("triggerer")
     try:
-        rows = _rows(run_verify_local(LocalTarget(platform.spec), probe=False))
+        rows = _rows(run_verify_local(platform, probe=False))
         r = rows["verify.component.triggerer"]
         assert r.status == "fail" and "not healthy" in r.saw and "airflow-gitops logs triggerer" in r.fix
     finally:

@@ -20,7 +20,7 @@ from conftest import make_spec
 
 from airflow_gitops.errors import PlatformError
 from airflow_gitops.local import mlflow_store
-from airflow_gitops.local.platform import LocalPlatform
+from airflow_gitops.local.platform import LocalTarget
 from airflow_gitops.local.postgres import LocalPostgres, binary
 
 
@@ -30,11 +30,11 @@ def _steps():
 
 
 @pytest.fixture
-def platform(pg_server, tmp_path) -> LocalPlatform:
+def platform(pg_server, tmp_path) -> LocalTarget:
     """A platform whose PostgreSQL is the session's real server, with an empty ``mlflow`` database and
     role (what ``_postgres_ready`` leaves before MLflow's first start); no S3 needed (no artifacts)."""
     spec = make_spec(tmp_path, {"local": {"ports": {"postgres": pg_server.port}}})
-    p = LocalPlatform(spec)
+    p = LocalTarget(spec)
     p.layout.mlflow.mkdir(parents=True, exist_ok=True)
     conn = pg_server.connect()  # an earlier test's MLflow engine may still hold connections
     with conn.cursor() as cur:
@@ -226,7 +226,7 @@ def open_dir():
 def test_initdb_into_a_folder_holding_a_users_file_keeps_it(open_dir):
     _needs_initdb()
     spec = make_spec(open_dir)
-    pg = LocalPostgres(LocalPlatform(spec).layout)
+    pg = LocalPostgres(LocalTarget(spec).layout)
     data = spec.state_dir / "postgres"
     data.mkdir(parents=True)
     (data / "notes.txt").write_text("mine")
@@ -250,9 +250,9 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from conftest import make_spec
 from airflow_gitops.errors import PlatformError
-from airflow_gitops.local.platform import LocalPlatform
+from airflow_gitops.local.platform import LocalTarget
 from airflow_gitops.local.postgres import LocalPostgres
-pg = LocalPostgres(LocalPlatform(make_spec(Path(sys.argv[1]))).layout)
+pg = LocalPostgres(LocalTarget(make_spec(Path(sys.argv[1]))).layout)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # inherited: a write over the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 try:
@@ -279,7 +279,7 @@ def _initdb_with_a_file_size_limit(base: Path, log: Path) -> str | None:
 def test_a_failed_initdb_removes_only_what_it_created(open_dir, existed):
     _needs_initdb()
     spec = make_spec(open_dir)
-    pg = LocalPostgres(LocalPlatform(spec).layout)
+    pg = LocalPostgres(LocalTarget(spec).layout)
     root = spec.state_dir
     root.mkdir(parents=True, exist_ok=True)
     (root / "keep.txt").write_text("next to the data folder")
@@ -304,7 +304,7 @@ def test_a_failed_initdb_removes_only_what_it_created(open_dir, existed):
 
 def test_initdb_refuses_a_file_where_the_data_folder_goes(open_dir):
     spec = make_spec(open_dir)
-    pg = LocalPostgres(LocalPlatform(spec).layout)
+    pg = LocalPostgres(LocalTarget(spec).layout)
     spec.state_dir.mkdir(parents=True)
     (spec.state_dir / "postgres").write_text("a file of the user's")
     with pytest.raises(PlatformError) as err:  # before: FileExistsError's stack trace
@@ -326,7 +326,7 @@ def test_a_state_folder_made_again_at_the_same_path_gets_its_own_cluster_and_kee
         for _ in range(2):
             spec = make_spec(base)
             spec.state_dir.mkdir(parents=True, mode=0o700, exist_ok=True)  # as `up` makes it
-            pg = LocalPostgres(LocalPlatform(spec).layout)
+            pg = LocalPostgres(LocalTarget(spec).layout)
             pg.initdb(tmp_path / "initdb.log")
             assert pg.initialized and str(pg.data_dir).startswith("/var/lib/airflow-gitops/")
             assert (pg.data_dir.parent / "state-folder").read_text().strip() == str(spec.state_dir)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from airflow_gitops import managed
 from airflow_gitops.cli import app
 from airflow_gitops.kubernetes.values import POOLS_ENV, POOLS_SCRIPT
-from airflow_gitops.local.platform import LocalPlatform
+from airflow_gitops.local.platform import LocalTarget
 from airflow_gitops.spec import load_spec
 
 pytestmark = pytest.mark.platform  # starts a real local platform
@@ -62,7 +62,7 @@ def declarations() -> dict:
 
 @dataclass
 class Declared:
-    platform: LocalPlatform
+    platform: LocalTarget
     base: Path
     data: dict
     password: str
@@ -103,7 +103,7 @@ def declared(tmp_path_factory) -> Declared:
     }
     (base / "platform.yaml").write_text(yaml.safe_dump(data))
     os.environ[PASSWORD_ENV] = password
-    platform = LocalPlatform(load_spec(base / "platform.yaml"))
+    platform = LocalTarget(load_spec(base / "platform.yaml"))
     console = quiet_console()
     try:
         platform.up(console)
@@ -116,7 +116,7 @@ def declared(tmp_path_factory) -> Declared:
     os.environ.pop(PASSWORD_ENV, None)
 
 
-def listed(platform: LocalPlatform) -> dict[str, dict[str, dict]]:
+def listed(platform: LocalTarget) -> dict[str, dict[str, dict]]:
     client = platform.client()
     try:
         return {

@@ -21,8 +21,7 @@ from airflow_gitops.checks.process_s3 import s3_credential_rows, supervisord_env
 from airflow_gitops.checks.verify import run_verify_local
 from airflow_gitops.local.environment import supervisord_env
 from airflow_gitops.local.layout import Layout
-from airflow_gitops.local.platform import LocalPlatform
-from airflow_gitops.local.target import LocalTarget
+from airflow_gitops.local.platform import LocalTarget
 
 # What the user's shell held when `up` ran: none of it may reach a component or a task.
 LEAKY_SHELL = {
@@ -118,9 +117,9 @@ def test_allow_list_passes_only_the_listed_names(tmp_path):
 
 # --- a platform brought up from a leaky shell -----------------------------------------------------------
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory) -> LocalPlatform:
+def platform(tmp_path_factory) -> LocalTarget:
     base = tmp_path_factory.mktemp("envallow")
-    p = LocalPlatform(make_spec(base))
+    p = LocalTarget(make_spec(base))
     try:
         with pytest.MonkeyPatch.context() as mp:
             for name, value in LEAKY_SHELL.items():
@@ -132,7 +131,7 @@ def platform(tmp_path_factory) -> LocalPlatform:
         cleanup_platform(p)
 
 
-def _platform_processes(platform: LocalPlatform) -> list[psutil.Process]:
+def _platform_processes(platform: LocalTarget) -> list[psutil.Process]:
     supervisord = psutil.Process(int(platform.supervisor.pidfile.read_text()))
     return [supervisord, *supervisord.children(recursive=True)]
 
@@ -215,7 +214,7 @@ def test_verify_rows_pass_with_the_environment_the_components_have(platform):
     """On the old code this platform's rows failed: `boto3 in tasks uses AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY from the environment of supervisord (pid N), not profile [default] of
     .../aws/credentials: http://127.0.0.1:PORT answers 403 for bucket mlops-data`."""
-    rows = _by_name(run_verify_local(LocalTarget(platform.spec), probe=False))
+    rows = _by_name(run_verify_local(platform, probe=False))
     for label in ("tasks", "mlflow", "serving"):
         row = rows[f"verify.s3_credentials.{label}"]
         assert row.status == "ok", row

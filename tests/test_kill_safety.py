@@ -1,6 +1,6 @@
 """`down` (and `up`'s sweep) stop only what the platform started (issue 22), with real processes.
 
-A real supervisord is started the way `up` starts it (``LocalPlatform._start_supervisord``) with one
+A real supervisord is started the way `up` starts it (``LocalTarget._start_supervisord``) with one
 program, then SIGKILLed: its program is a real leftover. Next to it run processes that only *name*
 the platform's state directory - a backup job reading it, a process working in it, a process of
 another platform whose path ends the same, a process of another user. `down` must stop the leftover
@@ -25,7 +25,7 @@ from conftest import make_spec, quiet_console
 
 from airflow_gitops.local import process_hooks
 from airflow_gitops.local.layout import postgres_user
-from airflow_gitops.local.platform import LocalPlatform
+from airflow_gitops.local.platform import LocalTarget
 from airflow_gitops.local.supervisor import Program
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process sessions are read from /proc")
@@ -69,7 +69,7 @@ class Crashed:
     """A platform whose supervisord was SIGKILLed, leaving its programs' processes behind."""
 
     def __init__(self, base: Path, programs: dict[str, list[str]]):
-        self.platform = LocalPlatform(make_spec(base))
+        self.platform = LocalTarget(make_spec(base))
         lay = self.platform.layout
         for d in (lay.root, lay.airflow_home, lay.logs):
             d.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ def test_a_copy_of_the_state_folder_does_not_stop_the_original(crashed, tmp_path
     """The copy holds our session file (token, supervisord's pid) too: it was written for our folder,
     so the copy's `down` ignores it. (A guard on the design: the old sweep did not read such a file.)"""
     mirror_root = _mirror(crashed.root, tmp_path)
-    mirror = LocalPlatform(make_spec(mirror_root.parent))
+    mirror = LocalTarget(make_spec(mirror_root.parent))
     assert mirror.layout.root == mirror_root and mirror.session_file.exists()
     assert mirror.session() is None
     console = quiet_console()
@@ -256,7 +256,7 @@ def test_a_process_of_another_user_is_never_killed(crashed):
 def test_no_session_no_sweep(tmp_path):
     """A state folder no `up` of this version started (or whose session file is gone): `down` signals
     nothing, however many processes name the folder."""
-    platform = LocalPlatform(make_spec(tmp_path))
+    platform = LocalTarget(make_spec(tmp_path))
     platform.layout.root.mkdir(parents=True)
     named = _stranger(["sleep", "600"], cwd=platform.layout.root)
     try:

@@ -18,7 +18,8 @@ import pytest
 from airflow_gitops.checks.doctor import DOCTOR
 from airflow_gitops.checks.patches import patch_checks
 from airflow_gitops.local import patches, preload
-from airflow_gitops.local.target import LocalTarget
+from airflow_gitops.local.platform import LocalTarget
+from airflow_gitops.target import Capability
 
 GUARDS = {g.patch: g for g in patches.all_guards()}
 
@@ -161,7 +162,7 @@ def test_doctor_shows_each_patch_on_without_importing_airflow():
     assert all(status == "ok" and saw.startswith("on: ") for _, status, saw in out["rows"]), out["rows"]
     assert out["imported"] == []  # read from the installed files: Airflow is not started in doctor
     [check] = [c for c in DOCTOR if c.group == "patches"]
-    assert check.targets == (LocalTarget,)
+    assert check.needs is Capability.AIRFLOW_HERE and check.needs in LocalTarget.capabilities
 
 
 def test_doctor_shows_a_patch_off_when_the_installed_file_changed(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ import pytest
 from conftest import DagRepo, cleanup_platform, make_spec, quiet_console, wait_for
 
 from airflow_gitops import fernetkeys
-from airflow_gitops.local.platform import LocalPlatform
+from airflow_gitops.local.platform import LocalTarget
 
 pytestmark = pytest.mark.platform  # starts a real local platform
 
@@ -77,14 +77,14 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def _ours(platform: LocalPlatform) -> list:
+def _ours(platform: LocalTarget) -> list:
     return platform.leftovers()
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory) -> LocalPlatform:
+def platform(tmp_path_factory) -> LocalTarget:
     base = tmp_path_factory.mktemp("crash")
-    p = LocalPlatform(make_spec(base))
+    p = LocalTarget(make_spec(base))
     try:
         p.up(quiet_console())
         repo = DagRepo(p.spec.dag_repo_url, base / "work")
@@ -98,7 +98,7 @@ def platform(tmp_path_factory) -> LocalPlatform:
         assert not left, f"`down` left processes of the platform running: {[str(x) for x in left]}"
 
 
-def _heartbeats(platform: LocalPlatform) -> dict[str, float]:
+def _heartbeats(platform: LocalTarget) -> dict[str, float]:
     """Job name -> its latest heartbeat (epoch seconds), from the API server's health endpoint."""
     try:
         health = platform.client().health()
@@ -112,7 +112,7 @@ def _heartbeats(platform: LocalPlatform) -> dict[str, float]:
     return out
 
 
-def _recovered(platform: LocalPlatform, name: str, old_pid: int, killed_at: float) -> bool:
+def _recovered(platform: LocalTarget, name: str, old_pid: int, killed_at: float) -> bool:
     """The killed component runs again (a new process) and every component answers; Airflow's jobs
     count only with a heartbeat written after the kill (the health endpoint reports a dead job
     healthy until its last heartbeat is older than the threshold)."""
@@ -156,7 +156,7 @@ def _in_flight(client, run_id: str) -> bool:
     return tis.get("work") == "running" and tis.get("wait") == "deferred"
 
 
-def _wait_healthy(platform: LocalPlatform, timeout: float = 240) -> None:
+def _wait_healthy(platform: LocalTarget, timeout: float = 240) -> None:
     wait_for(lambda: platform.status().healthy, timeout, "every component to be healthy")
 
 
@@ -249,7 +249,7 @@ def test_down_after_a_killed_supervisor_leaves_nothing_running(platform):
     wait_for(lambda: platform.status().healthy, 60, "every component healthy after up")
 
 
-def _mlflow_state(platform: LocalPlatform, tmp_path) -> dict:
+def _mlflow_state(platform: LocalTarget, tmp_path) -> dict:
     import mlflow
     from mlflow import MlflowClient
 
@@ -268,7 +268,7 @@ def _mlflow_state(platform: LocalPlatform, tmp_path) -> dict:
     return {"run": run.info.run_id, "text": note.read_text(), "model": model, "version": version.version}
 
 
-def _secrets_in_db(platform: LocalPlatform, conn_id: str, var_key: str) -> tuple[str, str]:
+def _secrets_in_db(platform: LocalTarget, conn_id: str, var_key: str) -> tuple[str, str]:
     """The Connection's password and the Variable's value as stored, decrypted with the platform's key."""
     import psycopg2
     from cryptography.fernet import Fernet, MultiFernet
@@ -283,7 +283,7 @@ def _secrets_in_db(platform: LocalPlatform, conn_id: str, var_key: str) -> tuple
     return keys.decrypt(password.encode()).decode(), keys.decrypt(value.encode()).decode()
 
 
-def _s3_client(platform: LocalPlatform, monkeypatch):
+def _s3_client(platform: LocalTarget, monkeypatch):
     import boto3
 
     layout = platform.layout

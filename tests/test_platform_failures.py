@@ -8,7 +8,7 @@ import pytest
 from conftest import cleanup_platform, make_spec, quiet_console
 
 from airflow_gitops.errors import PlatformError
-from airflow_gitops.local.platform import LocalPlatform
+from airflow_gitops.local.platform import LocalTarget
 
 pytestmark = pytest.mark.platform  # starts a real local platform
 
@@ -18,7 +18,7 @@ def test_port_in_use_is_named_with_its_key_and_nothing_starts(tmp_path):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", spec.local.ports.mlflow))
         squatter.listen()
-        platform = LocalPlatform(spec)
+        platform = LocalTarget(spec)
         with pytest.raises(PlatformError) as err:
             platform.up(quiet_console())
     assert "local.ports.mlflow" in err.value.render() and str(spec.local.ports.mlflow) in err.value.render()
@@ -28,7 +28,7 @@ def test_port_in_use_is_named_with_its_key_and_nothing_starts(tmp_path):
 def test_crashing_component_is_named_with_its_log_and_everything_is_stopped(tmp_path):
     # An api-server that cannot start: a non-numeric worker count makes it exit at once, every retry.
     spec = make_spec(tmp_path, {"airflow": {"config": {"api": {"workers": "many"}}}})
-    platform = LocalPlatform(spec)
+    platform = LocalTarget(spec)
     try:
         with pytest.raises(PlatformError) as err:
             platform.up(quiet_console())

@@ -11,7 +11,7 @@ from sshd import write_ed25519
 from airflow_gitops.dag_repo import DAG_IDS
 from airflow_gitops.errors import PlatformError
 from airflow_gitops.local.dag_repo import template_files
-from airflow_gitops.local.platform import LocalPlatform
+from airflow_gitops.local.platform import LocalTarget
 
 pytestmark = pytest.mark.platform  # starts a real local platform
 
@@ -32,7 +32,7 @@ def test_platform_syncs_and_runs_dags_over_ssh(sshd_git, ssh_repo, tmp_path):
             }
         },
     )
-    platform = LocalPlatform(spec)
+    platform = LocalTarget(spec)
     try:
         platform.up(quiet_console())
         client = platform.client()
@@ -59,7 +59,7 @@ def test_wrong_host_key_fails_before_anything_starts(sshd_git, ssh_repo, tmp_pat
         tmp_path,
         {"dags": {"repo": ssh_repo, "ssh_key_file": str(sshd_git.key_path), "known_hosts_file": str(known_hosts)}},
     )
-    platform = LocalPlatform(spec)
+    platform = LocalTarget(spec)
     with pytest.raises(PlatformError) as err:
         platform.up(quiet_console())
     message = err.value.render()

@@ -98,13 +98,13 @@ def test_local_target_uploads_task_logs_to_its_own_s3_endpoint(tmp_path):
 
     from airflow_gitops.local import mlflow_store
     from airflow_gitops.local.airflow_env import airflow_env
-    from airflow_gitops.local.platform import LocalPlatform
+    from airflow_gitops.local.platform import LocalTarget
 
     spec = make_spec(
         tmp_path,
         {"logs": {"remote": "s3", "remote_prefix": "airflow/task-logs"}, "local": {"ports": {"s3": free_port()}}},
     )
-    platform = LocalPlatform(spec)
+    platform = LocalTarget(spec)
     lay = platform.layout
     lay.airflow_home.mkdir(parents=True, exist_ok=True)
     with local_s3(platform):
@@ -160,10 +160,10 @@ def test_a_task_log_goes_to_s3_and_the_api_server_reads_it_from_there(tmp_path):
     from conftest import DagRepo, cleanup_platform, make_spec, quiet_console, wait_for
 
     from airflow_gitops.local import mlflow_store
-    from airflow_gitops.local.platform import LocalPlatform
+    from airflow_gitops.local.platform import LocalTarget
 
     spec = make_spec(tmp_path, {"logs": {"remote": "s3", "remote_prefix": "e2e/logs"}, "serving": {"enabled": False}})
-    platform = LocalPlatform(spec)
+    platform = LocalTarget(spec)
     try:
         platform.up(quiet_console())
         dag_id, marker = "remote_log_e2e", f"marker-{uuid.uuid4().hex}"

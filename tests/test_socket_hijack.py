@@ -120,10 +120,10 @@ def test_a_second_up_in_the_same_state_folder_says_who_holds_it_and_touches_noth
 
     from conftest import make_spec, quiet_console
 
-    from airflow_gitops.local.platform import LocalPlatform
+    from airflow_gitops.local.platform import LocalTarget
 
     spec = make_spec(tmp_path)
-    platform = LocalPlatform(spec)
+    platform = LocalTarget(spec)
     spec.state_dir.mkdir(parents=True)
     holder = subprocess.Popen(
         [

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from .errors import PlatformError
 from .spec import PlatformSpec, load_spec
+from .target import Target
 
 app = typer.Typer(
     add_completion=False,
@@ -35,10 +36,13 @@ SpecOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-class TargetName(StrEnum):
-    local = "local"
-    kubernetes = "kubernetes"
-
+# ``--target`` -> the module and class of its implementation (a ``target.Target``; imported on use: the
+# CLI starts without Airflow or Kubernetes). Adding a target is one line here; every verb then serves it.
+TARGETS = {
+    "local": ("airflow_gitops.local.platform", "LocalTarget"),
+    "kubernetes": ("airflow_gitops.kubernetes.target", "KubernetesTarget"),
+}
+TargetName = StrEnum("TargetName", {name: name for name in TARGETS})
 
 TargetOption = Annotated[TargetName, typer.Option("--target", "-t", help="Where the platform runs.")]
 
@@ -64,14 +68,7 @@ def _spec(path: Path | None) -> PlatformSpec:
     return load_spec(path)
 
 
-# ``--target`` -> its implementation (imported on use: the CLI starts without Airflow or Kubernetes).
-TARGETS = {
-    TargetName.local: ("airflow_gitops.local.target", "LocalTarget"),
-    TargetName.kubernetes: ("airflow_gitops.kubernetes.target", "KubernetesTarget"),
-}
-
-
-def _target(kind: TargetName, spec: PlatformSpec):
+def _target(kind: TargetName, spec: PlatformSpec) -> Target:
     module, cls = TARGETS[kind]
     return getattr(importlib.import_module(module), cls)(spec)
 
@@ -94,35 +91,28 @@ def init(
 
 @app.command()
 @_friendly
-def up(file: SpecOption = None) -> None:
+def up(target: TargetOption = TargetName.local, file: SpecOption = None) -> None:
     """Start the whole platform on this machine and wait until every component is healthy."""
-    from .local.platform import LocalPlatform
-
-    LocalPlatform(_spec(file)).up(console)
+    _target(target, _spec(file)).up(console)
 
 
 @app.command()
 @_friendly
-def down(file: SpecOption = None) -> None:
+def down(target: TargetOption = TargetName.local, file: SpecOption = None) -> None:
     """Stop every local component. All data (database, DAG repo, MLflow, keys) is kept."""
-    from .local.platform import LocalPlatform
-
-    LocalPlatform(_spec(file)).down(console)
+    _target(target, _spec(file)).down(console)
 
 
 @app.command()
 @_friendly
-def status(file: SpecOption = None, as_json: JsonOption = False) -> None:
+def status(target: TargetOption = TargetName.local, file: SpecOption = None, as_json: JsonOption = False) -> None:
     """Component health, URLs, login, the DAG repository and the commit Airflow has parsed."""
-    from .local.platform import LocalPlatform
-
-    report = LocalPlatform(_spec(file)).status()
+    platform = _target(target, _spec(file))
+    report = platform.status()
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
-        from .local.report import print_status
-
-        print_status(report, console)
+        platform.print_status(report, console)
     if not report.running:
         raise typer.Exit(3)
 
@@ -132,6 +122,7 @@ def status(file: SpecOption = None, as_json: JsonOption = False) -> None:
 def sync(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; apply nothing.")] = False,
     as_json: JsonOption = False,
+    target: TargetOption = TargetName.local,
     file: SpecOption = None,
 ) -> None:
     """Apply platform.yaml's connections, variables and pools to the running local platform.
@@ -139,14 +130,12 @@ def sync(
     Creates and updates what the file declares, deletes what it managed and no longer declares, and
     leaves what was made by hand in the UI alone. Prints names and fields, never a value.
     """
-    from .local.platform import LocalPlatform
-    from .local.sync import print_plan
-
-    result = LocalPlatform(_spec(file)).sync(console, dry_run=dry_run)
+    platform = _target(target, _spec(file))
+    result = platform.sync(console, dry_run=dry_run)
     if as_json:
         print(json.dumps({**result.to_dict(), "dry_run": dry_run, "summary": result.summary()}, indent=2))
     else:
-        print_plan(result, console, dry_run=dry_run)
+        platform.print_plan(result, console, dry_run=dry_run)
 
 
 @app.command()
@@ -154,12 +143,11 @@ def sync(
 def logs(
     component: Annotated[str | None, typer.Argument(help="Component name; all when omitted.")] = None,
     lines: Annotated[int, typer.Option("--lines", "-n")] = 40,
+    target: TargetOption = TargetName.local,
     file: SpecOption = None,
 ) -> None:
     """Show the last lines of a component's log (and where the log file is)."""
-    from .local.platform import LocalPlatform
-
-    LocalPlatform(_spec(file)).logs(component, lines, console)
+    _target(target, _spec(file)).logs(component, lines, console)
 
 
 @app.command()
@@ -168,13 +156,11 @@ def run(
     dag_id: Annotated[str, typer.Argument(help="The DAG to trigger, e.g. ml_training_pipeline.")],
     conf: Annotated[str | None, typer.Option(help="DAG params as JSON.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 600,
+    target: TargetOption = TargetName.local,
     file: SpecOption = None,
 ) -> None:
     """Trigger a DAG on the local platform and wait for it; exit 1 if the run fails."""
-    from .local.platform import LocalPlatform
-    from .local.run import run_dag
-
-    run_dag(LocalPlatform(_spec(file)), dag_id, conf, timeout, console)
+    _target(target, _spec(file)).run_dag(dag_id, conf, timeout, console)
 
 
 @app.command()
@@ -184,13 +170,11 @@ def predict(
         str | None,
         typer.Argument(help="A JSON list of records (- reads stdin); default: the served model's input example."),
     ] = None,
+    target: TargetOption = TargetName.local,
     file: SpecOption = None,
 ) -> None:
     """Ask the local serving component for predictions from the champion; print its answer."""
-    from .local.platform import LocalPlatform
-    from .local.predict import predict as ask
-
-    ask(LocalPlatform(_spec(file)), records, console)
+    _target(target, _spec(file)).predict(records, console)
 
 
 @app.command()
@@ -204,11 +188,7 @@ def render(
     file: SpecOption = None,
 ) -> None:
     """Write Helm values, Secret manifests and the image files for the Kubernetes target."""
-    if target is not TargetName.kubernetes:
-        raise PlatformError("render only applies to --target kubernetes", "use `airflow-gitops up` locally")
-    from .kubernetes.render import render_command
-
-    render_command(_spec(file), out, chart=chart, console=console)
+    _target(target, _spec(file)).render(out, chart=chart, console=console)
 
 
 @app.command()
@@ -221,12 +201,11 @@ def deploy(
     timeout: Annotated[
         int, typer.Option(min=10, help="Seconds helm may take (hook Jobs) and, again, the workloads to be ready.")
     ] = 600,
+    target: TargetOption = TargetName.kubernetes,
     file: SpecOption = None,
 ) -> None:
     """Apply the Secrets and `helm upgrade --install` the official chart with the rendered values."""
-    from .kubernetes.deploy import deploy_command
-
-    deploy_command(_spec(file), out, chart=chart, dry_run=dry_run, console=console, wait=wait, timeout=timeout)
+    _target(target, _spec(file)).deploy(out, chart=chart, dry_run=dry_run, console=console, wait=wait, timeout=timeout)
 
 
 image_app = typer.Typer(no_args_is_help=True, help="The Airflow image of the Kubernetes target.")

@@ -104,7 +104,7 @@ def database_checks(target: Target) -> tuple[list[CheckResult], object | None]:
     """Rows, and an open connection for the Fernet check (caller closes it) when reachable."""
     spec = target.spec
     try:
-        url, why_not = target.database_url()
+        url, why_not = target.checked_database_url()
     except PlatformError as err:  # an unset ${VAR}, say
         return [fail("database.url", err.problem, err.fix or "fix database.url")], None
     if url is None:

@@ -4,7 +4,10 @@ The checks automate the seed's troubleshooting list (wrong subPath, SSH key perm
 access) and the failures users otherwise meet one pod log at a time (Fernet key changed, password not
 URL-encoded, broken AWS credentials file, missing Secrets, a ReadWriteOnce logs volume).
 
-:data:`DOCTOR` declares them: a row group, the function, and the targets it applies to.
+:data:`DOCTOR` declares them: a row group, the function, and the :class:`~airflow_gitops.target.Capability`
+it needs, if any. A target declares its capabilities (``Target.capabilities``); a check whose capability
+the target lacks is a skipped row. No check names a target, so a new target gets every check that applies
+to it by declaring what it does.
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from ..kubernetes.target import KubernetesTarget
-from ..local.target import LocalTarget
-from ..target import Target
+from ..target import Capability, Target
 from .aws import aws_checks
 from .database import database_checks
 from .declared import drift_checks, resolve_checks
@@ -53,7 +54,10 @@ def _database(ctx: Context) -> list[CheckResult]:
 class Check:
     group: str
     run: Callable[[Context], list[CheckResult]]
-    targets: tuple[type[Target], ...] = (LocalTarget, KubernetesTarget)
+    needs: Capability | None = None  # None: every target
+
+    def applies_to(self, target: Target) -> bool:
+        return self.needs is None or self.needs in target.capabilities
 
 
 DOCTOR: list[Check] = [
@@ -64,11 +68,11 @@ DOCTOR: list[Check] = [
     Check("database", _database),
     Check("fernet.decrypts", lambda ctx: [check_decrypts(ctx.conn, ctx.keys or [], ctx.target.spec)]),
     Check("declared.refs", lambda ctx: resolve_checks(ctx.target.spec)),
-    Check("declared.drift", lambda ctx: drift_checks(ctx.target.spec, ctx.conn, ctx.keys), targets=(LocalTarget,)),
+    Check("declared.drift", lambda ctx: drift_checks(ctx.target.spec, ctx.conn, ctx.keys), needs=Capability.SYNC),
     Check("aws", lambda ctx: aws_checks(ctx.target.spec)),
-    Check("kube", lambda ctx: kube_checks(ctx.target.spec), targets=(KubernetesTarget,)),
-    Check("preload", lambda ctx: preload_checks(ctx.target.spec), targets=(LocalTarget,)),
-    Check("patches", lambda ctx: patch_checks(), targets=(LocalTarget,)),
+    Check("kube", lambda ctx: kube_checks(ctx.target.spec), needs=Capability.CLUSTER),
+    Check("preload", lambda ctx: preload_checks(ctx.target.spec), needs=Capability.AIRFLOW_HERE),
+    Check("patches", lambda ctx: patch_checks(), needs=Capability.AIRFLOW_HERE),
 ]
 
 
@@ -91,7 +95,7 @@ def run_doctor(target: Target) -> list[CheckResult]:
     rows: list[CheckResult] = []
     try:
         for check in DOCTOR:
-            if isinstance(target, check.targets):
+            if check.applies_to(target):
                 rows += _guard(check, ctx)
             else:
                 rows.append(skip(check.group, f"not checked: target is {target.name}"))

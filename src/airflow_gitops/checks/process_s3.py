@@ -27,7 +27,7 @@ from ..local.mlflow_store import env_path as mlflow_env_path
 from .result import CheckResult, fail, ok, skip, warn
 
 if TYPE_CHECKING:
-    from ..local.platform import LocalPlatform
+    from ..local.platform import LocalTarget
 
 # What boto3 in the component would do: its default credential chain, the endpoint from the config
 # file (MLflow's S3 store passes MLFLOW_S3_ENDPOINT_URL instead), one HeadBucket.
@@ -64,7 +64,7 @@ _AWS_PREFIXES = ("AWS_", "MLFLOW_S3_")
 TIMEOUT_S = 60
 
 
-def supervisord_environ(platform: LocalPlatform) -> tuple[dict[str, str], str]:
+def supervisord_environ(platform: LocalTarget) -> tuple[dict[str, str], str]:
     """supervisord's environment as it is (``/proc/PID/environ``), and where it was read from. When it
     cannot be read (no pid file, not Linux), the one ``up`` would give it now."""
     pidfile = platform.supervisor.pidfile
@@ -83,7 +83,7 @@ def component_env(base: dict[str, str], env_file: Path) -> dict[str, str]:
     return {**base, **{k: v for k, v in own.items() if k.startswith(_AWS_PREFIXES)}}
 
 
-def targets(platform: LocalPlatform) -> dict[str, Path]:
+def targets(platform: LocalTarget) -> dict[str, Path]:
     """Component label -> its environment file, for each running one that talks to S3."""
     lay = platform.layout
     found = {"tasks": platform.env_file}  # Airflow's components; tasks are their forks
@@ -94,7 +94,7 @@ def targets(platform: LocalPlatform) -> dict[str, Path]:
     return found
 
 
-def s3_credential_rows(platform: LocalPlatform, base: dict[str, str] | None = None) -> list[CheckResult]:
+def s3_credential_rows(platform: LocalTarget, base: dict[str, str] | None = None) -> list[CheckResult]:
     """One ``verify.s3_credentials.<label>`` row a component, the children run at once. ``base``:
     supervisord's environment (default: read from the running daemon)."""
     where = "the given environment"
@@ -131,7 +131,7 @@ def s3_credential_rows(platform: LocalPlatform, base: dict[str, str] | None = No
     return [rows[label] for label in targets(platform) if label in rows]
 
 
-def _row(platform: LocalPlatform, label: str, env: dict[str, str], where: str, out: str, err: str) -> CheckResult:
+def _row(platform: LocalTarget, label: str, env: dict[str, str], where: str, out: str, err: str) -> CheckResult:
     name, spec, lay = f"verify.s3_credentials.{label}", platform.spec, platform.layout
     bucket, profile = spec.aws.bucket, spec.aws.profile
     try:

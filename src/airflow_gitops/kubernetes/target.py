@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cryptography.fernet import Fernet
 from rich.console import Console
 
@@ -9,14 +11,39 @@ from .. import keystore
 from ..dburl import connect, explain_connect_error
 from ..errors import PlatformError
 from ..fernetkeys import key_file, read_keys, undecryptable
-from ..target import Target
-from .deploy import apply_fernet_secret
+from ..target import Capability, Target
+from .deploy import apply_fernet_secret, deploy_command
+from .render import render_command
 
 
 class KubernetesTarget(Target):
     name = "kubernetes"
+    capabilities = frozenset({Capability.CLUSTER})
 
-    def database_url(self) -> tuple[str | None, str]:
+    @property
+    def instead(self) -> dict[str, str]:
+        ns, release = self.spec.kubernetes.namespace, self.spec.kubernetes.release
+        return {
+            "up": "use `airflow-gitops deploy` (the chart starts the platform in the cluster); "
+            "`airflow-gitops verify --target kubernetes` shows it running",
+            "down": f"remove the release with helm: `helm -n {ns} uninstall {release}`",
+            "status": "use `airflow-gitops verify --target kubernetes` (workloads, Jobs, the running containers)",
+            "logs": f"use kubectl: `kubectl -n {ns} logs deploy/{release}-scheduler` (or another component)",
+            "sync": "use `airflow-gitops deploy`: it applies platform.yaml's Connections, Variables and pools",
+            "run": f"trigger the DAG in the Airflow UI (`kubectl -n {ns} port-forward svc/{release}-api-server 8080`)",
+            "predict": "call the serving Service's /predict in the cluster (`airflow-gitops render` writes it "
+            "into serving.yaml)",
+        }
+
+    def render(self, out: Path, *, chart: str | None, console: Console):
+        return render_command(self.spec, out, chart=chart, console=console)
+
+    def deploy(
+        self, out: Path, *, chart: str | None, dry_run: bool, console: Console, wait: bool, timeout: int
+    ) -> None:
+        deploy_command(self.spec, out, chart=chart, dry_run=dry_run, console=console, wait=wait, timeout=timeout)
+
+    def checked_database_url(self) -> tuple[str | None, str]:
         url = self.spec.database.expanded_url()
         if url is None:
             return None, "not checked: database.url is not set (the chart needs an external one)"

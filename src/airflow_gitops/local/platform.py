@@ -1,4 +1,4 @@
-"""The local target: the seed's whole design on one machine, under supervisor.
+"""The local target (``LocalTarget``): the seed's whole design on one machine, under supervisor.
 
 ``up`` order: preflight (ports, binaries, keys) -> state dir, keys, AWS files, DAG repo -> the
 components of ``components.COMPONENTS`` phase by phase (PostgreSQL; S3 endpoint and MLflow;
@@ -22,7 +22,8 @@ from rich.console import Console
 from .. import contract, dburl, gitremote, keystore, managed
 from ..binaries import venv_bin
 from ..errors import PlatformError
-from ..fernetkeys import key_file, read_keys
+from ..fernetkeys import key_file, read_keys, rotate_keys
+from ..target import Capability, Target
 from . import components, environment, forkserver, preload, process_hooks
 from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
@@ -55,9 +56,16 @@ def _printer(console: Console):
     return lambda line: console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
-class LocalPlatform:
+class LocalTarget(Target):
+    name = "local"
+    capabilities = frozenset({Capability.AIRFLOW_HERE, Capability.SYNC})
+    instead = {
+        "render": "use `airflow-gitops up` locally",
+        "deploy": "use `airflow-gitops up` locally (`deploy` installs the chart: --target kubernetes)",
+    }
+
     def __init__(self, spec):
-        self.spec = spec
+        super().__init__(spec)
         self.layout = Layout(spec)
         self.postgres = LocalPostgres(self.layout)
         self.supervisor = Supervisor(self.layout.supervisor, self.layout.logs)
@@ -65,6 +73,13 @@ class LocalPlatform:
     # --- configuration ---------------------------------------------------------------------------
     def database_url(self) -> str:
         return self.spec.database.resolved_url() or self.postgres.url()
+
+    def checked_database_url(self) -> tuple[str | None, str]:
+        if self.spec.database.url is not None:
+            return self.spec.database.expanded_url(), ""
+        if not self.postgres.initialized:
+            return None, "the local PostgreSQL does not exist yet: `up` creates it"
+        return self.postgres.url(), ""
 
     def airflow_env(self) -> dict[str, str]:
         """The environment to run ``airflow`` commands against this platform."""
@@ -159,6 +174,9 @@ class LocalPlatform:
         result = self.sync(console, declared=declared)
         if result.changes or any(result.managed.values()):
             print_plan(result, console)
+
+    def print_plan(self, result: Plan, console: Console, *, dry_run: bool) -> None:
+        print_plan(result, console, dry_run=dry_run)
 
     def declared_counts(self) -> dict[str, dict[str, int]]:
         """connections / variables / pools -> managed and hand-made counts (nothing decrypted)."""
@@ -503,6 +521,11 @@ class LocalPlatform:
         except Exception:  # noqa: BLE001 - status shows what it can; `doctor` explains a database problem
             return {}
 
+    def print_status(self, report: PlatformStatus, console: Console) -> None:
+        from .report import print_status
+
+        print_status(report, console)
+
     def logs(self, component: str | None, lines: int, console: Console) -> None:
         names = self._names() + ["migrate", "initdb", "supervisord"]
         if component and component not in names:
@@ -520,3 +543,24 @@ class LocalPlatform:
         from .report import print_access
 
         print_access(self.status(), console)
+
+    def run_dag(self, dag_id: str, conf: str | None, timeout: float, console: Console) -> dict:
+        from .run import run_dag
+
+        return run_dag(self, dag_id, conf, timeout, console)
+
+    def predict(self, records: str | None, console: Console) -> dict:
+        from .predict import predict
+
+        return predict(self, records, console)
+
+    def rotate_fernet_key(self, console: Console) -> None:
+        if not self.is_running():
+            raise PlatformError(
+                "the local platform is not running: the rotation needs its database",
+                "`airflow-gitops up`, then run `airflow-gitops rotate-fernet-key` again",
+            )
+        rotate_keys(key_file(self.spec), self.database_url(), self.airflow_env(), console)
+        console.print("Restarting the components so they run with the new key only ...")
+        self.down(console)
+        self.up(console)

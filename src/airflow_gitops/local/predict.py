@@ -10,12 +10,12 @@ import httpx
 from rich.console import Console
 
 from ..errors import PlatformError
-from .platform import LocalPlatform
+from .parts import Running
 
 LOG_FIX = "read its log: `airflow-gitops logs serving`"
 
 
-def predict(platform: LocalPlatform, records: str | None, console: Console) -> dict:
+def predict(platform: Running, records: str | None, console: Console) -> dict:
     url = platform.layout.serving_url
     if url is None:
         raise PlatformError(

@@ -10,10 +10,10 @@ from rich.table import Table
 
 from .. import contract, gitremote
 from ..errors import PlatformError
-from .platform import LocalPlatform
+from .parts import Running
 
 
-def run_dag(platform: LocalPlatform, dag_id: str, conf: str | None, timeout: float, console: Console) -> dict:
+def run_dag(platform: Running, dag_id: str, conf: str | None, timeout: float, console: Console) -> dict:
     if not platform.is_running():
         raise PlatformError("the platform is not running", "start it: `airflow-gitops up`")
     try:
@@ -65,7 +65,7 @@ SETTLE_S = 5.0
 WAIT_MAX_S = 120.0
 
 
-def _wait_listed(platform: LocalPlatform, client, dag_id: str, console: Console) -> bool:
+def _wait_listed(platform: Running, client, dag_id: str, console: Console) -> bool:
     """Is ``dag_id`` listed? Right after ``up`` or a push Airflow may not have parsed the branch head yet:
     wait until it has (and ``SETTLE_S`` more), at most ``WAIT_MAX_S``."""
     deadline, settled_since = time.monotonic() + WAIT_MAX_S, None

@@ -1,4 +1,4 @@
-"""What ``status`` reports of the local platform (``LocalPlatform.status()``): typed, printed by
+"""What ``status`` reports of the local platform (``LocalTarget.status()``): typed, printed by
 ``report.py`` and as ``status --json``."""
 
 from __future__ import annotations
