@@ -27,7 +27,7 @@ from ..gitremote import branch_head
 from ..kubernetes import serving as serving_k8s
 from ..spec import PlatformSpec
 from . import selfcheck
-from .result import CheckResult, fail, ok, skip, warn
+from .result import CheckResult, fail, ok, skip, verdict, warn
 
 GIT_SYNC_WORKTREE = "/git/repo"  # the chart's GITSYNC_ROOT (/git) + GITSYNC_LINK (repo)
 EXEC_TIMEOUT = 120
@@ -71,10 +71,6 @@ def exec_in(
     rc = resp.returncode
     resp.close()
     return (rc if rc is not None else -1), "".join(out), "".join(err)
-
-
-def _verdict(name: str, good: bool, saw: str, fix: str) -> CheckResult:
-    return ok(name, saw) if good else fail(name, saw, fix)
 
 
 def _last_json(rc: int, out: str) -> dict:
@@ -168,7 +164,7 @@ def container_rows(api, spec: PlatformSpec) -> list[CheckResult]:
         good = states.get("metadatabase") == "healthy" and states.get("scheduler") == "healthy"
         saw = states or _tail(out + err) or f"exit {rc}"
         rows.append(
-            _verdict("verify.container.api", good, f"{pod}: /api/v2/monitor/health: {saw}", fix_logs % "scheduler")
+            verdict("verify.container.api", good, f"{pod}: /api/v2/monitor/health: {saw}", fix_logs % "scheduler")
         )
 
     sched = _pod(api, ns, release, "scheduler", "scheduler")
@@ -177,7 +173,7 @@ def container_rows(api, spec: PlatformSpec) -> list[CheckResult]:
     else:
         rc, out, err = exec_in(api, ns, sched, "scheduler", ["airflow", "db", "check"])
         rows.append(
-            _verdict(
+            verdict(
                 "verify.container.database",
                 rc == 0,
                 f"{sched}: `airflow db check`: "
@@ -189,7 +185,7 @@ def container_rows(api, spec: PlatformSpec) -> list[CheckResult]:
         rc, out, err = exec_in(api, ns, sched, "scheduler", ["airflow", "dags", "list", "-o", "json"])
         dags = _dag_ids(out) if rc == 0 else []
         rows.append(
-            _verdict(
+            verdict(
                 "verify.container.dags",
                 bool(dags),
                 f"{sched}: {len(dags)} DAGs: {', '.join(dags[:8])}"

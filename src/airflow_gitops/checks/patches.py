@@ -11,7 +11,7 @@ equal on the installed versions. A patch that is off still lets the platform run
 from __future__ import annotations
 
 from ..local.patches import all_guards
-from .result import CheckResult, ok, warn
+from .result import CheckResult, verdict, warn
 
 
 def patch_checks() -> list[CheckResult]:
@@ -19,15 +19,16 @@ def patch_checks() -> list[CheckResult]:
     for guard in all_guards():
         name = f"patch.{guard.patch}"
         bad = guard.mismatches(imported=False)
-        if not bad:
-            rows.append(ok(name, f"on: {guard.what} (matches {guard.label} {', '.join(guard.verified)})"))
-        else:
-            rows.append(
-                warn(
-                    name,
-                    f"off: upstream changed: {guard.reason(bad)}",
-                    f"install {guard.label} {', '.join(guard.verified)} (what uv.lock pins: `uv sync --frozen`), "
-                    f"or re-verify the patch in local/patches/{guard.patch}.py and add this version's fingerprints",
-                )
+        rows.append(
+            verdict(
+                name,
+                not bad,
+                f"off: upstream changed: {guard.reason(bad)}"
+                if bad
+                else f"on: {guard.what} (matches {guard.label} {', '.join(guard.verified)})",
+                f"install {guard.label} {', '.join(guard.verified)} (what uv.lock pins: `uv sync --frozen`), "
+                f"or re-verify the patch in local/patches/{guard.patch}.py and add this version's fingerprints",
+                bad=warn,
             )
+        )
     return rows

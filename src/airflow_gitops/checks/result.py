@@ -50,6 +50,11 @@ def fail(name: str, saw: str, fix: str) -> CheckResult:
     return CheckResult(name, Status.fail, saw, fix)
 
 
+def verdict(name: str, good: bool, saw: str, fix: str, *, bad=fail) -> CheckResult:
+    """``ok`` when ``good``, else ``bad`` (``fail`` or ``warn``) with the fix."""
+    return ok(name, saw) if good else bad(name, saw, fix)
+
+
 def skip(name: str, saw: str, fix: str = "") -> CheckResult:
     return CheckResult(name, Status.skip, saw, fix)
 

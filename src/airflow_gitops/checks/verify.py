@@ -33,7 +33,7 @@ from .kube import kube_checks
 from .kube_containers import container_rows
 from .kube_containers import serving_rows as kube_serving_rows
 from .process_s3 import s3_credential_rows
-from .result import CheckResult, emit, fail, ok, skip, warn
+from .result import CheckResult, emit, fail, ok, skip, verdict, warn
 from .selfcheck import SELFCHECK_DAG, SELFCHECK_TASK, report_rows
 from .serving import serving_rows
 
@@ -240,22 +240,21 @@ def run_verify_local(platform: LocalTarget, *, probe: bool) -> list[CheckResult]
 def run_verify_kubernetes(target: KubernetesTarget, *, probe: bool) -> list[CheckResult]:
     spec = target.spec
     rows = kube_checks(spec)
-    if all(r.status != "fail" for r in rows if r.name == "kube.cluster"):
-        rows += _release_rows(spec)
-        rows += _serving_rows(spec)
-    return rows
-
-
-def _release_rows(spec: PlatformSpec) -> list[CheckResult]:
-    """Every workload of the release has its pods ready; the migrate and create-user Jobs completed."""
-    from kubernetes import client
-
+    if any(r.status == "fail" for r in rows if r.name == "kube.cluster"):
+        return rows
     from ..kubernetes.cluster import connect
 
     try:
         api = connect(spec)
     except Exception:  # noqa: BLE001 - kube.cluster above already says why
-        return []
+        return rows
+    return rows + _release_rows(api, spec) + kube_serving_rows(api, spec)
+
+
+def _release_rows(api, spec: PlatformSpec) -> list[CheckResult]:
+    """Every workload of the release has its pods ready; the migrate and create-user Jobs completed."""
+    from kubernetes import client
+
     ns, release = spec.kubernetes.namespace, spec.kubernetes.release
     apps, batch = client.AppsV1Api(api), client.BatchV1Api(api)
     selector = f"release={release}"
@@ -266,42 +265,29 @@ def _release_rows(spec: PlatformSpec) -> list[CheckResult]:
     rows = []
     for kind, w in workloads:
         want, ready = w.spec.replicas or 0, (w.status.ready_replicas or 0)
-        name = f"verify.workload.{w.metadata.name}"
-        if ready >= want:
-            rows.append(ok(name, f"{kind} {w.metadata.name}: {ready}/{want} pods ready"))
-        else:
-            rows.append(
-                fail(
-                    name,
-                    f"{kind} {w.metadata.name}: {ready}/{want} pods ready",
-                    f"kubectl -n {ns} describe {kind.lower()} {w.metadata.name}; kubectl -n {ns} logs ...",
-                )
+        rows.append(
+            verdict(
+                f"verify.workload.{w.metadata.name}",
+                ready >= want,
+                f"{kind} {w.metadata.name}: {ready}/{want} pods ready",
+                f"kubectl -n {ns} describe {kind.lower()} {w.metadata.name}; kubectl -n {ns} logs ...",
             )
+        )
     for job in batch.list_namespaced_job(ns, label_selector=selector).items:
-        name = f"verify.job.{job.metadata.name}"
-        if job.status.succeeded:
-            rows.append(ok(name, f"Job {job.metadata.name} completed"))
-        else:
-            rows.append(
-                fail(
-                    name, f"Job {job.metadata.name} has not completed", f"kubectl -n {ns} logs job/{job.metadata.name}"
-                )
+        done = bool(job.status.succeeded)
+        rows.append(
+            verdict(
+                f"verify.job.{job.metadata.name}",
+                done,
+                f"Job {job.metadata.name} {'completed' if done else 'has not completed'}",
+                f"kubectl -n {ns} logs job/{job.metadata.name}",
             )
+        )
     have = {r.name for r in rows}
     rows += [r for r in _hook_rows(api, ns, release) if r.name not in have]
     if all(r.status == "ok" for r in rows):
         rows += container_rows(api, spec)
     return rows
-
-
-def _serving_rows(spec: PlatformSpec) -> list[CheckResult]:
-    from ..kubernetes.cluster import connect
-
-    try:
-        api = connect(spec)
-    except Exception:  # noqa: BLE001 - kube.cluster above already says why
-        return []
-    return kube_serving_rows(api, spec)
 
 
 def _hook_rows(api, ns: str, release: str) -> list[CheckResult]:
