@@ -20,7 +20,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from k8s_specs import DB_URL, KNOWN_HOSTS, platform, shared_file, spec_in
+from k8s_specs import CHART_TGZ, DB_URL, KNOWN_HOSTS, platform, shared_file, spec_in
 from typer.testing import CliRunner
 
 from airflow_gitops.cli import app
@@ -88,7 +88,9 @@ def test_kubernetes_values_validate_against_chart_schema(tmp_path, delivery):
         assert bundle["kwargs"]["tracking_ref"] == "release" and bundle["kwargs"]["subdir"] == "pipelines/dags"
         assert values["secret"][0]["envName"] == "AIRFLOW_CONN_AIRFLOW_GITOPS_DAGS"
     assert r.warnings == [
-        w for w in r.warnings if "aws.credentials_file" in w or "has no TLS" in w or "no podTemplate" in w
+        w
+        for w in r.warnings
+        if "aws.credentials_file" in w or "has no TLS" in w or "no podTemplate" in w or "moving tag" in w
     ]
 
 
@@ -412,3 +414,27 @@ def test_image_python_must_be_a_quoted_python_version(tmp_path):
     for bad in ("3.9", "3.11.2\n", "3", "python3.11"):
         with pytest.raises(SpecError, match="is not a Python the image can have"):
             parse_spec({"image": {"python": bad}}, base_dir=tmp_path)
+
+
+def test_an_image_digest_pins_every_pod_and_latest_without_it_warns(tmp_path):
+    digest = "sha256:" + "ab" * 32
+    spec = spec_in(
+        tmp_path, kubernetes={"chart": str(shared_file(CHART_TGZ))}, image={"tag": "2026.12.1", "digest": digest}
+    )
+    r = render(spec, tmp_path / "out")
+    assert r.values["images"]["airflow"]["digest"] == digest
+    assert not [w for w in r.warnings if "moving tag" in w]
+    docs = [d for d in yaml.safe_load_all((tmp_path / "out" / "chart.yaml").read_text()) if d]
+    docs += [d for d in yaml.safe_load_all((tmp_path / "out" / "serving.yaml").read_text()) if d]
+    images = {
+        c["image"]
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet", "Job")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if "airflow-mlops" in c["image"]
+    }
+    assert images == {f"airflow-gitops/airflow-mlops@{digest}"}, images
+    latest = render(spec_in(tmp_path), tmp_path / "latest")
+    assert [w for w in latest.warnings if "moving tag" in w and "image.digest" in w], latest.warnings
+    with pytest.raises(SpecError, match="is not an image digest"):
+        parse_spec({"image": {"digest": "sha256:abc"}}, base_dir=tmp_path)

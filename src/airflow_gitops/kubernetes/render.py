@@ -214,6 +214,11 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None, load_offi
         warnings=warnings,
         connections_checksum=secret_bundle.connections_checksum,
     )
+    if spec.image.tag == "latest" and not spec.image.digest:
+        warnings.append(
+            f"image {spec.image.repository}:latest: a moving tag, so pods started at different times may run "
+            "different images; set image.tag to a version you build, or image.digest to what your registry printed"
+        )
     if spec.ingress.enabled and not spec.ingress.tls_secret:
         warnings.append(
             f"ingress {spec.ingress.host} has no TLS: the login and its session cookie cross the network in clear; "

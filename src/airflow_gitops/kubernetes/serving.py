@@ -69,7 +69,7 @@ def deployment(spec: PlatformSpec) -> dict[str, Any]:
     http = {"port": "http"}
     container: dict[str, Any] = {
         "name": "serving",
-        "image": f"{spec.image.repository}:{spec.image.tag}",
+        "image": spec.image.ref,
         "imagePullPolicy": spec.image.pull_policy,
         # The image's entrypoint runs `python ...` as given (after its uid checks).
         "args": ["python", "-m", "airflow_gitops.serving", "0.0.0.0", str(PORT)],

@@ -254,6 +254,7 @@ def build_values(
             "airflow": {
                 "repository": spec.image.repository,
                 "tag": spec.image.tag,
+                **({"digest": spec.image.digest} if spec.image.digest else {}),
                 "pullPolicy": spec.image.pull_policy,
             }
         },

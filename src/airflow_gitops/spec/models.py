@@ -44,7 +44,9 @@ def _full_match(field: str | tuple[str, ...], pattern: str | re.Pattern, problem
     ``max_len`` characters, else ``problem`` with ``{v}`` the value, shortened and quoted."""
     rx = re.compile(pattern)
 
-    def check(cls, v: str) -> str:
+    def check(cls, v: str | None) -> str | None:
+        if v is None:  # an optional key left out
+            return v
         if (max_len is not None and len(v) > max_len) or not rx.fullmatch(v):
             raise ValueError(problem.format(v=_short(v)))
         return v
@@ -57,6 +59,9 @@ class ImageSpec(_Model):
 
     repository: str = "airflow-gitops/airflow-mlops"
     tag: str = "latest"
+    # The image's manifest digest (what `image build --push` or your registry prints): pods then run exactly
+    # that image, whatever the tag points to later (the chart and the serving pods use REPOSITORY@DIGEST).
+    digest: str | None = None
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     # The Python the local platform (and its tests) run: uv.lock pins some packages differently per Python,
     # so another one means an image with versions nothing was tested with (render warns). X.Y, or X.Y.Z when
@@ -83,12 +88,22 @@ class ImageSpec(_Model):
             raise ValueError(f"write it quoted, python: '{v}' (YAML reads 3.10 as the number 3.1)")
         return v
 
+    _digest = _full_match(
+        "digest",
+        r"sha256:[0-9a-f]{64}",
+        "{v} is not an image digest; use sha256: and 64 hex digits (e.g. from `skopeo inspect`)",
+    )
     _python = _full_match(
         "python",
         r"3\.(10|11|12|13)(\.\d{1,2})?",
         "{v} is not a Python the image can have; use 3.10, 3.11, 3.12 or 3.13, or with the base image's patch "
         "level, e.g. '3.11.2'",
     )
+
+    @property
+    def ref(self) -> str:
+        """What pods run: ``REPOSITORY@DIGEST`` when the digest is given, else ``REPOSITORY:TAG``."""
+        return f"{self.repository}@{self.digest}" if self.digest else f"{self.repository}:{self.tag}"
 
     @property
     def python_minor(self) -> str:
