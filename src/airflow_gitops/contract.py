@@ -232,5 +232,8 @@ def common_config(spec: PlatformSpec) -> dict[tuple[str, str], str]:
     return {
         ("core", "load_examples"): _cfg(spec.airflow.load_examples),
         ("core", "dags_are_paused_at_creation"): _cfg(spec.airflow.dags_are_paused_at_creation),
+        # How often a bundle is refreshed - and the git-sync variant's dags-folder bundle rescans its folder
+        # for new files (Airflow's default 300 s: a pushed DAG, synced by git-sync in 10 s, would wait 5 min).
+        ("dag_processor", "refresh_interval"): str(spec.dags.sync_interval),
         **remote_logging_config(spec),
     }

@@ -90,7 +90,6 @@ def airflow_config(layout: Layout, database_url: str) -> dict[tuple[str, str], s
             contract.bundle_config(spec, probe=spec.dags.repo is None)
         ),
         ("dag_processor", "dag_bundle_storage_path"): str(layout.bundles),
-        ("dag_processor", "refresh_interval"): str(spec.dags.sync_interval),
         ("logging", "base_log_folder"): str(layout.task_logs),
     }
     return config
