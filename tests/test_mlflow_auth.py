@@ -137,6 +137,17 @@ def test_no_authentication_settings_no_server(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_a_planted_user_database_is_refused(tmp_path):
+    """Another user's file or a link in its place would hold (or redirect) the users MLflow trusts."""
+    srv = MlflowServer(tmp_path / "m")
+    elsewhere = tmp_path / "elsewhere.db"
+    (srv.root / "basic_auth.db").symlink_to(elsewhere)
+    cmd = [sys.executable, "-m", "airflow_gitops.local.mlflow_server", "127.0.0.1", str(srv.port)]
+    done = subprocess.run(cmd, env=srv.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "symbolic link" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not elsewhere.exists()
+
+
 def test_the_platform_hands_out_the_credential_only_where_mlflow_is_used(tmp_path):
     from conftest import make_spec
 

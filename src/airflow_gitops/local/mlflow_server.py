@@ -70,8 +70,18 @@ class Auth:
         """MLflow's auth config (0600, no secret in it): users in ``basic_auth.db``, the platform's user
         its admin, and no permission for any other user unless granted."""
         path, db = self.folder / AUTH_CONFIG, self.folder / AUTH_DB
-        if not db.exists():  # the password hashes are for us alone, whatever the umask (SQLite keeps the mode)
-            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        try:
+            # A planted user database (a link, another user's file) is refused like a planted key file.
+            if keystore.check_trusted(db) is None:  # the hashes are for us alone, whatever the umask
+                os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            self._write(path, db)
+        except PlatformError as err:
+            sys.exit(f"airflow-gitops: {err.render()}")
+        except OSError as err:
+            sys.exit(f"airflow-gitops: MLflow's user database {db} or its config cannot be written: {err}")
+        return path
+
+    def _write(self, path: Path, db: Path) -> None:
         keystore.write_private(
             path,
             "[mlflow]\n"
@@ -84,7 +94,6 @@ class Auth:
             # this one worker: MLflow's password API invalidates it at once; the file is read at start).
             f"auth_cache_ttl_seconds = {AUTH_CACHE_S}\n",
         )
-        return path
 
 
 def _secret(path: str) -> str:
