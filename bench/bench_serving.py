@@ -60,7 +60,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from serving_fixture import MlflowServer, ServingProcess, free_port, log_version, train  # noqa: E402
+from serving_fixture import CLIENT_ENV, MlflowServer, ServingProcess, free_port, log_version, train  # noqa: E402
 
 from airflow_gitops.serving import ENV_LOAD_IN_WORKER  # noqa: E402
 
@@ -742,6 +742,7 @@ def main() -> int:
     if args.moves < 1 or args.versions < 2 or args.rate <= 0 or args.threads < 1:
         sys.exit("bench_serving: --moves >= 1, --versions >= 2, --rate > 0 and --threads >= 1 are needed")
     os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
+    os.environ.update(CLIENT_ENV)  # the fixture MLflow server's credential (its authentication is on)
     base = Path(tempfile.mkdtemp(prefix="bench-serving-", dir="/tmp"))
     res: dict = {
         "nproc": os.cpu_count(),

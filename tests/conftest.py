@@ -69,11 +69,33 @@ def cleanup_platform(platform: LocalTarget) -> None:
         shutil.rmtree(Path(marker.read_text().strip()).parent, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def mlflow_login(layout):
+    """MLflow's clients in this process send the platform's MLflow credential (its server's authentication
+    is on): the user and password tasks get (``dag_runtime_env``), with MLflow's own env names."""
+    from airflow_gitops import contract
+    from airflow_gitops.local.layout import dag_runtime_env
+
+    login = {k: v for k, v in dag_runtime_env(layout).items() if k in contract.MLFLOW_CREDENTIAL_ENV}
+    saved = {k: os.environ.get(k) for k in contract.MLFLOW_CREDENTIAL_ENV}
+    os.environ.update(login)
+    try:
+        yield login
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def seed_legacy_mlflow(spec: PlatformSpec, tmp: Path) -> dict:
     """A state dir as the platform left it before MLflow moved to PostgreSQL + S3: a SQLite store and
-    artifacts on disk, written through the MLflow server the platform ran then (same module, old store)."""
+    artifacts on disk, written through the MLflow server the platform ran then (same module, old store;
+    its users in ``tmp``: that platform had no MLflow user database)."""
     import mlflow
     from mlflow import MlflowClient
+    from serving_fixture import auth_env, client_credentials
 
     lay = LocalTarget(spec).layout
     lay.mlflow.mkdir(parents=True, exist_ok=True)
@@ -82,27 +104,30 @@ def seed_legacy_mlflow(spec: PlatformSpec, tmp: Path) -> dict:
         **os.environ,
         "AIRFLOW_GITOPS_MLFLOW_STORE": f"sqlite:///{lay.mlflow / 'mlflow.db'}",
         "AIRFLOW_GITOPS_MLFLOW_ARTIFACTS": str(lay.mlflow / "artifacts"),
+        **auth_env(tmp),
     }
     cmd = [sys.executable, "-m", "airflow_gitops.local.mlflow_server", "127.0.0.1", str(port)]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=lay.mlflow)
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(f"{uri}/health"), 120, "the legacy MLflow server")
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment("legacy-experiment")
-        text = f"legacy artifact {time.time()}"
-        (tmp / "legacy.txt").write_text(text)
-        with mlflow.start_run() as run:
-            mlflow.log_metric("legacy_metric", 0.75)
-            mlflow.log_artifact(str(tmp / "legacy.txt"))
-        client = MlflowClient(uri)
-        client.create_registered_model("legacy-model")
-        version = client.create_model_version("legacy-model", f"runs:/{run.info.run_id}/legacy.txt", run.info.run_id)
-        client.set_registered_model_alias("legacy-model", "champion", version.version)
-    finally:
-        server.terminate()
-        server.wait(30)
-        mlflow.set_tracking_uri(None)
+    with client_credentials():
+        try:
+            uri = f"http://127.0.0.1:{port}"
+            wait_for(lambda: _answers(f"{uri}/health"), 120, "the legacy MLflow server")
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_experiment("legacy-experiment")
+            text = f"legacy artifact {time.time()}"
+            (tmp / "legacy.txt").write_text(text)
+            with mlflow.start_run() as run:
+                mlflow.log_metric("legacy_metric", 0.75)
+                mlflow.log_artifact(str(tmp / "legacy.txt"))
+            client = MlflowClient(uri)
+            client.create_registered_model("legacy-model")
+            source = f"runs:/{run.info.run_id}/legacy.txt"
+            version = client.create_model_version("legacy-model", source, run.info.run_id)
+            client.set_registered_model_alias("legacy-model", "champion", version.version)
+        finally:
+            server.terminate()
+            server.wait(30)
+            mlflow.set_tracking_uri(None)
     return {"run_id": run.info.run_id, "text": text, "model": "legacy-model", "version": version.version}
 
 
@@ -128,7 +153,8 @@ def local_platform(tmp_path_factory) -> LocalTarget:
     except BaseException:
         cleanup_platform(platform)
         raise
-    yield platform
+    with mlflow_login(platform.layout):  # the tests' MLflow clients log in as the platform's tasks do
+        yield platform
     cleanup_platform(platform)
 
 

@@ -1,5 +1,9 @@
 """A real MLflow tracking server (SQLite registry, artifacts served by it, webhooks on loopback allowed) and
-the real serving process against it. Used by tests/test_serving.py and bench/bench_serving.py."""
+the real serving process against it. Used by tests/test_serving.py and bench/bench_serving.py.
+
+The server is the platform's (``local/mlflow_server.py``), so authentication is on: each one keeps its
+users in its own folder, its user's password is generated here (0600 file), and the clients (this
+process inside :func:`client_credentials`, the serving processes) send it with MLflow's env names."""
 
 from __future__ import annotations
 
@@ -9,11 +13,45 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from airflow_gitops import serving
+from airflow_gitops import contract, keystore, serving
+from airflow_gitops.local import mlflow_store
+
+# One password for every fixture server of this test process (each has its own user database).
+MLFLOW_PASSWORD = secrets.token_urlsafe(32)
+CLIENT_ENV = {contract.MLFLOW_USERNAME_ENV: keystore.MLFLOW_USER, contract.MLFLOW_PASSWORD_ENV: MLFLOW_PASSWORD}
+
+
+@contextmanager
+def client_credentials():
+    """MLflow's clients in this process (``mlflow.*``, ``MlflowClient``, serving's checks) and the processes
+    it starts send the fixture servers' credential."""
+    saved = {k: os.environ.get(k) for k in CLIENT_ENV}
+    os.environ.update(CLIENT_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def auth_env(root: Path, password: str = MLFLOW_PASSWORD) -> dict[str, str]:
+    """The server's authentication settings: its user database in ``root``, the secrets in 0600 files."""
+    keystore.write_private(root / "secrets" / keystore.MLFLOW_PASSWORD, password + "\n")
+    keystore.write_private(root / "secrets" / keystore.MLFLOW_FLASK_SECRET_KEY, secrets.token_urlsafe(32) + "\n")
+    return {
+        mlflow_store.AUTH_DIR_ENV: str(root),
+        mlflow_store.AUTH_USER_ENV: keystore.MLFLOW_USER,
+        mlflow_store.AUTH_PASSWORD_FILE_ENV: str(root / "secrets" / keystore.MLFLOW_PASSWORD),
+        mlflow_store.AUTH_SECRET_KEY_FILE_ENV: str(root / "secrets" / keystore.MLFLOW_FLASK_SECRET_KEY),
+    }
 
 
 def free_port() -> int:
@@ -54,6 +92,7 @@ class MlflowServer:
             "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
             "MLFLOW_WEBHOOK_CACHE_TTL": "1",
             "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            **auth_env(root),
         }
         self.proc = None
 
@@ -163,6 +202,7 @@ class ServingProcess:
         secret_file.chmod(0o600)
         self.env = {
             **os.environ,
+            **CLIENT_ENV,
             "MLFLOW_TRACKING_URI": mlflow_uri,
             serving.ENV_MODEL: model,
             serving.ENV_POLL: str(poll),

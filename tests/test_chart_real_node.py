@@ -147,13 +147,13 @@ def ml_services(kube_node: KubeCluster, tmp_path_factory):
         stdout=log,
         stderr=log,
     )
+    # The user's own MLflow (the Kubernetes target gives pods no MLflow credential): MLflow's own server,
+    # no authentication; the local target's (local/mlflow_server.py) never runs without it.
+    store, artifacts = f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")
     mlflow = subprocess.Popen(
-        [sys.executable, "-m", "airflow_gitops.local.mlflow_server", gw, str(mlflow_port)],
-        env={
-            **os.environ,
-            "AIRFLOW_GITOPS_MLFLOW_STORE": f"sqlite:///{root / 'mlflow.db'}",
-            "AIRFLOW_GITOPS_MLFLOW_ARTIFACTS": str(root / "artifacts"),
-        },
+        [sys.executable, "-m", "mlflow", "server", "--host", gw, "--port", str(mlflow_port), "--workers", "1"]
+        + ["--backend-store-uri", store, "--artifacts-destination", artifacts],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=log,
         stderr=log,
         cwd=root,

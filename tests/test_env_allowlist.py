@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import DagRepo, cleanup_platform, make_spec, quiet_console, wait_for
+from conftest import DagRepo, cleanup_platform, make_spec, mlflow_login, quiet_console, wait_for
 
 from airflow_gitops import keystore
 from airflow_gitops.checks.process_s3 import s3_credential_rows, supervisord_environ
@@ -126,7 +126,8 @@ def platform(tmp_path_factory) -> LocalTarget:
                 mp.setenv(name, value)
             p.up(quiet_console())
         p.work = base / "work"
-        yield p
+        with mlflow_login(p.layout):  # the MLflow clients here log in as the platform's tasks do
+            yield p
     finally:
         cleanup_platform(p)
 

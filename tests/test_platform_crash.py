@@ -17,7 +17,7 @@ from datetime import datetime
 import httpx
 import psutil
 import pytest
-from conftest import DagRepo, cleanup_platform, make_spec, quiet_console, wait_for
+from conftest import DagRepo, cleanup_platform, make_spec, mlflow_login, quiet_console, wait_for
 
 from airflow_gitops import fernetkeys
 from airflow_gitops.local.platform import LocalTarget
@@ -91,7 +91,8 @@ def platform(tmp_path_factory) -> LocalTarget:
         repo.push({f"dags/{PROBE}.py": PROBE_DAG}, f"add {PROBE}")
         client = p.client()
         wait_for(lambda: PROBE in client.dag_ids(), 120, f"{PROBE} to be listed")
-        yield p
+        with mlflow_login(p.layout):  # the MLflow clients here log in as the platform's tasks do
+            yield p
     finally:
         cleanup_platform(p)
         left = _ours(p)

@@ -11,10 +11,17 @@ import uuid
 
 import httpx
 import pytest
-from serving_fixture import MlflowServer, ServingProcess, log_version, train
+from serving_fixture import MlflowServer, ServingProcess, client_credentials, log_version, train
 
 from airflow_gitops.serving import ENV_WEBHOOK_NAME, WEBHOOK_PATH
 from airflow_gitops.serving.webhook import sign
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mlflow_credentials():
+    """MLflow's clients here send the fixture servers' credential (their authentication is on)."""
+    with client_credentials():
+        yield
 
 
 @pytest.fixture(scope="module")

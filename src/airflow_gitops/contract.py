@@ -84,6 +84,11 @@ def git_connection(spec: PlatformSpec, *, key_file: str | None = None, known_hos
 # --- what DAG code sees ------------------------------------------------------------------------------
 # Where DAG code reaches the serving component (set only when serving is on).
 SERVING_URL_ENV = "MLOPS_SERVING_URL"
+# The HTTP basic-auth credential MLflow's clients send to the tracking server (MLflow's own names,
+# read by mlflow.utils.credentials): set where the target runs MLflow with authentication on.
+MLFLOW_USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
+MLFLOW_PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
+MLFLOW_CREDENTIAL_ENV = (MLFLOW_USERNAME_ENV, MLFLOW_PASSWORD_ENV)
 
 
 def aws_profile_env(spec: PlatformSpec, aws_files: tuple[str, str] | None = None) -> dict[str, str]:
@@ -103,13 +108,15 @@ def dag_runtime_env(
     aws_files: tuple[str, str] | None = None,
     s3_only_endpoint: bool = False,
     serving_url: str | None = None,
+    mlflow_credential: tuple[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment every task gets on every target (the DAG repository template relies on it).
 
     ``aws_files`` (credentials, config) are given where the files are not at boto3's default place;
     on Kubernetes they are mounted at ``/home/airflow/.aws`` (the seed's path) instead. An endpoint
     that serves S3 only (the local one: no STS) is named for S3 alone, also for pyarrow's AWS SDK,
-    which ignores ``endpoint_url`` in the config file.
+    which ignores ``endpoint_url`` in the config file. ``mlflow_credential`` (user, password): what
+    MLflow's clients authenticate to the tracking server with, where the target holds one.
     """
     env = {
         "MLFLOW_TRACKING_URI": mlflow_uri,
@@ -120,6 +127,8 @@ def dag_runtime_env(
     }
     if serving_url:
         env[SERVING_URL_ENV] = serving_url  # the template pipeline waits there for its new champion
+    if mlflow_credential:
+        env.update(zip(MLFLOW_CREDENTIAL_ENV, mlflow_credential, strict=True))
     if s3_endpoint and s3_only_endpoint:
         env["AWS_ENDPOINT_URL_S3"] = s3_endpoint
     elif s3_endpoint and not aws_files:

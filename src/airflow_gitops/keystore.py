@@ -198,6 +198,22 @@ def serving_webhook_secret(spec: PlatformSpec) -> str:
     return ensure(spec.secrets_dir / SERVING_WEBHOOK_SECRET, _token)
 
 
+# The local MLflow server's authentication (issue 22): the one MLflow user the platform's tasks, serving
+# and checks use (MLflow's admin: the server sets its password from this file before it answers), and
+# the key its basic-auth app signs its CSRF tokens with. Generated here, 0600, never printed.
+MLFLOW_USER = "airflow-gitops"
+MLFLOW_PASSWORD = "mlflow_password"
+MLFLOW_FLASK_SECRET_KEY = "mlflow_flask_secret_key"
+
+
+def mlflow_password(spec: PlatformSpec) -> str:
+    return ensure(spec.secrets_dir / MLFLOW_PASSWORD, _token)
+
+
+def mlflow_flask_secret_key(spec: PlatformSpec) -> str:
+    return ensure(spec.secrets_dir / MLFLOW_FLASK_SECRET_KEY, _token)
+
+
 def load_deploy_key(private_path: Path):
     """Load an SSH private key we may use unattended, or raise PlatformError naming the fix."""
     keygen = f"ssh-keygen -t ed25519 -N '' -f {private_path}"

@@ -116,7 +116,7 @@ def parse_env(spec: PlatformSpec, home: Path, folder: Path) -> dict[str, str]:
     """
     runtime = {
         k: v
-        for k, v in dag_runtime_env(Layout(spec)).items()
+        for k, v in dag_runtime_env(Layout(spec), credentials=False).items()
         if k not in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")
     }
     return {

@@ -22,7 +22,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import contract
+from .. import contract, keystore
 from ..errors import PlatformError
 from ..spec import PlatformSpec
 
@@ -180,8 +180,13 @@ def postgres_user() -> pwd.struct_passwd | None:
     return None
 
 
-def dag_runtime_env(layout: Layout) -> dict[str, str]:
-    """What DAG code sees here: the contract's runtime env, with the AWS files of the state directory."""
+def dag_runtime_env(layout: Layout, *, credentials: bool = True) -> dict[str, str]:
+    """What DAG code sees here: the contract's runtime env, with the AWS files of the state directory and
+    (``credentials``) the local MLflow server's user and password (generated 0600 once; MLflow's clients
+    in tasks, serving and the CLI's checks send them). An external ``mlflow.tracking_uri`` gets none."""
+    credential = None
+    if credentials and layout.runs_local_mlflow:
+        credential = (keystore.MLFLOW_USER, keystore.mlflow_password(layout.spec))
     return contract.dag_runtime_env(
         layout.spec,
         mlflow_uri=layout.mlflow_url,
@@ -189,4 +194,5 @@ def dag_runtime_env(layout: Layout) -> dict[str, str]:
         aws_files=(str(layout.aws_credentials), str(layout.aws_config)),
         s3_only_endpoint=layout.runs_local_s3,
         serving_url=layout.serving_url,
+        mlflow_credential=credential,
     )

@@ -39,6 +39,13 @@ ARTIFACTS_ENV = "AIRFLOW_GITOPS_MLFLOW_ARTIFACTS"
 # never counts).
 READY_FILE_ENV = "AIRFLOW_GITOPS_MLFLOW_READY_FILE"
 READY_TOKEN_ENV = "AIRFLOW_GITOPS_MLFLOW_READY_TOKEN"
+# Authentication (MLflow's basic-auth app; mlflow_server.py): the folder of its user database and
+# config, the platform's MLflow user, and the 0600 files of that user's password and of the app's
+# CSRF key (paths, never the values: the server reads them itself).
+AUTH_DIR_ENV = "AIRFLOW_GITOPS_MLFLOW_AUTH_DIR"
+AUTH_USER_ENV = "AIRFLOW_GITOPS_MLFLOW_USER"
+AUTH_PASSWORD_FILE_ENV = "AIRFLOW_GITOPS_MLFLOW_PASSWORD_FILE"
+AUTH_SECRET_KEY_FILE_ENV = "AIRFLOW_GITOPS_MLFLOW_SECRET_KEY_FILE"
 
 
 def legacy_store(layout: Layout) -> Path:
@@ -82,6 +89,20 @@ def webhook_env(layout: Layout) -> dict[str, str]:
     }
 
 
+def auth_env(layout: Layout) -> dict[str, str]:
+    """What the server's basic-auth app needs: every request but ``/health`` authenticated as the
+    platform's MLflow user (its password generated once, 0600), users kept in ``mlflow/basic_auth.db``."""
+    spec = layout.spec
+    keystore.mlflow_password(spec)  # both generated 0600 once
+    keystore.mlflow_flask_secret_key(spec)
+    return {
+        AUTH_DIR_ENV: str(layout.mlflow),
+        AUTH_USER_ENV: keystore.MLFLOW_USER,
+        AUTH_PASSWORD_FILE_ENV: str(spec.secrets_dir / keystore.MLFLOW_PASSWORD),
+        AUTH_SECRET_KEY_FILE_ENV: str(spec.secrets_dir / keystore.MLFLOW_FLASK_SECRET_KEY),
+    }
+
+
 def env_file(platform: Parts) -> str:
     """The 0600 environment the MLflow server starts with (the store URI holds a password: no argv)."""
     lay = platform.layout
@@ -93,6 +114,7 @@ def env_file(platform: Parts) -> str:
         READY_TOKEN_ENV: uuid.uuid4().hex,
         **aws_env(lay),
         **webhook_env(lay),
+        **auth_env(lay),
     }
     keystore.write_private(path, json.dumps(env))
     return str(path)

@@ -6,7 +6,8 @@ Runs where tasks run (on Kubernetes: in a worker pod) and checks:
                      against an S3-only endpoint (the local platform's: no STS), that its signed requests
                      are accepted AND that the same request with a wrong secret is refused
 * ``s3_write_read``  write, read back and delete an object in s3://$MLOPS_DATA_BUCKET (bucket created if missing)
-* ``mlflow``         the MLflow tracking server answers ($MLFLOW_TRACKING_URI: /health and the REST API)
+* ``mlflow``         the MLflow tracking server answers ($MLFLOW_TRACKING_URI: /health and the REST API, with
+                     $MLFLOW_TRACKING_USERNAME/$MLFLOW_TRACKING_PASSWORD when set)
 * ``metadata_db``    Airflow 3 tasks never connect to the metadata database themselves: they talk to the
                      Execution API, which does. The check writes an XCom and reads it back through that API,
                      a round trip through the metadata database.
@@ -90,7 +91,10 @@ def _check_s3(run_id: str) -> str:
 
 
 def _check_mlflow() -> str:
+    import base64
     import json
+    import os
+    import urllib.error
     import urllib.parse
     import urllib.request
 
@@ -103,8 +107,22 @@ def _check_mlflow() -> str:
     with urllib.request.urlopen(f"{base}/health", timeout=10) as resp:
         health = resp.read().decode(errors="replace").strip()
     query = urllib.parse.urlencode({"max_results": 1})
-    with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/search?{query}", timeout=10) as resp:
-        json.load(resp)
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?{query}")
+    # The credential MLflow's own client sends (HTTP basic auth), where the platform gives one.
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            json.load(resp)
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise RuntimeError(
+                f"MLflow refused the REST API call ({err.code}): the task's MLFLOW_TRACKING_USERNAME/"
+                "MLFLOW_TRACKING_PASSWORD " + ("are not accepted" if user and password else "are not set")
+            ) from None
+        raise
     return f"{base}/health answered {health!r}; REST API answers (experiment {cfg.mlflow_experiment!r})"
 
 

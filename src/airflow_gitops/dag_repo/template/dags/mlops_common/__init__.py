@@ -6,6 +6,9 @@ functions that need them, so DAG files stay fast to parse.
 Configuration comes from the environment the platform gives every Airflow process:
 
     MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME   where runs and models go
+    MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD
+                                                  read by MLflow's client itself (where the server
+                                                  asks for a login: the local platform's does)
     MLOPS_REGISTERED_MODEL                        the registered model name
     MLOPS_DATA_BUCKET                             the S3 bucket for datasets and intermediate files
     AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, AWS_PROFILE, AWS_DEFAULT_REGION
