@@ -196,3 +196,25 @@ def test_the_platforms_mlflow_refuses_the_attack_and_keeps_the_bucket_clean(loca
     started_with = Path(f"/proc/{server.pid}/environ").read_bytes().decode(errors="replace")
     assert own[1] not in " ".join(server.cmdline()) and own[1] not in started_with
     assert str(lay.secrets / keystore.MLFLOW_PASSWORD) in started_with
+
+
+@pytest.mark.platform
+def test_up_and_status_say_where_mlflows_login_is_and_it_logs_in(local_platform):
+    """A user opening MLflow's UI is asked for a login: `up` and `status` name the user and the 0600 file."""
+    import io
+
+    from rich.console import Console
+
+    from airflow_gitops.local.report import print_access
+
+    buf = io.StringIO()
+    print_access(local_platform.status(), Console(file=buf, width=400))
+    (line,) = [ln for ln in buf.getvalue().splitlines() if ln.strip().startswith("MLflow login")]
+    user, _, path = line.split("MLflow login", 1)[1].strip().partition(" / password in ")
+    password = Path(path).read_text().strip()
+    lay = local_platform.layout
+    r = httpx.get(
+        f"{lay.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1", auth=(user, password), timeout=30
+    )
+    assert r.status_code == 200, r.text[:300]
+    assert password not in buf.getvalue()

@@ -505,7 +505,19 @@ class LocalTarget(Target):
             },
             urls=components.urls(lay),
             api_url=lay.api_url,
-            login={"username": ADMIN_USER, "password_file": str(lay.secrets / keystore.ADMIN_PASSWORD)},
+            login={
+                "username": ADMIN_USER,
+                "password_file": str(lay.secrets / keystore.ADMIN_PASSWORD),
+                # the local MLflow answers nothing but /health without its own login (mlflow_server.py)
+                **(
+                    {
+                        "mlflow_username": keystore.MLFLOW_USER,
+                        "mlflow_password_file": str(lay.secrets / keystore.MLFLOW_PASSWORD),
+                    }
+                    if lay.runs_local_mlflow
+                    else {}
+                ),
+            },
             dag_repo=self.spec.dag_repo_url,
             branch=self.spec.dags.branch,
             sub_path=self.spec.dags.sub_path,

@@ -17,6 +17,11 @@ def print_access(report: PlatformStatus, console: Console) -> None:
     console.print(f"                  push: git push {report.dag_repo} HEAD:{report.branch}")
     for label, url in urls.items():
         console.print(f"  {label:15} {url}")
+        if label == "MLflow" and "mlflow_username" in report.login:
+            login = report.login
+            console.print(
+                f"  {'MLflow login':15} {login['mlflow_username']} / password in {login['mlflow_password_file']}"
+            )
 
 
 class _NoWrap:
