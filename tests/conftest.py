@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from airflow_gitops.local.environment import environ_overlay
 from airflow_gitops.local.platform import LocalTarget
 from airflow_gitops.spec import PlatformSpec, parse_spec
 
@@ -77,16 +78,8 @@ def mlflow_login(layout):
     from airflow_gitops.local.layout import dag_runtime_env
 
     login = {k: v for k, v in dag_runtime_env(layout).items() if k in contract.MLFLOW_CREDENTIAL_ENV}
-    saved = {k: os.environ.get(k) for k in contract.MLFLOW_CREDENTIAL_ENV}
-    os.environ.update(login)
-    try:
+    with environ_overlay(login):
         yield login
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def seed_legacy_mlflow(spec: PlatformSpec, tmp: Path) -> dict:

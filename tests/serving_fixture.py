@@ -20,6 +20,7 @@ import httpx
 
 from airflow_gitops import contract, keystore, serving
 from airflow_gitops.local import mlflow_store
+from airflow_gitops.local.environment import environ_overlay
 
 # One password for every fixture server of this test process (each has its own user database).
 MLFLOW_PASSWORD = secrets.token_urlsafe(32)
@@ -30,16 +31,8 @@ CLIENT_ENV = {contract.MLFLOW_USERNAME_ENV: keystore.MLFLOW_USER, contract.MLFLO
 def client_credentials():
     """MLflow's clients in this process (``mlflow.*``, ``MlflowClient``, serving's checks) and the processes
     it starts send the fixture servers' credential."""
-    saved = {k: os.environ.get(k) for k in CLIENT_ENV}
-    os.environ.update(CLIENT_ENV)
-    try:
+    with environ_overlay(CLIENT_ENV):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def auth_env(root: Path, password: str = MLFLOW_PASSWORD) -> dict[str, str]:

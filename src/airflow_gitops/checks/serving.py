@@ -7,13 +7,12 @@ The same rows for any target: given the server's URL and the environment DAG cod
 from __future__ import annotations
 
 import math
-import os
 import time
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
+from ..local.environment import environ_overlay
 from .result import CheckResult, fail, ok, skip, warn
 
 SWAP_WAIT_S = 15  # an alias that just moved: the server loads and checks the new version first
@@ -81,27 +80,13 @@ def _swapping(rep: dict[str, Any]) -> bool:
     return bool(alias_version) and rep.get("served_version") != alias_version and alias_version not in refused
 
 
-@contextmanager
-def _environ(env: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _prediction(url: str, model: str, version: str, env: dict[str, str], name: str) -> CheckResult:
     """The model's input example (or one row from its signature) through ``POST /predict``, compared with
     what the model predicts when loaded here."""
     from ..serving.model import to_json
 
     try:
-        with _environ(env):
+        with environ_overlay(env):
             import mlflow.pyfunc
 
             loaded = mlflow.pyfunc.load_model(f"models:/{model}/{version}")

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from .layout import HOST, Layout
@@ -84,3 +85,19 @@ def _venv_first(path: str) -> str:
 def _with_loopback(value: str | None) -> str:
     hosts = [h.strip() for h in (value or "").split(",") if h.strip()]
     return ",".join(dict.fromkeys([*hosts, *LOOPBACK]))
+
+
+@contextmanager
+def environ_overlay(env: Mapping[str, str]) -> Iterator[None]:
+    """``env`` set in this process's environment for the block; each of its keys restored after (removed
+    where it was unset), nothing else touched."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
