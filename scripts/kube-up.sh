@@ -70,8 +70,17 @@ go_env() {
 }
 
 build() {
+  mkdir -p "$VERSIONS_DIR"
+  # Two builds at once (two test runs, CI beside a developer's run) share one work folder and would move
+  # each other's output away: the second waits for the first, then finds the binaries built.
+  exec 9>"$VERSIONS_DIR/build.lock"
+  if ! flock -n 9; then
+    say "another build of these versions is running (lock $VERSIONS_DIR/build.lock): waiting for it ..."
+    flock 9
+  fi
   build_control_plane
   build_node
+  exec 9>&-
 }
 
 build_control_plane() {

@@ -277,3 +277,25 @@ def test_helm_upgrade_install_waits_for_pods_and_jobs(
         check=True,
         timeout=120,
     )
+
+
+def test_a_second_build_at_once_waits_for_the_first_instead_of_moving_its_output(kube_cluster):
+    """Two `kube-up.sh build` at once shared one work folder: the second's `mv` took the first's output (seen:
+    "build finished but .../etcd is missing"). Now the second waits on the versions' lock, then finds the
+    binaries built. The first build is stood in for by a process holding that lock for 3 s."""
+    from kube_cluster import KUBE_UP
+
+    lock = kube_cluster.bin_dir.parent / "build.lock"
+    holder = subprocess.Popen(["flock", str(lock), "sleep", "3"])
+    try:
+        wait_until(
+            "the stand-in to hold the lock", lambda: subprocess.run(["flock", "-n", str(lock), "true"]).returncode
+        )
+        proc = subprocess.run(["bash", str(KUBE_UP), "build"], capture_output=True, text=True, timeout=120)
+        finished_first = holder.poll() is not None  # the build returned only after the holder let go
+    finally:
+        holder.wait(10)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "another build of these versions is running" in proc.stderr + proc.stdout
+    assert "binaries already built" in proc.stderr + proc.stdout
+    assert finished_first
