@@ -26,7 +26,6 @@ from .image import SERVING_CODE_DIR
 
 PORT = 8000  # the container's port; the Service answers on 80
 COMPONENT = "airflow-gitops-serving"  # app.kubernetes.io/name of every serving object
-RUN_AS_UID = 50000  # the official image's (and the chart's) airflow user, group 0
 RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}  # two models during a swap
 KINDS = ("Deployment", "Service", "PodDisruptionBudget", "Ingress")
 
@@ -97,20 +96,12 @@ def deployment(spec: PlatformSpec) -> dict[str, Any]:
             "failureThreshold": 6,
         },
         "resources": RESOURCES,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": dict(v.CONTAINER_SECURITY_CONTEXT),
     }
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,  # it never talks to the API server
-        "securityContext": {
-            "runAsUser": RUN_AS_UID,
-            "runAsGroup": 0,
-            "fsGroup": 0,  # the AWS files (0440) are readable through group 0, as in the chart's pods
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        # the chart's pods' context (uid 50000, group 0: the AWS files, 0440, are readable through it)
+        "securityContext": dict(v.POD_SECURITY_CONTEXT),
         "containers": [container],
         "volumes": [aws_vol, {"name": "tmp", "emptyDir": {}}],
         "affinity": {  # the replicas on different nodes when there are several
