@@ -25,6 +25,7 @@ import json
 
 from ..gitremote import branch_head
 from ..kubernetes import serving as serving_k8s
+from ..names import ADMIN_USER
 from ..spec import PlatformSpec
 from . import selfcheck
 from .result import CheckResult, fail, ok, skip, verdict, warn
@@ -249,10 +250,69 @@ def container_rows(api, spec: PlatformSpec) -> list[CheckResult]:
         rows.append(skip("verify.container.git_sync", "dags.delivery is bundle: verify.container.dags shows the DAGs"))
     # The rows from where tasks run: the self-check DAG, its task in a worker pod (checks/selfcheck.py).
     if all(r.status == "ok" for r in rows if r.name == "verify.container.api"):
-        rows += selfcheck.kubernetes_rows(api, spec, exec_in, pod)
+        rows += _selfcheck_rows(api, spec, pod)
     else:
         rows.append(skip("task.selfcheck", "not run: the API server above does not answer"))
     return rows
+
+
+def _selfcheck_rows(api, spec: PlatformSpec, api_pod: str) -> list[CheckResult]:
+    """The platform_selfcheck DAG run on the cluster (its task in a worker pod), triggered from ``api_pod``'s
+    api-server container (checks/selfcheck.py: the program and the report's rows)."""
+    from ..keystore import ADMIN_PASSWORD
+
+    ns, release = spec.kubernetes.namespace, spec.kubernetes.release
+    fix_logs = f"kubectl -n {ns} logs -l release={release},component=scheduler --tail 50"
+    password_file = spec.secrets_dir / ADMIN_PASSWORD
+    try:
+        password = password_file.read_text().strip()
+    except OSError as err:
+        return [
+            fail(
+                "task.selfcheck",
+                f"the admin password {password_file} cannot be read ({err.strerror})",
+                "run verify from the folder (and machine) that ran `airflow-gitops deploy`",
+            )
+        ]
+    dag, task, timeout = selfcheck.SELFCHECK_DAG, selfcheck.SELFCHECK_TASK, selfcheck.RUN_TIMEOUT
+    command = ["python", "-c", selfcheck.IN_POD, ADMIN_USER, dag, task, str(timeout)]
+    rc, out, err = exec_in(api, ns, api_pod, "api-server", command, timeout=timeout + 60, stdin=password + "\n")
+    result = _last_json(rc, out)
+    if not result:
+        return [
+            fail("task.selfcheck", f"the self-check could not run in {api_pod}: exit {rc} {_tail(out + err)}", fix_logs)
+        ]
+    if result.get("error") == "missing":
+        return [
+            fail(
+                "task.selfcheck",
+                f"DAG {selfcheck.SELFCHECK_DAG} is not in Airflow ({result['detail']})",
+                "keep dags/platform_selfcheck.py from the template in your DAG repository",
+            )
+        ]
+    if result.get("error"):
+        fix = {
+            "paused": f'unpause it: the UI, or PATCH /api/v2/dags/{selfcheck.SELFCHECK_DAG} {{"is_paused": false}}',
+            "login": "the admin password in the secrets folder is not the release's: `airflow-gitops deploy` again",
+        }[result["error"]]
+        return [fail("task.selfcheck", result["detail"], fix)]
+    pod, report = result.get("hostname") or "?", result.get("report")
+    where = f"in worker pod {pod}: "
+    if not isinstance(report, dict) or "checks" not in report:
+        return [
+            fail(
+                "task.selfcheck",
+                f"run {result['run_id']} ended {result['state']} (task {result.get('task_state')}, {pod}) without a "
+                "report",
+                f"kubectl -n {ns} get pods -l dag_id={selfcheck.SELFCHECK_DAG}; the task's log in the UI; {fix_logs}",
+            )
+        ]
+    saw = f"run {result['run_id']} {result['state']} in worker pod {pod}"
+    if result["state"] == "success":
+        head = ok("task.selfcheck", saw)
+    else:
+        head = fail("task.selfcheck", saw, "the failing task.* rows below say what; the task's log in the UI")
+    return [head, *selfcheck.report_rows(report, where)]
 
 
 # --- the serving component ---------------------------------------------------------------------------

@@ -9,10 +9,6 @@ creates, whose name the row shows.
 
 from __future__ import annotations
 
-import json
-
-from ..names import ADMIN_USER
-from ..spec import PlatformSpec
 from .result import CheckResult, fail, ok
 
 SELFCHECK_DAG = "platform_selfcheck"
@@ -86,67 +82,3 @@ for key in ("return_value", "report"):
 out(run_id=run["dag_run_id"], state=state, hostname=ti.get("hostname"), executor=ti.get("executor"),
     task_state=ti.get("state"), try_number=ti.get("try_number"), report=report)
 """
-
-
-def kubernetes_rows(api, spec: PlatformSpec, exec_in, api_pod: str | None) -> list[CheckResult]:
-    """Run the self-check DAG on the cluster (its task in a worker pod) and return its rows.
-
-    ``exec_in``/``api_pod``: how to run a command in the release's api-server container, and which pod
-    (checks/kube_containers.py finds it; None: none ready)."""
-    from ..keystore import ADMIN_PASSWORD
-
-    ns, release = spec.kubernetes.namespace, spec.kubernetes.release
-    fix_logs = f"kubectl -n {ns} logs -l release={release},component=scheduler --tail 50"
-    if api_pod is None:
-        return [fail("task.selfcheck", "no ready api-server pod to trigger the self-check from", fix_logs)]
-    password_file = spec.secrets_dir / ADMIN_PASSWORD
-    try:
-        password = password_file.read_text().strip()
-    except OSError as err:
-        return [
-            fail(
-                "task.selfcheck",
-                f"the admin password {password_file} cannot be read ({err.strerror})",
-                "run verify from the folder (and machine) that ran `airflow-gitops deploy`",
-            )
-        ]
-    command = ["python", "-c", IN_POD, ADMIN_USER, SELFCHECK_DAG, SELFCHECK_TASK, str(RUN_TIMEOUT)]
-    rc, out, err = exec_in(api, ns, api_pod, "api-server", command, timeout=RUN_TIMEOUT + 60, stdin=password + "\n")
-    try:
-        result = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        result = None
-    if rc != 0 or not isinstance(result, dict):
-        tail = " ".join((out + err).split())[-300:]
-        return [fail("task.selfcheck", f"the self-check could not run in {api_pod}: exit {rc} {tail}", fix_logs)]
-    if result.get("error") == "missing":
-        return [
-            fail(
-                "task.selfcheck",
-                f"DAG {SELFCHECK_DAG} is not in Airflow ({result['detail']})",
-                "keep dags/platform_selfcheck.py from the template in your DAG repository",
-            )
-        ]
-    if result.get("error"):
-        fix = {
-            "paused": f'unpause it: the UI, or PATCH /api/v2/dags/{SELFCHECK_DAG} {{"is_paused": false}}',
-            "login": "the admin password in the secrets folder is not the release's: `airflow-gitops deploy` again",
-        }[result["error"]]
-        return [fail("task.selfcheck", result["detail"], fix)]
-    pod, report = result.get("hostname") or "?", result.get("report")
-    where = f"in worker pod {pod}: "
-    if not isinstance(report, dict) or "checks" not in report:
-        return [
-            fail(
-                "task.selfcheck",
-                f"run {result['run_id']} ended {result['state']} (task {result.get('task_state')}, {pod}) without a "
-                "report",
-                f"kubectl -n {ns} get pods -l dag_id={SELFCHECK_DAG}; the task's log in the UI; {fix_logs}",
-            )
-        ]
-    saw = f"run {result['run_id']} {result['state']} in worker pod {pod}"
-    if result["state"] == "success":
-        head = ok("task.selfcheck", saw)
-    else:
-        head = fail("task.selfcheck", saw, "the failing task.* rows below say what; the task's log in the UI")
-    return [head, *report_rows(report, where)]
