@@ -83,6 +83,11 @@ def kubectl(cluster: KubeCluster, *args: str, timeout: float = 120) -> str:
     return proc.stdout
 
 
+def pods_of(cluster: KubeCluster, ns: str, selector: str) -> list[dict]:
+    """The namespace's pods ``selector`` (a label selector) picks, as the API server returns them."""
+    return json.loads(kubectl(cluster, "-n", ns, "get", "pods", "-l", selector, "-o", "json"))["items"]
+
+
 @pytest.fixture(scope="module")
 def images(kube_node: KubeCluster, tmp_path_factory) -> dict[str, str]:
     """Build (or take from the cache) the images and import them into the node: name -> image ref."""
@@ -467,17 +472,7 @@ def _push_a_dag(cluster: KubeCluster, ns: str, services, delivery: str, auth: st
     )
     synced = None
     if delivery == "git-sync":  # the commit reaches the git-sync container (period 10 s)
-        gs_pod = kubectl(
-            cluster,
-            "-n",
-            ns,
-            "get",
-            "pods",
-            "-l",
-            "component=dag-processor",
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        )
+        gs_pod = pods_of(cluster, ns, "component=dag-processor")[0]["metadata"]["name"]
         deadline = time.monotonic() + 90
         while True:
             head = kubectl(
@@ -681,19 +676,7 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
     pods: dict[str, dict] = {}  # pod name -> task, node, image, phase
     deadline = time.monotonic() + 900
     while True:
-        for p in json.loads(
-            kubectl(
-                cluster,
-                "-n",
-                ns,
-                "get",
-                "pods",
-                "-l",
-                "kubernetes_executor=True,dag_id=ml_training_pipeline",
-                "-o",
-                "json",
-            )
-        )["items"]:
+        for p in pods_of(cluster, ns, "kubernetes_executor=True,dag_id=ml_training_pipeline"):
             statuses = p["status"].get("containerStatuses") or [{}]
             pods[p["metadata"]["name"]] = {
                 "task": p["metadata"]["labels"].get("task_id"),
@@ -768,15 +751,13 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
     assert served == {"served": registered["version"]}, served
     deadline = time.monotonic() + 60
     while True:
-        serving = json.loads(kubectl(cluster, "-n", ns, "get", "pods", "-l", "component=serving", "-o", "json"))
+        serving = pods_of(cluster, ns, "component=serving")
         ready = [
-            p
-            for p in serving["items"]
-            if all(c["ready"] for c in p["status"].get("containerStatuses") or [{"ready": False}])
+            p for p in serving if all(c["ready"] for c in p["status"].get("containerStatuses") or [{"ready": False}])
         ]
         if len(ready) == 2:
             break
-        assert time.monotonic() < deadline, [p["status"].get("containerStatuses") for p in serving["items"]]
+        assert time.monotonic() < deadline, [p["status"].get("containerStatuses") for p in serving]
         time.sleep(2)
     return figures
 
@@ -846,7 +827,7 @@ def _database_connections_by_pod(cluster: KubeCluster, ns: str, pg, workers: dic
             r"^\[([0-9.]+)/" + re.escape(db) + r"\]LOG:  connection authorized", pg.log_file.read_text(), re.M
         )
     )
-    release = json.loads(kubectl(cluster, "-n", ns, "get", "pods", "-l", "release=airflow", "-o", "json"))["items"]
+    release = pods_of(cluster, ns, "release=airflow")
     by_component = {
         p["metadata"]["labels"].get("component"): p["status"].get("podIP")
         for p in release
@@ -874,7 +855,7 @@ def _faults_mid_run(cluster: KubeCluster, ns: str, base: str, auth: str) -> None
     the scheduler pod (its Deployment replaces it; the new scheduler adopts the run): the run succeeds."""
 
     def pods(selector: str) -> list[dict]:
-        return json.loads(kubectl(cluster, "-n", ns, "get", "pods", "-l", selector, "-o", "json"))["items"]
+        return pods_of(cluster, ns, selector)
 
     def wait(what: str, predicate, timeout: float = 300):
         deadline = time.monotonic() + timeout

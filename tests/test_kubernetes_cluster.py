@@ -41,6 +41,13 @@ def kubectl(cluster, *args: str, check: bool = True) -> str:
     return proc.stdout
 
 
+def delete_logs_claim(cluster, ns: str) -> None:
+    """Delete the logs PVC now (kwok runs no pod to release it: its protection finalizer is removed)."""
+    kubectl(cluster, "-n", ns, "delete", "pvc", "airflow-logs", "--wait=false")
+    finalizers = json.dumps([{"op": "remove", "path": "/metadata/finalizers"}])
+    kubectl(cluster, "-n", ns, "patch", "pvc", "airflow-logs", "--type=json", "-p", finalizers, check=False)
+
+
 def release(cluster, namespace: str) -> dict:
     """The release as `helm list` reports it."""
     out = subprocess.run(
@@ -204,19 +211,7 @@ def test_doctor_and_verify_name_a_missing_key_a_missing_pvc_and_a_hand_edited_se
         "-p",
         json.dumps([{"op": "remove", "path": "/data/jwt-secret"}]),
     )
-    kubectl(cluster_env, "-n", ns, "delete", "pvc", "airflow-logs", "--wait=false")
-    kubectl(
-        cluster_env,
-        "-n",
-        ns,
-        "patch",
-        "pvc",
-        "airflow-logs",
-        "--type=json",
-        "-p",
-        json.dumps([{"op": "remove", "path": "/metadata/finalizers"}]),
-        check=False,
-    )
+    delete_logs_claim(cluster_env, ns)
     for verb in ("doctor", "verify"):
         code, r = rows(verb)
         assert code == 1
@@ -345,19 +340,7 @@ def test_doctor_logs_rows_on_a_real_cluster(cluster_env, tmp_path):
     r = {c.name: c for c in kube_checks(spec)}["kube.logs_pvc"]
     assert r.status == "fail" and "ReadWriteOnce" in r.saw and f"{len(untainted)} nodes" in r.saw, r
     assert "logs.remote: s3 and logs.persistence: false" in r.fix
-    kubectl(cluster_env, "-n", ns, "delete", "pvc", "airflow-logs", "--wait=false")
-    kubectl(
-        cluster_env,
-        "-n",
-        ns,
-        "patch",
-        "pvc",
-        "airflow-logs",
-        "--type=json",
-        "-p",
-        json.dumps([{"op": "remove", "path": "/metadata/finalizers"}]),
-        check=False,
-    )
+    delete_logs_claim(cluster_env, ns)
     sc_name = f"ebs-{uuid.uuid4().hex[:4]}"
     sc = {
         "apiVersion": "storage.k8s.io/v1",
