@@ -57,7 +57,9 @@ import sqlalchemy as sa
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_platform import _children_map, _cpu_s, _tree, measure_memory, program_trees  # noqa: E402
+from ports import free_port  # noqa: E402
 
 from airflow_gitops import keystore  # noqa: E402
 from airflow_gitops.local.airflow_env import launch_plan, write_launch_plan  # noqa: E402
@@ -564,14 +566,6 @@ def leak_check(bench: Bench) -> dict:
 
 
 # --- up: ours (cold, warm) against `airflow standalone` (cold, warm) ---------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pss_tree_mib(root_pid: int) -> float:
     from bench_platform import _pss_kib
 

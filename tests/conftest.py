@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from rich.console import Console
 
 from airflow_gitops.local.environment import environ_overlay
@@ -24,12 +24,6 @@ from airflow_gitops.spec import PlatformSpec, parse_spec
 
 # Fixture modules shared by several test files.
 pytest_plugins = ["mock_k8s_api", "pg_fixture", "sshd", "kube_cluster"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from ports import free_port
 
 from airflow_gitops import contract, keystore, serving
 from airflow_gitops.local import mlflow_store
@@ -45,12 +45,6 @@ def auth_env(root: Path, password: str = MLFLOW_PASSWORD) -> dict[str, str]:
         mlflow_store.AUTH_PASSWORD_FILE_ENV: str(root / "secrets" / keystore.MLFLOW_PASSWORD),
         mlflow_store.AUTH_SECRET_KEY_FILE_ENV: str(root / "secrets" / keystore.MLFLOW_FLASK_SECRET_KEY),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float, ok=(200,)) -> httpx.Response:
