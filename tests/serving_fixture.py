@@ -63,13 +63,16 @@ def wait_http(url: str, timeout: float, ok=(200,)) -> httpx.Response:
 
 
 class MlflowServer:
-    def __init__(self, root: Path):
+    """MLflow's server as the local target runs it (local/mlflow_server.py: the basic-auth app, the login
+    of :data:`CLIENT_ENV`), on ``host`` (default loopback) and ``port`` (default a free one)."""
+
+    def __init__(self, root: Path, host: str = "127.0.0.1", port: int | None = None):
         from cryptography.fernet import Fernet
 
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
+        self.host, self.port = host, port or free_port()
+        self.uri = f"http://{host}:{self.port}"
         self.env = {
             **os.environ,
             "AIRFLOW_GITOPS_MLFLOW_STORE": f"sqlite:///{root / 'mlflow.db'}",
@@ -84,7 +87,7 @@ class MlflowServer:
         self.proc = None
 
     def start(self) -> MlflowServer:
-        cmd = [sys.executable, "-m", "airflow_gitops.local.mlflow_server", "127.0.0.1", str(self.port)]
+        cmd = [sys.executable, "-m", "airflow_gitops.local.mlflow_server", self.host, str(self.port)]
         self.log = open(self.root / "mlflow.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=self.log, cwd=self.root)
         wait_http(f"{self.uri}/health", 120)

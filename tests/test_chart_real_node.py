@@ -16,7 +16,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,10 +27,12 @@ import yaml
 from k8s_specs import CHART_TGZ, shared_file
 from kube_cluster import REAL_NODE_POD_SPEC, KubeCluster
 from pg_fixture import start_postgres
+from serving_fixture import MLFLOW_PASSWORD, MlflowServer, client_credentials
 from sshd import start_sshd
 from typer.testing import CliRunner
 
 from airflow_gitops.cli import app
+from airflow_gitops.keystore import MLFLOW_USER
 
 pytestmark = pytest.mark.kubernetes
 
@@ -131,8 +132,6 @@ def services(kube_node: KubeCluster, tmp_path_factory):
 def ml_services(kube_node: KubeCluster, tmp_path_factory):
     """The seed's neighbours for its pipeline, on the gateway address: an S3 endpoint (rclone, the local
     target's) holding the bucket, and an MLflow tracking server (SQLite store, artifacts proxied by it)."""
-    from serving_fixture import wait_http
-
     from airflow_gitops.binaries import venv_bin
 
     gw = kube_node.node.gateway
@@ -152,26 +151,18 @@ def ml_services(kube_node: KubeCluster, tmp_path_factory):
         stdout=log,
         stderr=log,
     )
-    # The user's own MLflow (the Kubernetes target gives pods no MLflow credential): MLflow's own server,
-    # no authentication; the local target's (local/mlflow_server.py) never runs without it.
-    store, artifacts = f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")
-    mlflow = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", gw, "--port", str(mlflow_port), "--workers", "1"]
-        + ["--backend-store-uri", store, "--artifacts-destination", artifacts],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=log,
-        stderr=log,
-        cwd=root,
-    )
+    # The user's own MLflow, with a login (its basic-auth app, as the local target runs it): the pods send
+    # the one platform.yaml gives as mlflow.username / mlflow.password (seed_spec).
+    mlflow = MlflowServer(root / "mlflow", host=gw, port=mlflow_port)
     try:
-        wait_http(f"http://{gw}:{mlflow_port}/health", 120)
+        mlflow.start()
         yield SimpleNamespace(
-            secret=secret, s3_url=f"http://{gw}:{s3_port}", mlflow_uri=f"http://{gw}:{mlflow_port}", root=root
+            secret=secret, s3_url=f"http://{gw}:{s3_port}", mlflow_uri=mlflow.uri, root=root, mlflow=mlflow
         )
     finally:
-        for proc in (s3, mlflow):
-            proc.terminate()
-            proc.wait(30)
+        s3.terminate()
+        s3.wait(30)
+        mlflow.stop()
         log.close()
 
 
@@ -199,6 +190,9 @@ def seed_spec(
         f"aws_secret_access_key = {ml.secret if ml else f'not-a-real-secret-{ns}'}\n"
     )
     (tmp / "aws_credentials").chmod(0o600)
+    if ml:  # the MLflow server's login, by reference (platform.yaml refuses it inline)
+        (tmp / "mlflow_password").write_text(MLFLOW_PASSWORD + "\n")
+        (tmp / "mlflow_password").chmod(0o600)
     logs = tmp / "logs-volume"
     logs.mkdir()
     os.chown(logs, 50000, 0)  # the image's airflow user (uid 50000, gid 0) writes the task logs
@@ -241,7 +235,11 @@ def seed_spec(
             "bucket": "mlops-data",
             **({"endpoint_url": ml.s3_url} if ml else {}),
         },
-        "mlflow": {"tracking_uri": ml.mlflow_uri if ml else f"http://{cluster.node.gateway}:5000"},
+        "mlflow": (
+            {"tracking_uri": ml.mlflow_uri, "username": MLFLOW_USER, "password": {"from_file": "mlflow_password"}}
+            if ml
+            else {"tracking_uri": f"http://{cluster.node.gateway}:5000"}
+        ),
         "logs": {
             "persistence": True,  # the seed's PVC; and, where S3 runs, every task log also goes to the bucket
             "existing_claim": "airflow-logs",
@@ -718,11 +716,15 @@ def _pipeline_a_pod_per_task(cluster: KubeCluster, ns: str, base: str, auth: str
     _database_connections_by_pod(cluster, ns, pg, pods)
     figures = {"wall_s": wall, "tasks": _pod_timings(pods, tis["task_instances"])}
     # MLflow: the run logged from the pods, the model registered, the alias moved; the data in the bucket
+    # (each task pod had MLflow's login from the Secret secrets.mlflow_secret: the server refuses any other)
+    without_login = {name: info["task"] for name, info in pods.items() if "MLFLOW_TRACKING_PASSWORD" not in info["env"]}
+    assert not without_login, without_login
     client = MlflowClient(ml.mlflow_uri)
     _, reg = http(f"{run_url}/taskInstances/register/xcomEntries/return_value", token=auth)
     registered = json.loads(reg["value"]) if isinstance(reg["value"], str) else reg["value"]
     assert registered["promoted"] is True, registered
-    champion = client.get_model_version_by_alias("mlops-classifier", "champion")
+    with client_credentials():
+        champion = client.get_model_version_by_alias("mlops-classifier", "champion")
     assert champion.version == registered["version"]
     assert champion.tags["git.commit"] == state["bundle_version"] or state["bundle_version"] is None, champion.tags
     datasets = list((ml.root / "s3" / "mlops-data" / "datasets").rglob("raw.parquet"))

@@ -360,3 +360,74 @@ def test_kubernetes_chart_renders_the_pool_step_and_the_env_on_every_pod(tmp_pat
         if d["kind"] in ("Deployment", "StatefulSet") and d["metadata"]["name"].startswith(AIRFLOW_PODS):
             names = {e["name"] for e in d["spec"]["template"]["spec"]["containers"][0].get("env") or []}
             assert {"AIRFLOW_CONN_WAREHOUSE", "AIRFLOW_VAR_API_TOKEN"} <= names, d["metadata"]["name"]
+
+
+# --- mlflow.username / mlflow.password: the login for the user's own MLflow server --------------------
+ML_URI = "http://mlflow.internal:5000"
+
+
+def test_an_inline_mlflow_password_is_refused_and_never_echoed(tmp_path):
+    value = secrets.token_urlsafe(12)
+    with pytest.raises(SpecError) as err:
+        parse_spec({"mlflow": {"tracking_uri": ML_URI, "username": "u", "password": value}}, base_dir=tmp_path)
+    message = str(err.value)
+    assert "mlflow.password: is a secret given inline" in message and "${MLFLOW_TRACKING_PASSWORD}" in message
+    assert value not in message
+
+
+@pytest.mark.parametrize(
+    ("mlflow", "said"),
+    [
+        ({"tracking_uri": ML_URI, "username": "u"}, "mlflow.username is set but mlflow.password is not"),
+        ({"tracking_uri": ML_URI, "password": "${P}"}, "mlflow.password is set but mlflow.username is not"),
+        ({"username": "u", "password": "${P}"}, "mlflow.tracking_uri is not set"),
+        ({"tracking_uri": ML_URI, "username": "u:x", "password": "${P}"}, "is not an MLflow user name"),
+        ({"tracking_uri": ML_URI, "username": " u", "password": "${P}"}, "is not an MLflow user name"),
+    ],
+)
+def test_an_mlflow_login_needs_both_halves_and_its_own_server(tmp_path, mlflow, said):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"mlflow": mlflow}, base_dir=tmp_path)
+    assert said in str(err.value) and len(err.value.problems) == 1
+
+
+def test_the_mlflow_login_resolves_from_the_environment_or_a_file_and_is_hidden_from_components(tmp_path):
+    from airflow_gitops.checks.declared import resolve_checks
+
+    password = secrets.token_urlsafe(16)
+    by_env = parse_spec(
+        {"mlflow": {"tracking_uri": ML_URI, "username": "u", "password": "${ML_PW}"}}, base_dir=tmp_path
+    )
+    got = managed.resolve(by_env, {"ML_PW": password})
+    assert got.mlflow_login == ("u", password) and password in got.secrets
+    assert "ML_PW" in by_env.env_references()  # so the shell's variable reaches no component by itself
+    (tmp_path / "ml_pw").write_text(password + "\n")
+    (tmp_path / "ml_pw").chmod(0o600)
+    by_file = parse_spec(
+        {"mlflow": {"tracking_uri": ML_URI, "username": "u", "password": {"from_file": "ml_pw"}}}, base_dir=tmp_path
+    )
+    assert managed.resolve(by_file, {}).mlflow_login == ("u", password)
+    assert by_file.declared_files() == {"mlflow.password": tmp_path / "ml_pw"}
+    # doctor's row: resolves, or one line naming the key and the variable to export
+    os.environ.pop("ML_PW", None)
+    [row] = resolve_checks(by_env)
+    assert str(row.status) == "fail" and "mlflow.password" in row.saw and "ML_PW" in row.saw
+    [row] = resolve_checks(by_file)
+    assert str(row.status) == "ok" and "MLflow login of user 'u' resolves" in row.saw and password not in row.saw
+    (tmp_path / "ml_pw").write_text("")
+    with pytest.raises(SpecError) as err:
+        managed.resolve(by_file, {})
+    assert err.value.problems == [("mlflow.password", "is empty; give the MLflow user's password")]
+
+
+def test_tasks_on_the_local_target_send_the_login_to_an_external_mlflow(tmp_path, monkeypatch):
+    from airflow_gitops.local.layout import Layout, dag_runtime_env
+
+    password = secrets.token_urlsafe(16)
+    monkeypatch.setenv("ML_PW", password)
+    spec = parse_spec({"mlflow": {"tracking_uri": ML_URI, "username": "u", "password": "${ML_PW}"}}, base_dir=tmp_path)
+    env = dag_runtime_env(Layout(spec))
+    assert env["MLFLOW_TRACKING_URI"] == ML_URI
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("u", password)
+    without = parse_spec({"mlflow": {"tracking_uri": ML_URI}}, base_dir=tmp_path)
+    assert "MLFLOW_TRACKING_PASSWORD" not in dag_runtime_env(Layout(without))

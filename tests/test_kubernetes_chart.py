@@ -333,3 +333,59 @@ def test_notes_name_the_log_storage_to_provide(tmp_path):
     assert "ReadWriteMany" not in notes[False, "s3"] and "s3://mlops-data/airflow-logs/" in notes[False, "s3"]
     assert "the logs PVC" not in notes[False, "s3"]
     assert "gone with it" in notes[False, None]
+
+
+def test_mlflow_login_reaches_every_pod_that_runs_dag_code_from_its_secret(tmp_path, chart_dir, monkeypatch):
+    """mlflow.username / mlflow.password (the user's own MLflow with its basic-auth app): the password, read
+    from the environment when rendering, is in the Secret secrets.mlflow_secret and nowhere else; every
+    Airflow pod (the task pods' template among them) and the serving pods read both from that Secret; a
+    new password changes the checksum that rolls the pods."""
+    import secrets as pysecrets
+
+    password = pysecrets.token_urlsafe(24)
+    monkeypatch.setenv("TEST_MLFLOW_PASSWORD", password)
+    login = {"username": "pipeline", "password": "${TEST_MLFLOW_PASSWORD}"}
+    spec = spec_in(tmp_path, mlflow=login, serving={"enabled": True})
+    r = render(spec, tmp_path / "out", chart=str(chart_dir))
+    mlflow_secret = next(s for s in r.secrets.secrets if s["metadata"]["name"] == "mlflow-credentials")
+    assert mlflow_secret["stringData"] == {"username": "pipeline", "password": password}
+    assert (tmp_path / "out" / "secrets.yaml").stat().st_mode & 0o777 == 0o600
+    for written in (tmp_path / "out").rglob("*"):
+        if written.is_file() and written.name != "secrets.yaml":
+            assert password not in written.read_text(errors="replace"), f"the MLflow password is in {written}"
+    docs = [d for d in yaml.safe_load_all((tmp_path / "out" / "chart.yaml").read_text()) if d]
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "airflow-config")
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+    }
+    pods["pod_template_file"] = yaml.safe_load(cm["data"]["pod_template_file.yaml"])["spec"]
+    serving = next(
+        d
+        for d in yaml.safe_load_all((tmp_path / "out" / "serving.yaml").read_text())
+        if d and d["kind"] == "Deployment"
+    )
+    pods["serving"] = serving["spec"]["template"]["spec"]
+    wanted = {
+        "MLFLOW_TRACKING_USERNAME": {"secretKeyRef": {"name": "mlflow-credentials", "key": "username"}},
+        "MLFLOW_TRACKING_PASSWORD": {"secretKeyRef": {"name": "mlflow-credentials", "key": "password"}},
+    }
+    for workload, name in [*PODS, ("serving", "serving")]:
+        env = env_of(main(pods[workload], name))
+        got = {k: env.get(k) for k in wanted}
+        assert got == wanted, (workload, got)
+    before = r.values["airflowPodAnnotations"]["airflow-gitops/connections-checksum"]
+    monkeypatch.setenv("TEST_MLFLOW_PASSWORD", pysecrets.token_urlsafe(24))
+    again = render(spec, tmp_path / "out2", chart=str(chart_dir))
+    assert again.values["airflowPodAnnotations"]["airflow-gitops/connections-checksum"] != before
+
+
+def test_mlflow_login_that_does_not_resolve_stops_render_naming_the_key(tmp_path, chart_dir, monkeypatch):
+    from airflow_gitops.spec import SpecError
+
+    monkeypatch.delenv("TEST_MLFLOW_PASSWORD", raising=False)
+    spec = spec_in(tmp_path, mlflow={"username": "pipeline", "password": "${TEST_MLFLOW_PASSWORD}"})
+    with pytest.raises(SpecError) as err:
+        render(spec, tmp_path / "out", chart=str(chart_dir))
+    assert [p for p, _ in err.value.problems] == ["mlflow.password"]
+    assert "TEST_MLFLOW_PASSWORD" in err.value.problems[0][1]
+    assert not (tmp_path / "out" / "values.yaml").exists()

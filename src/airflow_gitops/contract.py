@@ -187,6 +187,8 @@ class SecretKey:
     AWS_CREDENTIALS = "credentials"
     AWS_CONFIG = "config"
     ADMIN_PASSWORD = "password"
+    MLFLOW_USERNAME = "username"
+    MLFLOW_PASSWORD = "password"
     # The connections Secret holds one key per declared Connection/Variable, named like its env var.
 
 
@@ -205,6 +207,8 @@ def secret_keys(spec: PlatformSpec) -> dict[str, list[str]]:
         out[names.config_secret] = sorted(secret_config_keys(spec))
     if declared_env_names(spec):
         out[names.connections_secret] = declared_env_names(spec)
+    if spec.mlflow.password is not None:
+        out[names.mlflow_secret] = [SecretKey.MLFLOW_USERNAME, SecretKey.MLFLOW_PASSWORD]
     git: list[str] = []
     if spec.dags.is_ssh:
         git += [SecretKey.GIT_SSH_KEY, SecretKey.KNOWN_HOSTS]

@@ -117,6 +117,8 @@ class Declared:
     variables: dict[str, Variable] = field(default_factory=dict)
     pools: dict[str, Pool] = field(default_factory=dict)
     secrets: list[str] = field(default_factory=list)
+    # mlflow.username / mlflow.password (password resolved): the login for the user's own MLflow server.
+    mlflow_login: tuple[str, str] | None = None
 
     def of(self, kind: str) -> dict[str, Connection | Variable | Pool]:
         return getattr(self, kind)
@@ -226,6 +228,13 @@ def resolve(spec: PlatformSpec, environ: dict[str, str] | None = None) -> Declar
     for key, value in spec.variables.items():
         resolved = r.value(value, f"variables.{key}", names.looks_secret(key))
         out.variables[key] = Variable(key, _variable_text(resolved))
+    ml = spec.mlflow
+    if ml.username is not None and ml.password is not None:
+        password = r.value(ml.password, "mlflow.password", True)
+        if password == "":
+            r.problems.append(("mlflow.password", "is empty; give the MLflow user's password"))
+        elif password is not None:
+            out.mlflow_login = (ml.username, password)
     if r.problems:
         err = SpecError("platform.yaml", r.problems)
         err.fix = "export the variables and create the files named above; nothing was applied"

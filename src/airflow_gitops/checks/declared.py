@@ -24,14 +24,15 @@ def resolve_checks(spec: PlatformSpec) -> list[CheckResult]:
         shown = "; ".join(f"{path}: {msg}" for path, msg in err.problems[:6])
         more = f" and {len(err.problems) - 6} more" if len(err.problems) > 6 else ""
         return [fail(name, shown + more, err.fix)]
+    login = f"; MLflow login of user {declared.mlflow_login[0]!r} resolves" if declared.mlflow_login else ""
     if not (spec.connections or spec.variables):
-        return [ok(name, "platform.yaml declares no connections or variables")]
+        return [ok(name, f"platform.yaml declares no connections or variables{login}")]
     n = len(declared.secrets)
     return [
         ok(
             name,
             f"{len(spec.connections)} connections, {len(spec.variables)} variables: every ${{VAR}} and from_file "
-            f"resolves ({n} secret value{'s' * (n != 1)}, not shown)",
+            f"resolves ({n} secret value{'s' * (n != 1)}, not shown){login}",
         )
     ]
 

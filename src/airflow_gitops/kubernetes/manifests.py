@@ -145,11 +145,17 @@ def build_secrets(spec: PlatformSpec) -> SecretBundle:
             "AIRFLOW_DB_URL=postgresql://USER:PASSWORD@HOST:5432/airflow in the environment",
         )
     value = _secret_values(spec, url, out)
+    # The Secrets Airflow's pods read as environment variables: a change to one must roll the pods.
+    as_env: dict[str, dict[str, str]] = {}
     for name, wanted in contract.secret_keys(spec).items():
         data = {key: value(name, key) for key in wanted}
         out.secrets.append(_secret(spec, name, data))
-        if name == spec.secrets.connections_secret:
-            out.connections_checksum = checksum(spec, data)
+        if name in (spec.secrets.connections_secret, spec.secrets.mlflow_secret):
+            as_env[name] = data
+    if list(as_env) == [spec.secrets.connections_secret]:  # the fingerprint deployments before MLflow logins had
+        out.connections_checksum = checksum(spec, as_env[spec.secrets.connections_secret])
+    elif as_env:
+        out.connections_checksum = checksum(spec, as_env)
     return out
 
 
@@ -167,9 +173,18 @@ def _secret_values(spec: PlatformSpec, url: str, out: SecretBundle):
         return contract.secret_config_keys(spec)
 
     @functools.cache
+    def resolved() -> managed.Declared:
+        # Every ${VAR} and from_file read now, once.
+        return managed.resolve(spec)
+
     def declared() -> dict[str, str]:
-        # Every ${VAR} and from_file read now; each becomes AIRFLOW_CONN_* / AIRFLOW_VAR_* on every pod.
-        return managed.resolve(spec).env()
+        # Each becomes AIRFLOW_CONN_* / AIRFLOW_VAR_* on every pod.
+        return resolved().env()
+
+    def mlflow_login() -> tuple[str, str]:
+        login = resolved().mlflow_login
+        assert login is not None  # the contract names the Secret only when mlflow.password is set
+        return login
 
     def ssh_key() -> str:
         key = deploy_key(spec)
@@ -192,6 +207,8 @@ def _secret_values(spec: PlatformSpec, url: str, out: SecretBundle):
         (names.git_ssh_secret, SecretKey.GIT_SSH_KEY): ssh_key,
         (names.git_ssh_secret, SecretKey.KNOWN_HOSTS): known_hosts,
         (names.git_ssh_secret, SecretKey.GIT_CONNECTION): lambda: v.git_connection(spec),
+        (names.mlflow_secret, SecretKey.MLFLOW_USERNAME): lambda: mlflow_login()[0],
+        (names.mlflow_secret, SecretKey.MLFLOW_PASSWORD): lambda: mlflow_login()[1],
     }
     # Secrets whose keys are named by what platform.yaml declares.
     by_name = {
@@ -209,7 +226,7 @@ def _secret_values(spec: PlatformSpec, url: str, out: SecretBundle):
     return value
 
 
-def checksum(spec: PlatformSpec, data: dict[str, str]) -> str:
+def checksum(spec: PlatformSpec, data: dict[str, Any]) -> str:
     """A fingerprint of Secret data that reveals nothing about it: HMAC-SHA256 keyed with the platform's
     Fernet key (a plain hash of a short password could be reversed by guessing)."""
     digest = hmac.new(keys.fernet_key(spec).encode(), json.dumps(data, sort_keys=True).encode(), hashlib.sha256)

@@ -73,7 +73,11 @@ def deployment(spec: PlatformSpec) -> dict[str, Any]:
         # The image's entrypoint runs `python ...` as given (after its uid checks).
         "args": ["python", "-m", "airflow_gitops.serving", "0.0.0.0", str(PORT)],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "env": [{"name": k, "value": val} for k, val in env(spec).items()],
+        "env": [{"name": k, "value": val} for k, val in env(spec).items()]
+        + [
+            {"name": name, "valueFrom": {"secretKeyRef": {"name": spec.secrets.mlflow_secret, "key": key}}}
+            for name, key in v.mlflow_login_env(spec)
+        ],
         "volumeMounts": [aws_mount, {"name": "tmp", "mountPath": "/tmp"}],
         # Ready = a model is loaded (503 until then, and while nothing is registered).
         "readinessProbe": {

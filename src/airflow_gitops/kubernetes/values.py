@@ -167,7 +167,19 @@ def secret_env(spec: PlatformSpec) -> list[dict[str, str]]:
         {"envName": env, "secretName": names.connections_secret, "secretKey": env}
         for env in contract.declared_env_names(spec)
     ]
+    # mlflow.username / mlflow.password: MLflow's clients in tasks send them to the user's MLflow server.
+    out += [
+        {"envName": env, "secretName": names.mlflow_secret, "secretKey": key} for env, key in mlflow_login_env(spec)
+    ]
     return out
+
+
+def mlflow_login_env(spec: PlatformSpec) -> list[tuple[str, str]]:
+    """(variable, key of secrets.mlflow_secret) for MLflow's login, where platform.yaml gives one."""
+    if spec.mlflow.password is None:
+        return []
+    keys = (SecretKey.MLFLOW_USERNAME, SecretKey.MLFLOW_PASSWORD)
+    return list(zip(contract.MLFLOW_CREDENTIAL_ENV, keys, strict=True))
 
 
 POOLS_ENV = "AIRFLOW_GITOPS_POOLS"

@@ -22,7 +22,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import contract, keystore
+from .. import contract, keystore, managed
 from ..errors import PlatformError
 from ..spec import PlatformSpec
 
@@ -183,10 +183,13 @@ def postgres_user() -> pwd.struct_passwd | None:
 def dag_runtime_env(layout: Layout, *, credentials: bool = True) -> dict[str, str]:
     """What DAG code sees here: the contract's runtime env, with the AWS files of the state directory and
     (``credentials``) the local MLflow server's user and password (generated 0600 once; MLflow's clients
-    in tasks, serving and the CLI's checks send them). An external ``mlflow.tracking_uri`` gets none."""
+    in tasks, serving and the CLI's checks send them). An external ``mlflow.tracking_uri`` gets the login
+    of mlflow.username / mlflow.password, where platform.yaml gives one."""
     credential = None
     if credentials and layout.runs_local_mlflow:
         credential = (keystore.MLFLOW_USER, keystore.mlflow_password(layout.spec))
+    elif credentials and layout.spec.mlflow.password is not None:
+        credential = managed.resolve(layout.spec).mlflow_login
     return contract.dag_runtime_env(
         layout.spec,
         mlflow_uri=layout.mlflow_url,

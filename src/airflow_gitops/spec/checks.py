@@ -41,7 +41,9 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
             msg = f"must be a mapping of keys (e.g. 'key: value' lines indented under it), got {_short(e.get('input'))}"
         elif e["type"] in ("int_parsing", "int_type", "bool_parsing", "bool_type", "string_type", "list_type"):
             msg = f"{msg} (got {_short(e.get('input'))})"
-        if loc and loc[0] in _SECRET_SECTIONS:
+        if loc[:2] == ("mlflow", "password"):
+            msg = msg.split(" (got ", 1)[0].split(", got ", 1)[0].replace(_HINT, "MLFLOW_TRACKING_PASSWORD")
+        elif loc and loc[0] in _SECRET_SECTIONS:
             # A value there may be a secret: never echo one (pydantic's messages hold none; 'got ...' would).
             msg = msg.split(" (got ", 1)[0].split(", got ", 1)[0].replace(_HINT, _env_hint(loc))
         out.append((_loc(loc), msg if len(msg) <= 600 else msg[:597] + "..."))

@@ -27,7 +27,7 @@ from .base import (
     _short,
     _ssh_safe,
 )
-from .declared import ConnectionSpec, ConnId, FromFile, PoolName, PoolSpec, VariableKey, _variable_value
+from .declared import ConnectionSpec, ConnId, FromFile, PoolName, PoolSpec, VariableKey, _secret_ref, _variable_value
 
 # Git's check-ref-format rules for a branch (git help check-ref-format).
 _BAD_REF = re.compile(r"(^|/)\.|\.lock(/|$)|\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{|//|^-|^/|/$|\.$|^@$|^HEAD$")
@@ -346,6 +346,8 @@ class SecretsSpec(_Model):
     config_secret: str = "airflow-config-secrets"
     # Declared Connections and Variables (AIRFLOW_CONN_* / AIRFLOW_VAR_*, one key each).
     connections_secret: str = "airflow-connections"
+    # mlflow.username / mlflow.password: the login for your own MLflow server, on every pod that runs DAG code.
+    mlflow_secret: str = "mlflow-credentials"
     # Where generated key material lives (0600 files). Relative to the state directory.
     dir: Path = Path("secrets")
 
@@ -359,6 +361,7 @@ class SecretsSpec(_Model):
         "admin_password_secret",
         "config_secret",
         "connections_secret",
+        "mlflow_secret",
     )(classmethod(lambda cls, v: _k8s_name(v)))
 
     @field_validator("dir")
@@ -446,6 +449,37 @@ class MlflowSpec(_Model):
     tracking_uri: str | None = None
     experiment: str = "airflow-gitops"
     registered_model: str = "mlops-classifier"
+    # The login for your own MLflow server (its basic-auth app) that tasks and serving send, as
+    # MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD. The password by reference only ('${VAR}' or
+    # {from_file: PATH}); on Kubernetes it goes into the Secret secrets.mlflow_secret.
+    username: str | None = None
+    password: Annotated[str | FromFile | None, BeforeValidator(_secret_ref)] = None
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, v: str | None) -> str | None:
+        if v is not None and (not v or not v.isprintable() or ":" in v or v != v.strip()):
+            raise ValueError(
+                f"{_short(v)} is not an MLflow user name; give the name of the user your MLflow server knows "
+                "(printable, no ':' and no surrounding spaces)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _login(self) -> MlflowSpec:
+        if (self.username is None) != (self.password is None):
+            given, missing = ("username", "password") if self.password is None else ("password", "username")
+            raise ValueError(
+                f"mlflow.{given} is set but mlflow.{missing} is not: MLflow's login needs both; set "
+                f"mlflow.{missing} too, or remove mlflow.{given}"
+            )
+        if self.password is not None and self.tracking_uri is None:
+            raise ValueError(
+                "mlflow.username/password are the login for your own MLflow server, but mlflow.tracking_uri is "
+                "not set (the local target runs its own MLflow, with a login it generates): set "
+                "mlflow.tracking_uri, or remove mlflow.username and mlflow.password"
+            )
+        return self
 
     @field_validator("tracking_uri")
     @classmethod
@@ -766,8 +800,10 @@ class PlatformSpec(_Model):
 
     def env_references(self) -> set[str]:
         """Every environment variable a ``${NAME}`` in platform.yaml refers to (database.url, connections,
-        variables): read by airflow-gitops when it applies the file."""
+        variables, mlflow.password): read by airflow-gitops when it applies the file."""
         texts: list[str] = [self.database.url or ""]
+        if isinstance(self.mlflow.password, str):
+            texts.append(self.mlflow.password)
 
         def walk(value: Any) -> None:
             if isinstance(value, str):
@@ -785,7 +821,7 @@ class PlatformSpec(_Model):
         return {name for text in texts for name in dburl.references(text)}
 
     def declared_files(self) -> dict[str, Path]:
-        """Key path -> file of every ``{from_file: PATH}`` under connections and variables (resolved)."""
+        """Key path -> file of every ``{from_file: PATH}`` (connections, variables, mlflow.password; resolved)."""
         found: dict[str, Path] = {}
 
         def walk(value: Any, path: str) -> None:
@@ -804,4 +840,5 @@ class PlatformSpec(_Model):
             walk(conn.extra, f"connections.{conn_id}.extra")
         for key, value in self.variables.items():
             walk(value, f"variables.{key}")
+        walk(self.mlflow.password, "mlflow.password")
         return found
