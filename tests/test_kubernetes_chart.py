@@ -373,10 +373,19 @@ def test_mlflow_login_reaches_every_pod_that_runs_dag_code_from_its_secret(tmp_p
         env = env_of(main(pods[workload], name))
         got = {k: env.get(k) for k in wanted}
         assert got == wanted, (workload, got)
-    before = r.values["airflowPodAnnotations"]["airflow-gitops/connections-checksum"]
+
+    def fingerprints(r) -> tuple[str, str]:
+        [deployment] = [d for d in r.serving if d["kind"] == "Deployment"]
+        serving_pods = deployment["spec"]["template"]["metadata"]["annotations"]
+        return r.values["airflowPodAnnotations"]["airflow-gitops/connections-checksum"], serving_pods[
+            "airflow-gitops/mlflow-login-checksum"
+        ]
+
+    before = fingerprints(r)
+    assert fingerprints(render(spec, tmp_path / "out1", chart=str(chart_dir))) == before  # stable
     monkeypatch.setenv("TEST_MLFLOW_PASSWORD", pysecrets.token_urlsafe(24))
-    again = render(spec, tmp_path / "out2", chart=str(chart_dir))
-    assert again.values["airflowPodAnnotations"]["airflow-gitops/connections-checksum"] != before
+    after = fingerprints(render(spec, tmp_path / "out2", chart=str(chart_dir)))
+    assert after[0] != before[0] and after[1] != before[1]  # both the Airflow pods and the serving pods roll
 
 
 def test_mlflow_login_that_does_not_resolve_stops_render_naming_the_key(tmp_path, chart_dir, monkeypatch):

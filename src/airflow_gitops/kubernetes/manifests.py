@@ -35,6 +35,8 @@ class SecretBundle:
     warnings: list[str] = field(default_factory=list)
     # Changes whenever a declared Connection/Variable does (a pod annotation: pods read env at start only).
     connections_checksum: str | None = None
+    # Changes whenever the MLflow login does (the serving pods' annotation; the Airflow pods': the one above).
+    mlflow_checksum: str | None = None
 
     def values(self) -> list[str]:
         """Every secret value (to prove none leaks)."""
@@ -156,6 +158,8 @@ def build_secrets(spec: PlatformSpec) -> SecretBundle:
         out.connections_checksum = checksum(spec, as_env[spec.secrets.connections_secret])
     elif as_env:
         out.connections_checksum = checksum(spec, as_env)
+    if spec.secrets.mlflow_secret in as_env:
+        out.mlflow_checksum = checksum(spec, as_env[spec.secrets.mlflow_secret])
     return out
 
 

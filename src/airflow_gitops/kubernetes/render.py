@@ -238,7 +238,7 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None, load_offi
                 else "set image.python to match"
             )
         )
-    serving_docs = serving_k8s.manifests(spec)
+    serving_docs = serving_k8s.manifests(spec, secret_bundle.mlflow_checksum)
     rendered_chart = render_chart(chart_obj, values, spec) if chart_obj is not None else None
     if rendered_chart is not None and "Kubernetes" in spec.airflow.executor:
         # Worker pods without the database URL and the keys: the chart's own template, those variables out.

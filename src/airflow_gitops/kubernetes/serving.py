@@ -63,7 +63,12 @@ def env(spec: PlatformSpec) -> dict[str, str]:
     return out
 
 
-def deployment(spec: PlatformSpec) -> dict[str, Any]:
+# A fingerprint of the MLflow login on the pod template: a new password rolls the serving pods (they read
+# the Secret into their environment when they start).
+LOGIN_CHECKSUM = "airflow-gitops/mlflow-login-checksum"
+
+
+def deployment(spec: PlatformSpec, login_checksum: str | None = None) -> dict[str, Any]:
     aws_vol, aws_mount = v.aws_volume(spec)
     http = {"port": "http"}
     container: dict[str, Any] = {
@@ -132,7 +137,13 @@ def deployment(spec: PlatformSpec) -> dict[str, Any]:
             "selector": {"matchLabels": selector(spec)},
             # Never fewer serving pods during a rollout; each new one is Ready once it loaded the model.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": _meta(spec)["labels"]}, "spec": pod},
+            "template": {
+                "metadata": {
+                    "labels": _meta(spec)["labels"],
+                    **({"annotations": {LOGIN_CHECKSUM: login_checksum}} if login_checksum else {}),
+                },
+                "spec": pod,
+            },
         },
     }
 
@@ -186,12 +197,12 @@ def ingress(spec: PlatformSpec) -> dict[str, Any]:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": _meta(spec), "spec": body}
 
 
-def manifests(spec: PlatformSpec) -> list[dict[str, Any]]:
+def manifests(spec: PlatformSpec, login_checksum: str | None = None) -> list[dict[str, Any]]:
     """The serving objects platform.yaml asks for (none with ``serving.enabled: false``). A PDB only with
     two replicas or more: minAvailable 1 of 1 would block every node drain."""
     if not spec.serving.enabled:
         return []
-    docs = [deployment(spec), service(spec)]
+    docs = [deployment(spec, login_checksum), service(spec)]
     if spec.serving.replicas >= 2:
         docs.append(pdb(spec))
     if spec.serving.ingress_host:
