@@ -136,7 +136,11 @@ def test_service_account_rbac_and_token(api: client.ApiClient, namespace: str) -
         )
         return bool(authz.create_subject_access_review(review).status.allowed)
 
-    assert allowed("list")
+    # The RBAC authorizer sees a new RoleBinding through its informer, a moment after the create returns.
+    deadline = time.monotonic() + 30
+    while not allowed("list"):
+        assert time.monotonic() < deadline, "the RoleBinding did not allow 'list' within 30 s"
+        time.sleep(0.2)
     assert not allowed("delete")
 
     # Service-account tokens: a TokenRequest is signed, and the API server authenticates it.
