@@ -377,7 +377,8 @@ def test_mlflow_login_reaches_every_pod_that_runs_dag_code_from_its_secret(tmp_p
     def fingerprints(r) -> tuple[str, str]:
         [deployment] = [d for d in r.serving if d["kind"] == "Deployment"]
         serving_pods = deployment["spec"]["template"]["metadata"]["annotations"]
-        return r.values["airflowPodAnnotations"]["airflow-gitops/connections-checksum"], serving_pods[
+        airflow_pods = r.values["airflowPodAnnotations"]
+        return airflow_pods["airflow-gitops/mlflow-login-checksum"], serving_pods[
             "airflow-gitops/mlflow-login-checksum"
         ]
 

@@ -33,10 +33,9 @@ class SecretBundle:
     deploy_public_key: str | None = None
     known_hosts: str | None = None
     warnings: list[str] = field(default_factory=list)
-    # Changes whenever a declared Connection/Variable does (a pod annotation: pods read env at start only).
-    connections_checksum: str | None = None
-    # Changes whenever the MLflow login does (the serving pods' annotation; the Airflow pods': the one above).
-    mlflow_checksum: str | None = None
+    # Pod annotation -> a fingerprint of the Secret it stands for, for each Secret pods read into their
+    # environment (at start only): a changed Connection, Variable or MLflow login changes it and rolls them.
+    checksums: dict[str, str] = field(default_factory=dict)
 
     def values(self) -> list[str]:
         """Every secret value (to prove none leaks)."""
@@ -147,19 +146,15 @@ def build_secrets(spec: PlatformSpec) -> SecretBundle:
             "AIRFLOW_DB_URL=postgresql://USER:PASSWORD@HOST:5432/airflow in the environment",
         )
     value = _secret_values(spec, url, out)
-    # The Secrets Airflow's pods read as environment variables: a change to one must roll the pods.
-    as_env: dict[str, dict[str, str]] = {}
+    read_as_env = {
+        spec.secrets.connections_secret: v.CONNECTIONS_CHECKSUM,
+        spec.secrets.mlflow_secret: v.LOGIN_CHECKSUM,
+    }
     for name, wanted in contract.secret_keys(spec).items():
         data = {key: value(name, key) for key in wanted}
         out.secrets.append(_secret(spec, name, data))
-        if name in (spec.secrets.connections_secret, spec.secrets.mlflow_secret):
-            as_env[name] = data
-    if list(as_env) == [spec.secrets.connections_secret]:  # the fingerprint deployments before MLflow logins had
-        out.connections_checksum = checksum(spec, as_env[spec.secrets.connections_secret])
-    elif as_env:
-        out.connections_checksum = checksum(spec, as_env)
-    if spec.secrets.mlflow_secret in as_env:
-        out.mlflow_checksum = checksum(spec, as_env[spec.secrets.mlflow_secret])
+        if name in read_as_env:
+            out.checksums[read_as_env[name]] = checksum(spec, data)
     return out
 
 
@@ -230,7 +225,7 @@ def _secret_values(spec: PlatformSpec, url: str, out: SecretBundle):
     return value
 
 
-def checksum(spec: PlatformSpec, data: dict[str, Any]) -> str:
+def checksum(spec: PlatformSpec, data: dict[str, str]) -> str:
     """A fingerprint of Secret data that reveals nothing about it: HMAC-SHA256 keyed with the platform's
     Fernet key (a plain hash of a short password could be reversed by guessing)."""
     digest = hmac.new(keys.fernet_key(spec).encode(), json.dumps(data, sort_keys=True).encode(), hashlib.sha256)

@@ -30,7 +30,7 @@ from ..keystore import write_private
 from ..spec import PlatformSpec
 from . import image, manifests
 from . import serving as serving_k8s
-from .values import build_values, worker_pod_template
+from .values import LOGIN_CHECKSUM, build_values, worker_pod_template
 
 OFFICIAL_REPO = "https://airflow.apache.org"
 CHART_NAME = "airflow"
@@ -212,7 +212,7 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None, load_offi
         known_hosts=secret_bundle.known_hosts,
         chart_defaults=chart_obj.values if chart_obj is not None else None,
         warnings=warnings,
-        connections_checksum=secret_bundle.connections_checksum,
+        pod_annotations=secret_bundle.checksums,
     )
     if spec.image.tag == "latest" and not spec.image.digest:
         warnings.append(
@@ -238,7 +238,7 @@ def render(spec: PlatformSpec, out: Path, *, chart: str | None = None, load_offi
                 else "set image.python to match"
             )
         )
-    serving_docs = serving_k8s.manifests(spec, secret_bundle.mlflow_checksum)
+    serving_docs = serving_k8s.manifests(spec, secret_bundle.checksums.get(LOGIN_CHECKSUM))
     rendered_chart = render_chart(chart_obj, values, spec) if chart_obj is not None else None
     if rendered_chart is not None and "Kubernetes" in spec.airflow.executor:
         # Worker pods without the database URL and the keys: the chart's own template, those variables out.

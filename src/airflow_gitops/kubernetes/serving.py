@@ -63,11 +63,6 @@ def env(spec: PlatformSpec) -> dict[str, str]:
     return out
 
 
-# A fingerprint of the MLflow login on the pod template: a new password rolls the serving pods (they read
-# the Secret into their environment when they start).
-LOGIN_CHECKSUM = "airflow-gitops/mlflow-login-checksum"
-
-
 def deployment(spec: PlatformSpec, login_checksum: str | None = None) -> dict[str, Any]:
     aws_vol, aws_mount = v.aws_volume(spec)
     http = {"port": "http"}
@@ -140,7 +135,8 @@ def deployment(spec: PlatformSpec, login_checksum: str | None = None) -> dict[st
             "template": {
                 "metadata": {
                     "labels": _meta(spec)["labels"],
-                    **({"annotations": {LOGIN_CHECKSUM: login_checksum}} if login_checksum else {}),
+                    # a new MLflow password rolls them: they read it into their environment when they start
+                    **({"annotations": {v.LOGIN_CHECKSUM: login_checksum}} if login_checksum else {}),
                 },
                 "spec": pod,
             },

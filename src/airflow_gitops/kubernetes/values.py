@@ -184,6 +184,7 @@ def mlflow_login_env(spec: PlatformSpec) -> list[tuple[str, str]]:
 
 POOLS_ENV = "AIRFLOW_GITOPS_POOLS"
 CONNECTIONS_CHECKSUM = "airflow-gitops/connections-checksum"
+LOGIN_CHECKSUM = "airflow-gitops/mlflow-login-checksum"  # the Airflow pods' and the serving pods'
 # The chart has no pools setting and runs no hook of ours, so the create-user job (a post-install /
 # post-upgrade hook, after the migration job) applies them with Airflow's own CLI: import the declared
 # pools (created or updated), then delete the ones carrying the marker that platform.yaml no longer
@@ -239,7 +240,7 @@ def build_values(
     known_hosts: str | None = None,
     chart_defaults: dict[str, Any] | None = None,
     warnings: list[str] | None = None,
-    connections_checksum: str | None = None,
+    pod_annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The chart values. ``known_hosts`` is the pinned known_hosts text (public, not a secret).
 
@@ -305,9 +306,9 @@ def build_values(
     values["statsd"] = {"securityContexts": {"pod": {**POD_SECURITY_CONTEXT, "runAsUser": STATSD_UID}}}
     if secret_env(spec):
         values["secret"] = secret_env(spec)
-    if connections_checksum:
-        # Pods read AIRFLOW_CONN_*/AIRFLOW_VAR_* when they start: a changed value must roll them.
-        values["airflowPodAnnotations"] = {CONNECTIONS_CHECKSUM: connections_checksum}
+    if pod_annotations:
+        # Pods read AIRFLOW_CONN_*/AIRFLOW_VAR_* and MLflow's login when they start: a changed value must roll them.
+        values["airflowPodAnnotations"] = dict(pod_annotations)
     values["createUserJob"] = create_user_job(spec)
     if spec.airflow.executor == "CeleryExecutor":
         values["redis"] = {"enabled": True}
