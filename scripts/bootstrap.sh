@@ -37,4 +37,17 @@ if ! command -v uv >/dev/null; then
 fi
 # Byte-compile at install: every platform process then skips compiling ~2,700 modules at start
 # (start-up CPU roughly halves; docs/performance.md).
-uv sync --frozen --python 3.11 --compile-bytecode -q
+# As root, DAG code runs as a user of its own (local.task_user), who must be able to run this environment:
+# build it from a Python outside /root (a pyenv or uv-managed one under /root is not readable to others).
+python=3.11
+if [ "$(id -u)" = 0 ]; then
+  for candidate in /usr/bin/python3.11 /usr/local/bin/python3.11; do
+    if [ -x "$candidate" ]; then python=$candidate; break; fi
+  done
+  if [ "$python" = 3.11 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's python3.11 (the task user runs the environment built from it)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 >/dev/null
+    python=/usr/bin/python3.11
+  fi
+fi
+uv sync --frozen --python "$python" --compile-bytecode -q

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -40,8 +41,20 @@ def free_ports() -> dict[str, int]:
     return {name: free_port() for name in Ports.model_fields}
 
 
+def passable(path: Path) -> Path:
+    """``path`` and the folders above it passable (not listable) for other users, as a project folder is:
+    pytest makes its temporary folders 0700, and as root DAG code runs as the task user (local.task_user),
+    who must reach the state folder. A test that wants it unreachable does not call this."""
+    for folder in [Path(path), *Path(path).parents]:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(stat.S_IMODE(mode) | 0o001)
+    return path
+
+
 def make_spec(base_dir: Path, extra: dict | None = None) -> PlatformSpec:
     """A spec on free ports with a short sync interval, state in ``base_dir/.airflow-gitops``."""
+    passable(base_dir)
     data = {
         "dags": {"sync_interval": 2},
         "local": {

@@ -49,7 +49,8 @@ def _launch(tmp_path: Path, env: dict[str, str], *command: str, timeout: float =
 
 
 def test_the_local_target_writes_one_private_plan_and_names_it_with_one_variable(tmp_path):
-    spec = parse_spec({"local": {"preload": ["pandas"]}}, base_dir=tmp_path)
+    # Same-user mode (what a platform started by a user who is not root gets): the scheduler preloads.
+    spec = parse_spec({"local": {"preload": ["pandas"], "task_user": "same"}}, base_dir=tmp_path)
     layout = Layout(spec)
     env = airflow_env(layout, "postgresql://u:secret-pw@127.0.0.1/db")
     assert env[launch_plan.ENV_VAR] == str(layout.launch_plan)
@@ -63,15 +64,35 @@ def test_the_local_target_writes_one_private_plan_and_names_it_with_one_variable
     assert plan.dag_processor_preload and plan.dag_processor_poll and plan.api_route_types_once
     assert plan.migrated_stamp == str(layout.migrated_stamp)
     assert plan.forkserver_socket == str(layout.forkserver_socket)
+    assert (plan.task_zygote_socket, plan.task_uid, plan.task_gid) == (None, None, None)
     text = path.read_text()
     for secret in (keystore.fernet_key(spec), keystore.jwt_secret(spec), keystore.api_secret_key(spec), "secret-pw"):
         assert secret not in text
     # The record is what the file holds, and back.
     assert LaunchPlan.from_json(plan.to_json(), "x") == plan
 
-    no_preload = parse_spec({"local": {"preload": []}}, base_dir=tmp_path / "other")
+    no_preload = parse_spec({"local": {"preload": [], "task_user": "same"}}, base_dir=tmp_path / "other")
     airflow_env(Layout(no_preload), "postgresql://u:p@127.0.0.1/db")
     assert launch_plan.load(Layout(no_preload).launch_plan).scheduler_preload == ()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="DAG code runs as another user only when `up` runs as root")
+def test_as_root_the_plan_hands_dag_code_to_the_task_users_zygote_which_preloads_instead(tmp_path):
+    import pwd
+
+    from airflow_gitops.local import task_user
+
+    spec = parse_spec({"local": {"preload": ["pandas"]}}, base_dir=tmp_path)
+    layout = Layout(spec)
+    user = task_user.ensure(layout, lambda _text: None)
+    airflow_env(layout, "postgresql://u:secret-pw@127.0.0.1/db")
+    plan = launch_plan.load(layout.launch_plan)
+    pw = pwd.getpwnam(task_user.DEFAULT_USER)
+    assert (plan.task_uid, plan.task_gid) == (pw.pw_uid, pw.pw_gid) == (user.uid, user.gid)
+    assert plan.task_zygote_socket == str(task_user.zygote_socket(layout, user))
+    # Tasks are forks of the zygote now: the scheduler and the DAG processor would preload for nothing.
+    assert plan.scheduler_preload == () and plan.dag_processor_preload == ()
+    assert LaunchPlan.from_json(plan.to_json(), "x") == plan
 
 
 def _valid() -> dict:

@@ -18,6 +18,7 @@ import pytest
 from airflow_gitops.checks.doctor import DOCTOR
 from airflow_gitops.checks.patches import patch_checks
 from airflow_gitops.local import patches, preload
+from airflow_gitops.local.patches import task_zygote
 from airflow_gitops.local.platform import LocalTarget
 from airflow_gitops.target import Capability
 
@@ -38,6 +39,10 @@ APPLY = {
         "airflow.dag_processing.manager:DagFileProcessorManager._service_processor_sockets",
     ),
     "fastapi_routes": (preload.patch_fastapi_route_building, "fastapi._compat.v2:ModelField.__post_init__"),
+    "task_zygote": (
+        lambda: task_zygote.patch_task_zygote("/nonexistent/zygote.sock", 65534, 65534),
+        "airflow.sdk.execution_time.supervisor:WatchedSubprocess.start",
+    ),
 }
 
 
@@ -63,8 +68,10 @@ def test_every_guard_matches_the_installed_airflow_and_fastapi_so_every_patch_ap
             "from airflow_gitops.local import patches, preload\n"
             "mismatches = {g.patch: g.mismatches() for g in patches.all_guards()}\n"
             "from_files = {g.patch: g.mismatches(imported=False) for g in patches.all_guards()}\n"
+            "from airflow_gitops.local.patches import task_zygote\n"
             "applied = [preload.patch_fastapi_route_building(), preload.patch_local_executor(['json']),\n"
-            "           preload.patch_scheduler_busy_sleep(0.1), preload.patch_dag_processor_poll()]\n"
+            "           preload.patch_scheduler_busy_sleep(0.1), preload.patch_dag_processor_poll(),\n"
+            "           task_zygote.patch_task_zygote('/nonexistent.sock', 65534, 65534)]\n"
             "from airflow.executors.local_executor import LocalExecutor\n"
             "again = [preload.patch_fastapi_route_building(), preload.patch_scheduler_busy_sleep(0.1)]\n"
             "print(json.dumps({'mismatches': mismatches, 'from_files': from_files, 'applied': applied,\n"
@@ -82,7 +89,7 @@ def test_every_guard_matches_the_installed_airflow_and_fastapi_so_every_patch_ap
     out = json.loads(got.stdout.strip().splitlines()[-1])
     assert out["mismatches"] == {name: [] for name in APPLY}
     assert out["from_files"] == {name: [] for name in APPLY}  # doctor's import-free read agrees
-    assert out["applied"] == [True, True, True, True]
+    assert out["applied"] == [True, True, True, True, True]
     assert out["again"] == [False, False]  # a second patch changes nothing
     assert out["states"] == {name: True for name in APPLY}
     assert out["still_match"] == {name: [] for name in APPLY}  # the guard sees the original behind a patch

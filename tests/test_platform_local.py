@@ -328,3 +328,127 @@ def _all_unforked(plat) -> bool:
         return False
     pids = plat.component_pids(states)
     return all(pids[n] == states[n]["pid"] for n in AIRFLOW_COMPONENTS)
+
+
+BOUNDARY_DAG = """
+import os
+from datetime import datetime
+from airflow.sdk import dag, task
+
+PARSED_BY = os.getuid()  # top-level code: runs while the DAG processor parses the file, and in each task
+
+@dag(dag_id="{dag_id}", schedule=None, start_date=datetime(2024, 1, 1), catchup=False,
+     tags=["test", f"parsed-by-{{PARSED_BY}}"], default_args={{"owner": "tests", "retries": 0}})
+def _d():
+    @task
+    def probe():
+        import json, signal
+        from airflow.configuration import conf
+        seen = {{"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
+                "parsed_by": PARSED_BY, "home": os.environ.get("HOME"),
+                "sql_alchemy_conn": conf.get("database", "sql_alchemy_conn", fallback=""),
+                "fernet_key": conf.get("core", "fernet_key", fallback=""),
+                "jwt_secret": conf.get("api_auth", "jwt_secret", fallback="")}}
+        targets = json.loads({targets!r})
+        targets["write"]["own_dag_file"] = __file__  # the bundle version this task runs from
+        seen["own_dag_file_path"] = __file__
+        for label, path in targets["read"].items():
+            try:
+                with open(path, "rb") as fh:
+                    fh.read(1)
+                seen[label] = "read"
+            except OSError as err:
+                seen[label] = type(err).__name__
+        for label, path in targets["write"].items():
+            try:
+                with open(path, "a") as fh:
+                    fh.write("")
+                seen[label] = "written"
+            except OSError as err:
+                seen[label] = type(err).__name__
+        for label, pid in targets["signal"].items():
+            try:
+                os.kill(pid, 0)  # signal 0: only asks whether it may
+                seen[label] = "may signal"
+            except OSError as err:
+                seen[label] = type(err).__name__
+        return seen
+    probe()
+
+_d()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="DAG code runs as another user only when `up` runs as root")
+def test_as_root_dag_code_runs_as_the_task_user_and_cannot_reach_the_platforms_keys(local_platform, tmp_path):
+    """Issue 22: a task (and the DAG file's top level, while it is parsed) runs as local.task_user, in a
+    process that never held the configuration: it cannot read airflow.cfg, the secrets, the database files
+    or the component logs, cannot change the bundle it runs from, cannot signal the platform's processes,
+    and Airflow's configuration in its memory has none of the platform's keys."""
+    import pwd
+
+    import psutil
+
+    from airflow_gitops.local import task_user
+
+    lay = local_platform.layout
+    user = pwd.getpwnam(task_user.DEFAULT_USER)
+    status = local_platform.status().components
+    scheduler, zygote = status["scheduler"].pid, status["task-zygote"].pid
+    assert psutil.Process(zygote).uids().real == user.pw_uid  # the zygote itself, from its first instruction
+    repo = DagRepo(local_platform.spec.dag_repo_url, tmp_path / "work")
+    dag_id = f"{PREFIX}_boundary"
+    commit_before = local_platform.parsed_commit()
+    version_dir = lay.bundles / "dags" / "versions" / (commit_before or "x")
+    targets = {
+        "read": {
+            "airflow_cfg": str(lay.airflow_home / "airflow.cfg"),
+            "fernet_file": str(lay.secrets / "fernet.key"),
+            "env_file": str(local_platform.env_file),
+            "scheduler_log": str(lay.logs / "scheduler.log"),
+            "s3_credentials": str(lay.aws_credentials),
+            "scheduler_environ": f"/proc/{scheduler}/environ",
+            "scheduler_mem": f"/proc/{scheduler}/mem",
+            "its_aws_copy": task_user.task_aws_files(lay)[0],  # what it should read
+        },
+        "write": {
+            "bundle_file": str(lay.bundles / "dags" / "tracking_repo" / "dags" / "ml_pipeline.py"),
+            "bare_config": str(lay.bundles / "dags" / "bare" / "config"),
+            "lock_file": str(lay.bundles / "_locks" / "dags.lock"),
+            "version_file": str(version_dir / "dags" / "ml_pipeline.py"),
+            "its_home": str(lay.task_home / "scratch"),  # what it may write
+        },
+        "signal": {"scheduler": scheduler, "api_server": status["api-server"].pid},
+    }
+    repo.push({f"dags/{dag_id}.py": BOUNDARY_DAG.format(dag_id=dag_id, targets=json.dumps(targets))}, f"add {dag_id}")
+    client = local_platform.client()
+    wait_for(lambda: dag_id in client.dag_ids(), 90, f"{dag_id} to be listed")
+    run_id = client.trigger(dag_id)
+    state = client.wait_run(dag_id, run_id, timeout=180)["state"]
+    assert state == "success", client.task_log(dag_id, run_id, "probe")[-3000:]
+    seen = client.xcom(dag_id, run_id, "probe")
+    assert (seen["uid"], seen["euid"], seen["gid"]) == (user.pw_uid, user.pw_uid, user.pw_gid)
+    assert seen["groups"] in ([], [user.pw_gid])
+    assert seen["parsed_by"] == user.pw_uid  # the task's own parse
+    [dag] = [d for d in client.list_dags() if d["dag_id"] == dag_id]
+    assert f"parsed-by-{user.pw_uid}" in {t["name"] for t in dag["tags"]}  # the DAG processor's parse
+    assert seen["home"] == str(lay.task_home)
+    for label in ("airflow_cfg", "fernet_file", "env_file", "scheduler_log", "s3_credentials"):
+        assert seen[label] == "PermissionError", (label, seen[label])
+    assert seen["scheduler_environ"] in ("PermissionError", "FileNotFoundError"), seen["scheduler_environ"]
+    assert seen["scheduler_mem"] in ("PermissionError", "FileNotFoundError"), seen["scheduler_mem"]
+    assert seen["its_aws_copy"] == "read"
+    assert seen["own_dag_file_path"].startswith(str(lay.bundles / "dags" / "versions")) and seen["own_dag_file"] == (
+        "PermissionError"
+    )
+    for label in ("bundle_file", "bare_config", "lock_file", "version_file"):
+        assert seen[label] in ("PermissionError", "FileNotFoundError"), (label, seen[label])
+    assert seen["its_home"] == "written"
+    assert seen["scheduler"] == "PermissionError" and seen["api_server"] == "PermissionError"
+    # Airflow's configuration as the task sees it holds none of the platform's keys.
+    assert keystore.fernet_key(local_platform.spec) not in json.dumps(seen)
+    assert keystore.jwt_secret(local_platform.spec) not in json.dumps(seen)
+    assert local_platform.database_url() not in json.dumps(seen)
+    # Nobody else may enter what the task user may pass.
+    for folder in (lay.root, lay.airflow_home, lay.bundles, lay.tasks):
+        assert stat.S_IMODE(folder.stat().st_mode) & 0o007 == 0, folder

@@ -29,6 +29,7 @@ from .preload import preload_checks
 from .result import CheckResult, emit, fail, skip
 from .spec_files import spec_checks
 from .ssh import ssh_checks
+from .task_user import task_user_checks
 
 
 @dataclass
@@ -73,6 +74,7 @@ DOCTOR: list[Check] = [
     Check("kube", lambda ctx: kube_checks(ctx.target.spec), needs=Capability.CLUSTER),
     Check("preload", lambda ctx: preload_checks(ctx.target.spec), needs=Capability.AIRFLOW_HERE),
     Check("patches", lambda ctx: patch_checks(), needs=Capability.AIRFLOW_HERE),
+    Check("task_user", lambda ctx: task_user_checks(ctx.target.spec), needs=Capability.AIRFLOW_HERE),
 ]
 
 

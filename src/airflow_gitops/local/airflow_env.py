@@ -142,12 +142,65 @@ def airflow_env(layout: Layout, database_url: str) -> dict[str, str]:
     return env
 
 
+def task_env(layout: Layout, env: dict[str, str]) -> dict[str, str]:
+    """The environment of the task user's zygote (and so of every task and parse process): the Airflow
+    processes' ``env`` without what only the platform's own components use (the launch plan, the git
+    Connection naming the deploy key, the admin password file), with the task user's own
+    ``AIRFLOW_HOME`` and an empty config file instead of ``airflow.cfg`` (so no secret setting at all), the
+    bundle as the prepared worktrees (``task_bundle.py``) and the task user's copies of the AWS files."""
+    from . import task_bundle, task_user
+
+    drop = {
+        LAUNCH_PLAN_ENV_VAR,
+        contract.conn_env_name(GIT_CONN_ID),
+        names.SETTINGS[("core", "simple_auth_manager_passwords_file")].env,
+    }
+    out = {k: v for k, v in env.items() if k not in drop}
+    prepared = [
+        {"name": b["name"], "classpath": task_bundle.CLASSPATH, "kwargs": _prepared_kwargs(layout, b["kwargs"])}
+        for b in contract.bundle_config(layout.spec, probe=layout.spec.dags.repo is None)
+    ]
+    credentials, config = task_user.task_aws_files(layout)
+    home = str(layout.task_home)
+    out.update(
+        {
+            "HOME": home,
+            "AIRFLOW_HOME": home,
+            "AIRFLOW_CONFIG": str(layout.tasks / "airflow.cfg"),
+            names.SETTINGS[("dag_processor", "dag_bundle_config_list")].env: json.dumps(prepared),
+            names.SETTINGS[("dag_processor", "dag_bundle_storage_path")].env: f"{home}/bundles",
+            names.SETTINGS[("logging", "base_log_folder")].env: f"{home}/logs",
+            "AWS_SHARED_CREDENTIALS_FILE": credentials,
+            "AWS_CONFIG_FILE": config,
+        }
+    )
+    return out
+
+
+def _prepared_kwargs(layout: Layout, kwargs: dict) -> dict:
+    out = {"prepared_root": str(layout.bundles), "refresh_interval": kwargs["refresh_interval"]}
+    if kwargs.get("subdir"):
+        out["subdir"] = kwargs["subdir"]
+    return out
+
+
 def launch_plan(layout: Layout) -> LaunchPlan:
     """What ``launch.py`` does to an Airflow process before Airflow runs in it (``preload.py``; each lever
     and what the bench measured for it: docs/performance.md, "Inner loop")."""
+    from . import task_user
+
+    user = task_user.resolve(layout)
+    zygote = {}
+    if user is not None:
+        # DAG code runs as the task user, forked by its zygote, which preloads instead (zygote.py).
+        zygote = {
+            "task_zygote_socket": str(task_user.zygote_socket(layout, user)),
+            "task_uid": user.uid,
+            "task_gid": user.gid,
+        }
     return LaunchPlan(
         # Task processes are forks of the scheduler: what it imported, every task starts with.
-        scheduler_preload=tuple(preload.modules_for(layout.spec.local.preload)),
+        scheduler_preload=() if zygote else tuple(preload.modules_for(layout.spec.local.preload)),
         # The scheduler's loop sleeps 0.1 s instead of [scheduler] scheduler_idle_sleep_time (1 s) while a
         # Dag run is queued or running and for a minute after a push: the next task (and the run
         # triggered after a push) starts sooner; idle, nothing changes.
@@ -155,7 +208,7 @@ def launch_plan(layout: Layout) -> LaunchPlan:
         # The DAG processor forks a process per file and parse: what each would import again (Airflow's
         # task SDK, the standard operators, the providers' asset handlers) is imported once in it, and a
         # finished parse is collected at once instead of up to 1 s later.
-        dag_processor_preload=preload.DAG_PROCESSOR_MODULES,
+        dag_processor_preload=() if zygote else preload.DAG_PROCESSOR_MODULES,
         dag_processor_poll=True,
         # The API server (whose start is the critical path of `up`) builds each distinct route type once
         # instead of once per router an endpoint is included through.
@@ -165,6 +218,7 @@ def launch_plan(layout: Layout) -> LaunchPlan:
         migrated_stamp=str(layout.migrated_stamp),
         # They are forked from one process that imported Airflow once for all of them (forkserver.py).
         forkserver_socket=str(layout.forkserver_socket),
+        **zygote,
     )
 
 

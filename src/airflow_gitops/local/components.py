@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import httpx
 
 from .. import keystore, serving
 from ..binaries import venv_bin
-from . import forkserver, mlflow_store, preload
+from . import airflow_env, forkserver, mlflow_store, preload, task_user, zygote
 from .aws import s3_env_file
 from .layout import HOST, Layout, dag_runtime_env
 from .supervisor import Program
@@ -96,13 +97,14 @@ def http_ok(url: str) -> bool:
 BACKGROUND_NICE = 5
 
 
-def launch_command(env_file, nice: int = 0) -> list[str]:
+def launch_command(env_file, nice: int = 0, user: str | None = None) -> list[str]:
     return [
         sys.executable,
         "-m",
         "airflow_gitops.local.launch",
         str(env_file),
         *(["--nice", str(nice)] if nice else []),
+        *(["--user", user] if user else []),
         "--",
     ]
 
@@ -140,6 +142,34 @@ def _forkserver_program(platform: Parts) -> Program:
         directory=platform.layout.airflow_home,
         stopwaitsecs=int(forkserver.STOP_GRACE_S) + 5,
     )
+
+
+def _zygote_program(platform: Parts) -> Program:
+    """The task user's zygote (``zygote.py``): started as root by supervisord, it reads its 0600
+    environment file (the task environment, ``airflow_env.task_env``), becomes the task user and forks
+    every task and DAG-parse process from there."""
+    lay = platform.layout
+    user = task_user.resolve(lay)
+    env = airflow_env.task_env(lay, json.loads(keystore.read_private(platform.env_file)))
+    early = list(dict.fromkeys([*preload.AIRFLOW_TASK_MODULES, *preload.DAG_PROCESSOR_MODULES]))
+    env[zygote.PRELOAD_AT_FIRST_TASK_ENV] = ",".join(
+        m for m in preload.modules_for(lay.spec.local.preload) if m not in early
+    )
+    path = lay.supervisor / "task-zygote.env.json"
+    keystore.write_private(path, json.dumps(env))
+    sock = str(task_user.zygote_socket(lay, user))
+    serve = [sys.executable, "-m", "airflow_gitops.local.zygote", sock, str(os.getuid()), *early]
+    return Program(
+        "task-zygote",
+        [*launch_command(path, BACKGROUND_NICE, user.name), *serve],
+        directory=lay.task_home,
+        stopwaitsecs=int(forkserver.STOP_GRACE_S) + 5,
+    )
+
+
+def _zygote_healthy(platform: Parts) -> bool:
+    user = task_user.resolve(platform.layout)
+    return forkserver.ping(str(task_user.zygote_socket(platform.layout, user)), uid=user.uid) is not None
 
 
 def _mlflow_program(platform: Parts) -> Program:
@@ -254,6 +284,15 @@ COMPONENTS: list[Component] = [
         enabled=lambda layout: True,
         program=_forkserver_program,
         healthy=lambda p, _: forkserver.ping(str(p.layout.forkserver_socket)) is not None,
+        starts_in=Phase.DATABASE,
+    ),
+    # When `up` runs as root: forks DAG code (tasks, DAG-file parses) as local.task_user (task_user.py).
+    Component(
+        "task-zygote",
+        Phase.AIRFLOW_IMPORT,
+        enabled=lambda layout: task_user.wanted(layout) is not None,
+        program=_zygote_program,
+        healthy=lambda p, _: _zygote_healthy(p),
         starts_in=Phase.DATABASE,
     ),
     # It answers (200 with a model, 503 saying why not) from the start: a platform without a champion yet

@@ -78,7 +78,9 @@ def _decode(data: bytes) -> dict | None:
 
 
 # --- client -------------------------------------------------------------------------------------------
-def _connect(path: str, wait: float) -> socket.socket:
+def _connect(path: str, wait: float, uid: int | None = None) -> socket.socket:
+    """A connection to the server at ``path``, which must run as ``uid`` (default: our own user)."""
+    expected = os.getuid() if uid is None else uid
     deadline = time.monotonic() + wait
     while True:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -90,17 +92,18 @@ def _connect(path: str, wait: float) -> socket.socket:
                 raise Unavailable(f"no fork server answers on {path} ({err.strerror or err})") from None
             time.sleep(0.05)
             continue
-        peer, uid = _peer(conn)
-        if uid != os.getuid():  # e.g. a socket put at the /tmp fallback path by another user
+        peer, peer_uid = _peer(conn)
+        if peer_uid != expected:  # e.g. a socket put at the /tmp fallback path by another user
             conn.close()
-            raise Unavailable(f"the socket {path} belongs to pid {peer} of another user ({uid})")
+            raise Unavailable(f"the socket {path} belongs to pid {peer} of another user ({peer_uid})")
         return conn
 
 
-def ping(path: str, timeout: float = 2.0) -> dict | None:
-    """The server's pid and its children (client pid -> component pid), once it serves; else None."""
+def ping(path: str, timeout: float = 2.0, uid: int | None = None) -> dict | None:
+    """The server's pid and its children (client pid -> component pid), once it serves; else None.
+    ``uid``: the user it must run as (default: ours)."""
     try:
-        conn = _connect(path, 0)
+        conn = _connect(path, 0, uid)
     except Unavailable:
         return None
     with conn:
@@ -215,8 +218,11 @@ def _peer(conn: socket.socket) -> tuple[int, int]:
 
 
 class Server:
-    def __init__(self, listener: socket.socket):
+    MAX_FDS = 3  # a request's descriptors: standard input, output and error
+
+    def __init__(self, listener: socket.socket, allowed_uid: int | None = None):
         self.listener = listener
+        self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid  # whose requests it takes
         self.selector = selectors.DefaultSelector()
         self.clients: dict[int, _Client] = {}  # conn fd -> client
         self.by_pidfd: dict[int, _Client] = {}
@@ -275,7 +281,7 @@ class Server:
         except OSError:
             return
         peer, uid = _peer(conn)
-        if uid != os.getuid():
+        if uid != self.allowed_uid:
             _say(f"refused a connection from pid {peer} of user {uid}")
             conn.close()
             return
@@ -307,7 +313,7 @@ class Server:
 
     def _request(self, client: _Client) -> tuple[dict, list[int]] | None:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(client.conn, MAX_MESSAGE, 3)
+            data, fds, _flags, _addr = socket.recv_fds(client.conn, MAX_MESSAGE, self.MAX_FDS)
         except OSError as err:
             data, fds = b"", []
             _say(f"unreadable request from pid {client.peer}: {err}")
@@ -369,6 +375,9 @@ class Server:
             return "the fork server is stopping"
         return None
 
+    def _describe(self, message: dict) -> str:
+        return " ".join(message["command"][1:3])
+
     def _answer(self, client: _Client, message: dict) -> bool:
         try:
             _send(client.conn, message)
@@ -394,7 +403,7 @@ class Server:
         client.pidfd = os.pidfd_open(pid)
         self.by_pidfd[client.pidfd] = client
         self.selector.register(client.pidfd, selectors.EVENT_READ, client)
-        _say(f"pid {pid}: {' '.join(message['command'][1:3])} (for pid {client.peer})")
+        _say(f"pid {pid}: {self._describe(message)} (for pid {client.peer})")
         if not self._answer(client, {"pid": pid}):  # the client went away meanwhile
             self._kill(client, signal.SIGKILL)
         return None

@@ -33,16 +33,35 @@ import json
 import os
 import sys
 
-USAGE = "usage: python -m airflow_gitops.local.launch ENV_FILE [--nice N] -- COMMAND [ARGS...]"
+USAGE = "usage: python -m airflow_gitops.local.launch ENV_FILE [--nice N] [--user NAME] -- COMMAND [ARGS...]"
+
+
+def _become_user(name: str) -> None:
+    """Drop root for good: ``name``'s uid and group, no other group (the task user's zygote, zygote.py).
+    The environment file was read first: it stays root's 0600 file."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        sys.exit(f"airflow-gitops: the user {name} does not exist (local.task_user); `airflow-gitops up` creates it")
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    if os.getuid() != pw.pw_uid or os.geteuid() != pw.pw_uid or os.getegid() != pw.pw_gid:
+        sys.exit(f"airflow-gitops: could not become the user {name}")
 
 
 def main(argv: list[str]) -> None:
-    nice = 0
-    if len(argv) > 2 and argv[1] == "--nice":
-        try:
-            nice = int(argv[2])
-        except ValueError:
-            sys.exit(USAGE)
+    nice, user = 0, None
+    while len(argv) > 2 and argv[1] in ("--nice", "--user"):
+        if argv[1] == "--nice":
+            try:
+                nice = int(argv[2])
+            except ValueError:
+                sys.exit(USAGE)
+        else:
+            user = argv[2]
         argv = [argv[0], *argv[3:]]
     if len(argv) < 3 or argv[1] != "--":
         sys.exit(USAGE)
@@ -51,6 +70,8 @@ def main(argv: list[str]) -> None:
     os.environ.update(json.loads(raw))
     if nice:
         os.nice(nice)
+    if user is not None:
+        _become_user(user)
     command = argv[2:]
     from . import launch_plan
 

@@ -50,6 +50,11 @@ class LaunchPlan:
     migrated_stamp: str | None = None
     # Every component: forked from the fork server listening here (``forkserver.py``). None: not forked.
     forkserver_socket: str | None = None
+    # Scheduler and DAG processor: task and DAG-parse processes forked by the task user's zygote listening
+    # here, run by task_uid (patch ``task_zygote``); task_gid may read the bundle worktrees. None: off.
+    task_zygote_socket: str | None = None
+    task_uid: int | None = None
+    task_gid: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -99,6 +104,12 @@ _CHECKS = {
     "api_route_types_once": (lambda v: isinstance(v, bool), "true or false"),
     "migrated_stamp": (_optional_text, "a file path or null"),
     "forkserver_socket": (_optional_text, "a socket path or null"),
+    "task_zygote_socket": (_optional_text, "a socket path or null"),
+    "task_uid": (
+        lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+        "a uid > 0 or null",
+    ),
+    "task_gid": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0), "a gid or null"),
 }
 
 _FIX = (

@@ -9,6 +9,7 @@ One state directory holds everything (default ``.airflow-gitops/``)::
     mlflow/           MLflow's working dir (its store is in PostgreSQL, artifacts in S3)
     aws/              credentials + config (the seed's /home/airflow/.aws)         survives down/up
     s3/               the local S3 endpoint's objects: one folder a bucket          survives down/up
+    tasks/            what DAG code reads when it runs as local.task_user; its home  survives down/up
     supervisor/       supervisord.conf, the 0600 environment files, the launch plan, socket, pid
     logs/             one log file per component
 """
@@ -77,6 +78,15 @@ class Layout:
     @property
     def bundles(self) -> Path:
         return self.airflow_home / "bundles"
+
+    @property
+    def tasks(self) -> Path:
+        """What the task user's processes read (``task_user.py``); its home is ``task_home``."""
+        return self.root / "tasks"
+
+    @property
+    def task_home(self) -> Path:
+        return self.tasks / "home"
 
     @property
     def migrated_stamp(self) -> Path:

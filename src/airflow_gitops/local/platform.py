@@ -24,7 +24,7 @@ from ..binaries import venv_bin
 from ..errors import PlatformError
 from ..fernetkeys import key_file, read_keys, rotate_keys
 from ..target import Capability, Target
-from . import components, environment, forkserver, preload, process_hooks
+from . import components, environment, forkserver, preload, process_hooks, task_user
 from .airflow_env import ADMIN_USER, airflow_env
 from .api import AirflowClient
 from .aws import write_local_aws_files
@@ -112,6 +112,7 @@ class LocalTarget(Target):
             from .postgres import binary
 
             binary("initdb"), binary("postgres")
+        self._preflight_task_user()
         if self.spec.dags.is_ssh:
             self._preflight_ssh_files()
         if self.spec.dags.repo:
@@ -123,6 +124,27 @@ class LocalTarget(Target):
                 problem = (err.saw, err.fix)
             if problem:
                 raise PlatformError(f"DAG repository: {problem[0]}", problem[1])
+
+    def _preflight_task_user(self) -> None:
+        """As root, DAG code runs as local.task_user: the user exists (the default one is created), can run
+        this Python environment, and the patch that hands DAG code to it applies (else nothing starts)."""
+        from .patches import task_zygote
+
+        user = task_user.ensure(self.layout, lambda text: print(f"  {text}", flush=True))
+        if user is None:
+            return
+        bad = task_zygote.GUARD.mismatches(imported=False)
+        if bad:
+            raise PlatformError(
+                f"DAG code is to run as {user.name} (local.task_user), but the patch that does it is off: "
+                f"{task_zygote.GUARD.reason(bad)}",
+                "use the Airflow of uv.lock (`uv sync --frozen`), or set local.task_user: same in platform.yaml "
+                "to run DAG code as root knowingly (it can then read the platform's keys)",
+            )
+        task_user.check_reachable(self.layout, user)
+        self.layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        task_user.prepare(self.layout, user)
+        task_user.check_can_run(user, self.layout.task_home)
 
     def _preflight_ssh_files(self) -> None:
         """The deploy key and known_hosts the GitDagBundle will read: present, ours, not a link, 0600."""
@@ -267,6 +289,9 @@ class LocalTarget(Target):
         for make in (keystore.fernet_key, keystore.jwt_secret, keystore.api_secret_key, keystore.admin_password):
             make(self.spec)
         write_local_aws_files(lay)
+        user = task_user.resolve(lay)
+        if user is not None:
+            task_user.prepare(lay, user)  # after the AWS files: its copies of them
         process_hooks.write_local_settings(lay.airflow_home)  # children die with their parent
         if lay.runs_local_postgres:
             process_hooks.clear_stale_pid_file(self.postgres.data_dir / "postmaster.pid", str(self.postgres.data_dir))
@@ -435,8 +460,14 @@ class LocalTarget(Target):
         return process_hooks.leftovers(self.session(), self._run_as_uids())
 
     def _run_as_uids(self) -> list[int]:
+        """The users the platform's processes run as besides ours: PostgreSQL's, the task user's."""
         user = postgres_user() if self.layout.runs_local_postgres else None
-        return [user.pw_uid] if user else []
+        uids = [user.pw_uid] if user else []
+        try:
+            tasks = task_user.resolve(self.layout)
+        except PlatformError:
+            tasks = None  # not created yet: nothing of it runs
+        return uids + ([tasks.uid] if tasks else [])
 
     def _sweep(self, say) -> list[process_hooks.Leftover]:
         """Terminate processes of this platform that supervisord does not know (any more)."""

@@ -237,6 +237,9 @@ def run(command: list[str], plan: LaunchPlan) -> None:
         notes.append(f"route types built once: {'on' if patch_fastapi_route_building() else 'n/a'}")
     import airflow  # noqa: F401 - initialise Airflow (settings, logging) before anything else
 
+    if plan.task_zygote_socket and command[1:2] in (["scheduler"], ["dag-processor"]):
+        notes.append(_task_user(plan))
+
     if command[1:2] == ["scheduler"]:
         modules = list(plan.scheduler_preload)
         if modules:
@@ -265,6 +268,23 @@ def run(command: list[str], plan: LaunchPlan) -> None:
     sys.exit(main())
 
 
+def _task_user(plan: LaunchPlan) -> str:
+    """Task and parse processes forked by the task user's zygote (``patches/task_zygote``), or exit: with the
+    patch off they would be forks of this process - DAG code as root, holding the platform's keys."""
+    from .patches.task_zygote import patch_task_zygote
+
+    if patch_task_zygote(plan.task_zygote_socket, plan.task_uid, plan.task_gid):
+        return f"task and parse processes run as uid {plan.task_uid} (zygote {plan.task_zygote_socket})"
+    print(
+        "airflow-gitops: error: local.task_user is set but the patch that runs DAG code as that user is off "
+        "(the line above says why); refusing to run DAG code as root. Fix: use the Airflow of uv.lock, or set "
+        "local.task_user: same in platform.yaml to run it as root knowingly (it can then read the platform's keys)",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.exit(3)
+
+
 def start(command: list[str], plan: LaunchPlan | None = None) -> None:
     """Become ``command``: run it in this process through :func:`run` when its launch plan (``plan``, else
     the one this process's environment names) asks for that, else exec it."""
@@ -284,9 +304,9 @@ def wanted(command: list[str], plan: LaunchPlan) -> bool:
     if plan.migrated_stamp and command[1:2] and command[1] in COMMAND_MODULES:
         return True
     if command[1:2] == ["scheduler"]:
-        return bool(plan.scheduler_preload or plan.scheduler_busy_sleep)
+        return bool(plan.scheduler_preload or plan.scheduler_busy_sleep or plan.task_zygote_socket)
     if command[1:2] == ["dag-processor"]:
-        return bool(plan.dag_processor_preload or plan.dag_processor_poll)
+        return bool(plan.dag_processor_preload or plan.dag_processor_poll or plan.task_zygote_socket)
     if command[1:2] == ["api-server"]:
         return plan.api_route_types_once
     return False

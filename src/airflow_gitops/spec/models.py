@@ -715,6 +715,9 @@ DEFAULT_PRELOAD = (
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,20}")
 
 
+_POSIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,30}")
+
+
 class LocalSpec(_Model):
     """The local target: everything on 127.0.0.1, state in one directory."""
 
@@ -725,6 +728,22 @@ class LocalSpec(_Model):
     # Python packages the DAGs' tasks import, imported once in the scheduler so that every task process
     # (a fork of it) starts with them (docs/performance.md, "Inner loop"). [] turns preloading off.
     preload: list[str] = Field(default_factory=lambda: list(DEFAULT_PRELOAD), max_length=200)
+    # The OS user DAG code runs as (tasks, and DAG files while they are parsed) when `up` runs as root:
+    # "auto" = airflow-gitops-tasks (created by `up` if missing), a user name, or "same" (as root itself:
+    # DAG code can then read the platform's keys). Without root, DAG code runs as the user who ran `up`.
+    task_user: str = "auto"
+
+    @field_validator("task_user")
+    @classmethod
+    def _task_user(cls, v: str) -> str:
+        if v in ("auto", "same") or _POSIX_USER.fullmatch(v):
+            if v == "root":
+                raise ValueError("'root' is what this setting keeps DAG code from; say 'same' to run DAG code as root")
+            return v
+        raise ValueError(
+            f"{_short(v)} is not a user name: give 'auto' (the default: a user of its own), an existing user "
+            "such as 'airflow-tasks', or 'same'"
+        )
 
     @field_validator("preload")
     @classmethod

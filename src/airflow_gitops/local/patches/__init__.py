@@ -18,6 +18,12 @@ __all__ = ["PATCHED", "STATES", "Guard", "all_guards", "fingerprint", "resolve"]
 
 
 def all_guards() -> list[Guard]:
-    from . import dag_processor_poll, fastapi_routes, local_executor, scheduler_sleep
+    from . import dag_processor_poll, fastapi_routes, local_executor, scheduler_sleep, task_zygote
 
-    return [local_executor.GUARD, scheduler_sleep.GUARD, dag_processor_poll.GUARD, fastapi_routes.GUARD]
+    return [
+        local_executor.GUARD,
+        scheduler_sleep.GUARD,
+        dag_processor_poll.GUARD,
+        fastapi_routes.GUARD,
+        task_zygote.GUARD,
+    ]
