@@ -128,17 +128,50 @@ def test_a_passable_folder_lets_the_group_through_and_nobody_else(tmp_path):
 
 
 @as_root
-def test_a_state_folder_the_task_user_cannot_reach_is_one_message_naming_the_folder(tmp_path):
+def test_a_state_folder_the_task_user_cannot_reach_is_named_and_auto_runs_dag_code_as_root_saying_so(tmp_path, capsys):
+    from airflow_gitops.checks.task_user import task_user_checks
+    from airflow_gitops.local.platform import LocalTarget
+
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)
     passable(tmp_path)
-    layout = Layout(parse_spec({"local": {"state_dir": str(closed / "state")}}, base_dir=tmp_path))
+    state = {"local": {"state_dir": str(closed / "state")}}
+    layout = Layout(parse_spec(state, base_dir=tmp_path))
     user = task_user.ensure(layout, print)
+    why = task_user.problem(layout, user)
+    assert f"{closed} is mode drwx------" in why.problem and f"chmod o+x {closed}" in why.fix
+    # auto: up goes on with DAG code as root, and says so (here and in doctor); nothing of the task user starts.
+    platform = LocalTarget(layout.spec)
+    platform._preflight_task_user()
+    out = capsys.readouterr().out
+    assert "warning: DAG code runs as root, not airflow-gitops-tasks" in out and f"chmod o+x {closed}" in out
+    assert task_user.active(layout) is None
+    [row] = task_user_checks(layout.spec)
+    assert row.status == "warn" and f"chmod o+x {closed}" in row.fix
+    # A named user is a demand: up refuses instead.
+    named = LocalTarget(parse_spec({"local": {**state["local"], "task_user": user.name}}, base_dir=tmp_path))
     with pytest.raises(PlatformError) as err:
-        task_user.check_reachable(layout, user)
-    assert f"{closed} is mode drwx------" in err.value.problem and f"chmod o+x {closed}" in err.value.fix
+        named._preflight_task_user()
+    assert f"{closed} is mode drwx------" in err.value.problem
     closed.chmod(0o711)
-    task_user.check_reachable(layout, user)  # passable now
+    assert task_user.problem(layout, user) is None and task_user.active(layout) == user  # passable now
+
+
+@as_root
+def test_a_python_environment_out_of_the_task_users_reach_is_found_from_the_modes(tmp_path):
+    layout = Layout(parse_spec({}, base_dir=tmp_path))
+    user = task_user.ensure(layout, print)
+    hidden = tmp_path / "private" / "venv"
+    hidden.mkdir(parents=True)
+    (tmp_path / "private").chmod(0o700)
+    passable(tmp_path)
+    assert task_user.blocking_folder(hidden / "bin" / "python", user) == tmp_path / "private"
+    unreadable = passable(tmp_path) / "site.py"
+    unreadable.write_text("x")
+    unreadable.chmod(0o600)
+    assert task_user.blocking_folder(unreadable, user, 4) == unreadable
+    assert task_user.blocking_folder(unreadable, user) is None  # only passing through asked
+    assert task_user.problem(layout, user) is None  # this test run's own environment is in its reach
 
 
 @as_root
@@ -265,7 +298,9 @@ def test_when_the_handover_patch_cannot_apply_up_starts_nothing(tmp_path, monkey
     platform = LocalTarget(parse_spec({}, base_dir=passable(tmp_path)))
     with pytest.raises(PlatformError) as err:
         platform._preflight_task_user()
-    assert "the patch that does it is off" in err.value.problem and "WatchedSubprocess.start changed" in err.value.problem
+    assert (
+        "the patch that does it is off" in err.value.problem and "WatchedSubprocess.start changed" in err.value.problem
+    )
     assert "local.task_user: same" in err.value.fix
     assert not platform.layout.root.exists()
 

@@ -53,7 +53,11 @@ def task_user_checks(spec: PlatformSpec) -> list[CheckResult]:
             return [ok(NAME, f"DAG code will run as {name}, a system user `up` creates (it does not exist yet)")]
     try:
         user = task_user.resolve(layout)
-        task_user.check_reachable(layout, user)
+        why = task_user.problem(layout, user)
+        if why is not None and spec.local.task_user == "auto":
+            return [warn(NAME, f"{why.problem}: `up` runs DAG code as root instead (it can read the keys)", why.fix)]
+        if why is not None:
+            raise why
         if layout.task_home.is_dir():
             task_user.check_can_run(user, layout.task_home)
     except PlatformError as err:

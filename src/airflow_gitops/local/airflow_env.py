@@ -189,7 +189,7 @@ def launch_plan(layout: Layout) -> LaunchPlan:
     and what the bench measured for it: docs/performance.md, "Inner loop")."""
     from . import task_user
 
-    user = task_user.resolve(layout)
+    user = task_user.active(layout)
     zygote = {}
     if user is not None:
         # DAG code runs as the task user, forked by its zygote, which preloads instead (zygote.py).

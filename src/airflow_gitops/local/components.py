@@ -149,7 +149,7 @@ def _zygote_program(platform: Parts) -> Program:
     environment file (the task environment, ``airflow_env.task_env``), becomes the task user and forks
     every task and DAG-parse process from there."""
     lay = platform.layout
-    user = task_user.resolve(lay)
+    user = task_user.active(lay)
     env = airflow_env.task_env(lay, json.loads(keystore.read_private(platform.env_file)))
     early = list(dict.fromkeys([*preload.AIRFLOW_TASK_MODULES, *preload.DAG_PROCESSOR_MODULES]))
     env[zygote.PRELOAD_AT_FIRST_TASK_ENV] = ",".join(
@@ -168,8 +168,13 @@ def _zygote_program(platform: Parts) -> Program:
 
 
 def _zygote_healthy(platform: Parts) -> bool:
-    user = task_user.resolve(platform.layout)
+    user = task_user.active(platform.layout)
     return forkserver.ping(str(task_user.zygote_socket(platform.layout, user)), uid=user.uid) is not None
+
+
+def _zygote_detail(layout: Layout) -> str | None:
+    user = task_user.active(layout)
+    return f"DAG code (tasks, DAG-file parses) runs as {user.name} (uid {user.uid})" if user else None
 
 
 def _mlflow_program(platform: Parts) -> Program:
@@ -290,10 +295,11 @@ COMPONENTS: list[Component] = [
     Component(
         "task-zygote",
         Phase.AIRFLOW_IMPORT,
-        enabled=lambda layout: task_user.wanted(layout) is not None,
+        enabled=lambda layout: task_user.active(layout) is not None,
         program=_zygote_program,
         healthy=lambda p, _: _zygote_healthy(p),
         starts_in=Phase.DATABASE,
+        detail=lambda p: _zygote_detail(p.layout),
     ),
     # It answers (200 with a model, 503 saying why not) from the start: a platform without a champion yet
     # is healthy; `status` and `verify` say what it serves.

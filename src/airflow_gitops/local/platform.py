@@ -126,8 +126,10 @@ class LocalTarget(Target):
                 raise PlatformError(f"DAG repository: {problem[0]}", problem[1])
 
     def _preflight_task_user(self) -> None:
-        """As root, DAG code runs as local.task_user: the user exists (the default one is created), can run
-        this Python environment, and the patch that hands DAG code to it applies (else nothing starts)."""
+        """As root, DAG code runs as local.task_user: the user exists (the default one is created), can reach
+        the state folder and run this Python environment, and the patch that hands DAG code to it applies
+        (else nothing starts). The default, ``auto``, runs DAG code as root instead where the user could not
+        (a project under /root): said here, and by doctor, with the fix."""
         from .patches import task_zygote
 
         user = task_user.ensure(self.layout, lambda text: print(f"  {text}", flush=True))
@@ -141,7 +143,12 @@ class LocalTarget(Target):
                 "use the Airflow of uv.lock (`uv sync --frozen`), or set local.task_user: same in platform.yaml "
                 "to run DAG code as root knowingly (it can then read the platform's keys)",
             )
-        task_user.check_reachable(self.layout, user)
+        why = task_user.problem(self.layout, user)
+        if why is not None:
+            if self.spec.local.task_user != "auto":
+                raise why
+            print(f"  warning: DAG code runs as root, not {user.name}: {why.problem}. Fix: {why.fix}", flush=True)
+            return
         self.layout.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         task_user.prepare(self.layout, user)
         task_user.check_can_run(user, self.layout.task_home)
@@ -289,7 +296,7 @@ class LocalTarget(Target):
         for make in (keystore.fernet_key, keystore.jwt_secret, keystore.api_secret_key, keystore.admin_password):
             make(self.spec)
         write_local_aws_files(lay)
-        user = task_user.resolve(lay)
+        user = task_user.active(lay)
         if user is not None:
             task_user.prepare(lay, user)  # after the AWS files: its copies of them
         process_hooks.write_local_settings(lay.airflow_home)  # children die with their parent

@@ -27,6 +27,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,31 +127,83 @@ def ensure(layout: Layout, say) -> TaskUser | None:
     return resolve(layout)
 
 
-def blocking_folder(path: Path, user: TaskUser) -> Path | None:
-    """The first folder above ``path`` that ``user`` may not pass through (the state folder must be
-    reachable for it: its home and the bundle worktrees are inside), or None."""
-    for folder in reversed(Path(os.path.abspath(path)).parents):
-        st = os.stat(folder)
-        if st.st_uid == user.uid:
-            bit = 0o100
-        elif st.st_gid == user.gid:
-            bit = 0o010
-        else:
-            bit = 0o001
-        if not st.st_mode & bit:
+def _allowed(st: os.stat_result, user: TaskUser, need: int) -> bool:
+    """May ``user`` (no supplementary group: the zygote has none) do ``need`` (r=4, w=2, x=1) on it?"""
+    if st.st_uid == user.uid:
+        shift = 6
+    elif st.st_gid == user.gid:
+        shift = 3
+    else:
+        shift = 0
+    return (st.st_mode >> shift) & need == need
+
+
+def blocking_folder(path: Path, user: TaskUser, need: int = 0) -> Path | None:
+    """The first folder above ``path`` that ``user`` may not pass through - or ``path`` itself, when
+    ``user`` may not do ``need`` on it - or None."""
+    path = Path(os.path.abspath(path))
+    for folder in reversed(path.parents):
+        if not _allowed(os.stat(folder), user, 1):
             return folder
+    if need and not _allowed(os.stat(path), user, need):
+        return path
     return None
 
 
-def check_reachable(layout: Layout, user: TaskUser) -> None:
+def _environment() -> list[tuple[Path, int]]:
+    """What the task user's processes must reach of this Python environment, and how."""
+    import airflow_gitops
+
+    paths = sysconfig.get_paths()
+    return [
+        (Path(os.path.realpath(sys.executable)), 5),
+        (Path(paths["stdlib"]), 5),
+        (Path(paths["purelib"]), 5),
+        (Path(airflow_gitops.__file__).resolve().parent, 5),
+    ]
+
+
+_NOT_RUNNABLE_FIX = (
+    "make the environment readable to that user: create it from a Python outside /root (as root, "
+    "scripts/bootstrap.sh does: `uv sync --python /usr/bin/python3.11`) in a project folder others may pass "
+    "through; or set local.task_user: same (DAG code then runs as root and can read the platform's keys)"
+)
+
+
+def problem(layout: Layout, user: TaskUser) -> PlatformError | None:
+    """Why ``user`` could not run DAG code here (the state folder or this Python environment out of its
+    reach), or None. Read from the modes (no process started): ``check_can_run`` confirms at ``up``."""
     folder = blocking_folder(layout.root, user)
     if folder is not None:
-        raise PlatformError(
-            f"DAG code runs as the user {user.name} (local.task_user), who cannot reach the state folder "
+        return PlatformError(
+            f"DAG code is to run as the user {user.name} (local.task_user), who cannot reach the state folder "
             f"{layout.root}: {folder} is mode {stat.filemode(os.stat(folder).st_mode)}",
-            f"let others pass through it, not list it (`chmod o+x {folder}`), or set local.state_dir to a folder "
-            "others can reach, or local.task_user: same (DAG code then runs as root and can read the platform's keys)",
+            f"let others pass through it, not list it (`chmod o+x {folder}`), or set local.state_dir to a "
+            "folder others can reach, or local.task_user: same (DAG code then runs as root and can read the "
+            "platform's keys)",
         )
+    for path, need in _environment():
+        folder = blocking_folder(path, user, need)
+        if folder is not None:
+            return PlatformError(
+                f"DAG code is to run as the user {user.name} (local.task_user), who cannot run this Python "
+                f"environment: {path} is out of its reach ({folder} is mode "
+                f"{stat.filemode(os.stat(folder).st_mode)})",
+                _NOT_RUNNABLE_FIX,
+            )
+    return None
+
+
+def active(layout: Layout) -> TaskUser | None:
+    """The user DAG code runs as on this platform, or None (as the user who runs ``up``): :func:`wanted`,
+    unless that is the default ``auto`` and :func:`problem` says it could not (``up`` then says so)."""
+    name = wanted(layout)
+    if name is None or not _exists(name):
+        return None
+    user = resolve(layout)
+    if layout.spec.local.task_user == "auto" and problem(layout, user) is not None:
+        return None
+    return user
 
 
 # What the zygote needs first: our package and Airflow's, found (not imported: that takes seconds).
@@ -184,9 +237,7 @@ def check_can_run(user: TaskUser, cwd: Path, python: str = sys.executable) -> No
         raise PlatformError(
             f"DAG code runs as the user {user.name} (local.task_user), who cannot run this Python environment "
             f"({python}): {problem[:300]}",
-            "make the environment readable to that user: create it from a Python outside /root (as root, "
-            "scripts/bootstrap.sh does: `uv sync --python /usr/bin/python3.11`) in a project folder others "
-            "may enter; or set local.task_user: same (DAG code then runs as root and can read the platform's keys)",
+            _NOT_RUNNABLE_FIX,
         )
 
 
