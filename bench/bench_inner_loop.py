@@ -28,7 +28,8 @@ Figures:
   "Pre Execute": bundle prepare, DAG file parse, XCom pulls) ... last line of task code ("Done.
   Returned value") -> end_date (XCom push, state API call) -> next task queued (scheduler loop).
 * CPU seconds per run of each supervisor program's process tree (task processes are counted in the
-  scheduler's: they are forks of its LocalExecutor workers, reaped by them) - load-independent.
+  task user's zygote's, which forks them when `up` runs as root; in the same-user variants in the scheduler's: they
+  are forks of its LocalExecutor workers, reaped by them) - load-independent.
 * parse: push Airflow's ``example_dags`` folder (58 .py files) into ``dags/examples/`` -> every
   DAG in it listed by the DAG processor with that commit; then a push that removes them.
 * idle: CPU seconds per program over ``--idle`` seconds with nothing running, after one pipeline run
@@ -64,8 +65,9 @@ from ports import free_port  # noqa: E402
 from airflow_gitops import keystore  # noqa: E402
 from airflow_gitops.local.airflow_env import launch_plan, write_launch_plan  # noqa: E402
 from airflow_gitops.local.platform import LocalTarget, port_free  # noqa: E402
-from airflow_gitops.local.preload import DAG_PROCESSOR_MODULES  # noqa: E402
+from airflow_gitops.local.preload import DAG_PROCESSOR_MODULES, modules_for  # noqa: E402
 from airflow_gitops.spec import parse_spec  # noqa: E402
+from airflow_gitops.spec.models import DEFAULT_PRELOAD  # noqa: E402
 
 DAG_ID = "ml_training_pipeline"
 DAG_FILE = "dags/ml_training_pipeline.py"
@@ -78,12 +80,23 @@ PRELOAD_OFF = {"scheduler_preload": ()}
 BUSY_OFF = {"scheduler_busy_sleep": None}
 DP_PRELOAD_OFF = {"dag_processor_preload": ()}
 POLL_OFF = {"dag_processor_poll": False}
+# As root the platform runs DAG code as local.task_user, forked by its zygote, which preloads instead of the
+# scheduler and the DAG processor ("ours"). Every other variant is the same-user layout (what `up` does
+# without root, or with local.task_user: same), with its own levers on top: "sameuser" is that layout with
+# every lever on, so "ours" vs "sameuser" is what the task user's hand-over costs per task.
+SAME_USER = {
+    "task_zygote_socket": None,
+    "task_uid": None,
+    "task_gid": None,
+    "scheduler_preload": tuple(modules_for(list(DEFAULT_PRELOAD))),
+    "dag_processor_preload": DAG_PROCESSOR_MODULES,
+}
 
 # A variant changes the Airflow programs' launch plan (lower-case keys: its fields) and environment
 # (upper-case keys) as the platform writes them ("ours": unchanged). For the environment, None removes a
 # variable: Airflow's default applies.
-VARIANTS: dict[str, dict] = {
-    "ours": {},
+_VARIANTS: dict[str, dict] = {
+    "sameuser": {},
     # Airflow's own defaults for every lever this bench is about (the platform's other settings, e.g.
     # the 1 s bundle refresh, stay as they are: this isolates the levers).
     "airflow": {**PRELOAD_OFF, **BUSY_OFF, **DP_PRELOAD_OFF, **POLL_OFF, PP: None, IDLE: None},
@@ -100,6 +113,7 @@ VARIANTS: dict[str, dict] = {
     "dpre2patch": {PP: "2", "dag_processor_preload": DP_PRELOAD, "dag_processor_poll": True},
     "pp2patch": {PP: "2", **DP_PRELOAD_OFF, "dag_processor_poll": True},
 }
+VARIANTS: dict[str, dict] = {"ours": {}, **{name: {**SAME_USER, **levers} for name, levers in _VARIANTS.items()}}
 
 
 def load() -> str:
@@ -149,11 +163,12 @@ class Bench:
                 env[key] = value
         return env
 
-    def use(self, variant: str, components=("scheduler", "dag-processor")) -> float:
+    def use(self, variant: str, components=("scheduler", "dag-processor", "task-zygote")) -> float:
         if self.variant == variant:
             return 0.0
         t = time.monotonic()
         keystore.write_private(self.plat.env_file, json.dumps(self.env_for(variant)))
+        components = [name for name in components if name in self.plat._names()]
         for name in components:
             self.plat.supervisor.stop(name)
         for name in components:
@@ -777,7 +792,7 @@ def main() -> int:
             idle: dict[str, list] = {v: [] for v in iv}
             for _ in range(args.rounds):
                 for v in iv:
-                    bench.use(v, components=("scheduler", "dag-processor"))
+                    bench.use(v, components=("scheduler", "dag-processor", "task-zygote"))
                     inner_run(bench, v)  # idle as a platform in use is: after a pipeline run (preloaded)
                     idle[v].append(idle_cpu(bench, v, args.idle))
             results["idle"] = idle
