@@ -80,9 +80,11 @@ def test_the_local_target_writes_one_private_plan_and_names_it_with_one_variable
 def test_as_root_the_plan_hands_dag_code_to_the_task_users_zygote_which_preloads_instead(tmp_path):
     import pwd
 
+    from conftest import passable
+
     from airflow_gitops.local import task_user
 
-    spec = parse_spec({"local": {"preload": ["pandas"]}}, base_dir=tmp_path)
+    spec = parse_spec({"local": {"preload": ["pandas"], "task_user": "auto"}}, base_dir=passable(tmp_path))
     layout = Layout(spec)
     user = task_user.ensure(layout, lambda _text: None)
     airflow_env(layout, "postgresql://u:secret-pw@127.0.0.1/db")

@@ -379,8 +379,23 @@ _d()
 """
 
 
+@pytest.fixture
+def task_user_platform(tmp_path_factory):
+    """A platform with local.task_user: auto (opt-in for now; the session platform runs DAG code as root)."""
+    from conftest import cleanup_platform, make_spec
+
+    from airflow_gitops.local.platform import LocalTarget
+
+    platform = LocalTarget(make_spec(tmp_path_factory.mktemp("tasks-platform"), {"local": {"task_user": "auto"}}))
+    try:
+        platform.up(quiet_console())
+        yield platform
+    finally:
+        cleanup_platform(platform)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="DAG code runs as another user only when `up` runs as root")
-def test_as_root_dag_code_runs_as_the_task_user_and_cannot_reach_the_platforms_keys(local_platform, tmp_path):
+def test_as_root_dag_code_runs_as_the_task_user_and_cannot_reach_the_platforms_keys(task_user_platform, tmp_path):
     """Issue 22: a task (and the DAG file's top level, while it is parsed) runs as local.task_user, in a
     process that never held the configuration: it cannot read airflow.cfg, the secrets, the database files
     or the component logs, cannot change the bundle it runs from, cannot signal the platform's processes,
@@ -391,23 +406,23 @@ def test_as_root_dag_code_runs_as_the_task_user_and_cannot_reach_the_platforms_k
 
     from airflow_gitops.local import task_user
 
-    lay = local_platform.layout
+    lay = task_user_platform.layout
     why = task_user.problem(lay, task_user.resolve(lay))
     if why is not None:  # e.g. a checkout under /root: `up` then says it runs DAG code as root
         pytest.skip(f"the task user cannot run DAG code from this checkout, so `up` runs it as root: {why.problem}")
     user = pwd.getpwnam(task_user.DEFAULT_USER)
-    status = local_platform.status().components
+    status = task_user_platform.status().components
     scheduler, zygote = status["scheduler"].pid, status["task-zygote"].pid
     assert psutil.Process(zygote).uids().real == user.pw_uid  # the zygote itself, from its first instruction
-    repo = DagRepo(local_platform.spec.dag_repo_url, tmp_path / "work")
+    repo = DagRepo(task_user_platform.spec.dag_repo_url, tmp_path / "work")
     dag_id = f"{PREFIX}_boundary"
-    commit_before = local_platform.parsed_commit()
+    commit_before = task_user_platform.parsed_commit()
     version_dir = lay.bundles / "dags" / "versions" / (commit_before or "x")
     targets = {
         "read": {
             "airflow_cfg": str(lay.airflow_home / "airflow.cfg"),
             "fernet_file": str(lay.secrets / "fernet.key"),
-            "env_file": str(local_platform.env_file),
+            "env_file": str(task_user_platform.env_file),
             "scheduler_log": str(lay.logs / "scheduler.log"),
             "s3_credentials": str(lay.aws_credentials),
             "scheduler_environ": f"/proc/{scheduler}/environ",
@@ -424,7 +439,7 @@ def test_as_root_dag_code_runs_as_the_task_user_and_cannot_reach_the_platforms_k
         "signal": {"scheduler": scheduler, "api_server": status["api-server"].pid},
     }
     repo.push({f"dags/{dag_id}.py": BOUNDARY_DAG.format(dag_id=dag_id, targets=json.dumps(targets))}, f"add {dag_id}")
-    client = local_platform.client()
+    client = task_user_platform.client()
     wait_for(lambda: dag_id in client.dag_ids(), 90, f"{dag_id} to be listed")
     run_id = client.trigger(dag_id)
     state = client.wait_run(dag_id, run_id, timeout=180)["state"]
@@ -449,9 +464,9 @@ def test_as_root_dag_code_runs_as_the_task_user_and_cannot_reach_the_platforms_k
     assert seen["its_home"] == "written"
     assert seen["scheduler"] == "PermissionError" and seen["api_server"] == "PermissionError"
     # Airflow's configuration as the task sees it holds none of the platform's keys.
-    assert keystore.fernet_key(local_platform.spec) not in json.dumps(seen)
-    assert keystore.jwt_secret(local_platform.spec) not in json.dumps(seen)
-    assert local_platform.database_url() not in json.dumps(seen)
+    assert keystore.fernet_key(task_user_platform.spec) not in json.dumps(seen)
+    assert keystore.jwt_secret(task_user_platform.spec) not in json.dumps(seen)
+    assert task_user_platform.database_url() not in json.dumps(seen)
     # Nobody else may enter what the task user may pass.
     for folder in (lay.root, lay.airflow_home, lay.bundles, lay.tasks):
         assert stat.S_IMODE(folder.stat().st_mode) & 0o007 == 0, folder

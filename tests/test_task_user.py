@@ -26,6 +26,7 @@ from airflow_gitops.spec import parse_spec
 from airflow_gitops.spec.base import SpecError
 
 ROOT = os.geteuid() == 0
+AUTO = {"local": {"task_user": "auto"}}
 as_root = pytest.mark.skipif(not ROOT, reason="DAG code runs as another user only when `up` runs as root")
 
 
@@ -45,8 +46,9 @@ def test_without_root_or_with_same_dag_code_runs_as_the_user_who_ran_up(tmp_path
     same = Layout(parse_spec({"local": {"task_user": "same"}}, base_dir=tmp_path))
     assert task_user.wanted(same) is None and task_user.resolve(same) is None
     monkeypatch.setattr(task_user.os, "geteuid", lambda: 1000)  # not root: no user can be switched to
-    auto = Layout(parse_spec({}, base_dir=tmp_path))
+    auto = Layout(parse_spec(AUTO, base_dir=tmp_path))
     assert task_user.wanted(auto) is None
+    assert parse_spec({}, base_dir=tmp_path).local.task_user == "same"  # opt-in for now
 
 
 @as_root
@@ -81,7 +83,7 @@ def test_a_task_user_whose_group_others_share_is_refused(tmp_path, two_users_one
 
 @as_root
 def test_the_default_user_is_created_once_with_a_group_of_its_own(tmp_path):
-    layout = Layout(parse_spec({}, base_dir=tmp_path))
+    layout = Layout(parse_spec(AUTO, base_dir=tmp_path))
     said = []
     user = task_user.ensure(layout, said.append)
     pw = pwd.getpwnam(task_user.DEFAULT_USER)
@@ -135,7 +137,7 @@ def test_a_state_folder_the_task_user_cannot_reach_is_named_and_auto_runs_dag_co
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)
     passable(tmp_path)
-    state = {"local": {"state_dir": str(closed / "state")}}
+    state = {"local": {"state_dir": str(closed / "state"), "task_user": "auto"}}
     layout = Layout(parse_spec(state, base_dir=tmp_path))
     user = task_user.ensure(layout, print)
     why = task_user.problem(layout, user)
@@ -159,7 +161,7 @@ def test_a_state_folder_the_task_user_cannot_reach_is_named_and_auto_runs_dag_co
 
 @as_root
 def test_a_python_environment_out_of_the_task_users_reach_is_found_from_the_modes(tmp_path):
-    layout = Layout(parse_spec({}, base_dir=tmp_path))
+    layout = Layout(parse_spec(AUTO, base_dir=tmp_path))
     user = task_user.ensure(layout, print)
     hidden = tmp_path / "private" / "venv"
     hidden.mkdir(parents=True)
@@ -176,7 +178,7 @@ def test_a_python_environment_out_of_the_task_users_reach_is_found_from_the_mode
 
 @as_root
 def test_an_environment_the_task_user_cannot_run_is_one_message_with_the_fix(tmp_path):
-    layout = Layout(parse_spec({}, base_dir=tmp_path))
+    layout = Layout(parse_spec(AUTO, base_dir=tmp_path))
     user = task_user.ensure(layout, print)
     hidden = tmp_path / "private"
     hidden.mkdir(mode=0o700)
@@ -212,7 +214,7 @@ def _start_zygote(sock: Path, user, platform_uid: int) -> subprocess.Popen:
 
 @as_root
 def test_the_zygote_serves_only_the_platforms_user_and_only_its_two_targets(tmp_path):
-    layout = Layout(parse_spec({}, base_dir=tmp_path))
+    layout = Layout(parse_spec(AUTO, base_dir=tmp_path))
     user = task_user.ensure(layout, print)
     home = passable(tmp_path) / "home"
     home.mkdir()
@@ -295,7 +297,7 @@ def test_when_the_handover_patch_cannot_apply_up_starts_nothing(tmp_path, monkey
     from airflow_gitops.local.platform import LocalTarget
 
     _changed_guard(monkeypatch)
-    platform = LocalTarget(parse_spec({}, base_dir=passable(tmp_path)))
+    platform = LocalTarget(parse_spec(AUTO, base_dir=passable(tmp_path)))
     with pytest.raises(PlatformError) as err:
         platform._preflight_task_user()
     assert (
@@ -325,7 +327,7 @@ def test_doctor_says_who_dag_code_runs_as_and_fails_on_what_would_stop_up(tmp_pa
     assert same.status == "warn" and "the platform's keys" in same.saw
     if not ROOT:
         return
-    [auto] = task_user_checks(parse_spec({}, base_dir=passable(tmp_path)))
+    [auto] = task_user_checks(parse_spec(AUTO, base_dir=passable(tmp_path)))
     assert auto.status == "ok" and task_user.DEFAULT_USER in auto.saw
     [missing] = task_user_checks(parse_spec({"local": {"task_user": "no-such-user-x"}}, base_dir=tmp_path))
     assert missing.status == "fail" and "useradd" in missing.fix

@@ -34,7 +34,7 @@ def task_user_checks(spec: PlatformSpec) -> list[CheckResult]:
                 "keys (airflow.cfg) included",
                 "run `up` as root (DAG code then runs as a user of its own)"
                 if os.geteuid() != 0
-                else "remove local.task_user: same (the default runs DAG code as airflow-gitops-tasks)",
+                else "set local.task_user: auto (DAG code then runs as airflow-gitops-tasks, a user of its own)",
             )
         ]
     bad = task_zygote.GUARD.mismatches(imported=False)

@@ -112,7 +112,6 @@ class LocalTarget(Target):
             from .postgres import binary
 
             binary("initdb"), binary("postgres")
-        self._preflight_task_user()
         if self.spec.dags.is_ssh:
             self._preflight_ssh_files()
         if self.spec.dags.repo:
@@ -124,6 +123,7 @@ class LocalTarget(Target):
                 problem = (err.saw, err.fix)
             if problem:
                 raise PlatformError(f"DAG repository: {problem[0]}", problem[1])
+        self._preflight_task_user()  # last: it creates the user and the state folder's task part
 
     def _preflight_task_user(self) -> None:
         """As root, DAG code runs as local.task_user: the user exists (the default one is created), can reach

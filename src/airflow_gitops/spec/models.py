@@ -731,7 +731,7 @@ class LocalSpec(_Model):
     # The OS user DAG code runs as (tasks, and DAG files while they are parsed) when `up` runs as root:
     # "auto" = airflow-gitops-tasks (created by `up` if missing), a user name, or "same" (as root itself:
     # DAG code can then read the platform's keys). Without root, DAG code runs as the user who ran `up`.
-    task_user: str = "auto"
+    task_user: str = "same"  # opt-in for now: docs/architecture.md, "Who can read what"
 
     @field_validator("task_user")
     @classmethod
