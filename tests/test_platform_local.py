@@ -208,18 +208,23 @@ _d()
 """
 
 
+def _run_one_task(platform, dag_id: str, task_id: str):
+    """Once ``dag_id`` (just pushed) is listed: trigger it, wait for success, return (client, the task's XCom)."""
+    client = platform.client()
+    wait_for(lambda: dag_id in client.dag_ids(), 90, f"{dag_id} to be listed")
+    run_id = client.trigger(dag_id)
+    state = client.wait_run(dag_id, run_id, timeout=180)["state"]
+    assert state == "success", client.task_log(dag_id, run_id, task_id)[-3000:]
+    return client, client.xcom(dag_id, run_id, task_id)
+
+
 def test_a_task_process_sees_no_platform_secret_in_its_environment(local_platform, tmp_path):
     """Fernet key, JWT secret, API secret and the database URL reach Airflow through AIRFLOW_HOME/airflow.cfg
     (0600), so a task process (forked from the scheduler's executor) has none of them in its environment."""
     repo = DagRepo(local_platform.spec.dag_repo_url, tmp_path / "work")
     dag_id = f"{PREFIX}_env"
     repo.push({f"dags/{dag_id}.py": ENV_DAG.format(dag_id=dag_id)}, f"add {dag_id}")
-    client = local_platform.client()
-    wait_for(lambda: dag_id in client.dag_ids(), 90, f"{dag_id} to be listed")
-    run_id = client.trigger(dag_id)
-    state = client.wait_run(dag_id, run_id, timeout=180)["state"]
-    assert state == "success", client.task_log(dag_id, run_id, "environment")[-3000:]
-    seen = client.xcom(dag_id, run_id, "environment")
+    seen = _run_one_task(local_platform, dag_id, "environment")[1]
     text = json.dumps(seen["environ"]) + seen["proc"]
     # The one secret a task is given on purpose: MLflow's login (tasks log runs and register models); the
     # platform's own keys and passwords are not.
@@ -439,12 +444,7 @@ def test_as_root_dag_code_runs_as_the_task_user_and_cannot_reach_the_platforms_k
         "signal": {"scheduler": scheduler, "api_server": status["api-server"].pid},
     }
     repo.push({f"dags/{dag_id}.py": BOUNDARY_DAG.format(dag_id=dag_id, targets=json.dumps(targets))}, f"add {dag_id}")
-    client = task_user_platform.client()
-    wait_for(lambda: dag_id in client.dag_ids(), 90, f"{dag_id} to be listed")
-    run_id = client.trigger(dag_id)
-    state = client.wait_run(dag_id, run_id, timeout=180)["state"]
-    assert state == "success", client.task_log(dag_id, run_id, "probe")[-3000:]
-    seen = client.xcom(dag_id, run_id, "probe")
+    client, seen = _run_one_task(task_user_platform, dag_id, "probe")
     assert (seen["uid"], seen["euid"], seen["gid"]) == (user.pw_uid, user.pw_uid, user.pw_gid)
     assert seen["groups"] in ([], [user.pw_gid])
     assert seen["parsed_by"] == user.pw_uid  # the task's own parse

@@ -39,10 +39,11 @@ import resource
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
+
+from . import peer_socket
 
 DIGEST_ENV_VAR = "AIRFLOW_GITOPS_ENV_DIGEST"  # sha256 of the environment file launch.py loaded
 CONNECT_WAIT_S = 15.0  # the server binds its socket before it imports; a missing one gets this long
@@ -80,23 +81,10 @@ def _decode(data: bytes) -> dict | None:
 # --- client -------------------------------------------------------------------------------------------
 def _connect(path: str, wait: float, uid: int | None = None) -> socket.socket:
     """A connection to the server at ``path``, which must run as ``uid`` (default: our own user)."""
-    expected = os.getuid() if uid is None else uid
-    deadline = time.monotonic() + wait
-    while True:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            conn.connect(path)
-        except OSError as err:
-            conn.close()
-            if time.monotonic() >= deadline:
-                raise Unavailable(f"no fork server answers on {path} ({err.strerror or err})") from None
-            time.sleep(0.05)
-            continue
-        peer, peer_uid = _peer(conn)
-        if peer_uid != expected:  # e.g. a socket put at the /tmp fallback path by another user
-            conn.close()
-            raise Unavailable(f"the socket {path} belongs to pid {peer} of another user ({peer_uid})")
-        return conn
+    try:
+        return peer_socket.connect(path, wait, uid)
+    except peer_socket.Unreachable as why:
+        raise Unavailable(f"no fork server answers ({why})") from None
 
 
 def ping(path: str, timeout: float = 2.0, uid: int | None = None) -> dict | None:
@@ -212,9 +200,7 @@ def _listen(path: str) -> socket.socket:
     return listener
 
 
-def _peer(conn: socket.socket) -> tuple[int, int]:
-    pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return pid, uid
+_peer = peer_socket.peer
 
 
 class Server:

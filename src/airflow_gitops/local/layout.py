@@ -42,17 +42,22 @@ def unix_socket_path(directory: Path, name: str, short_suffix: str) -> Path:
     return private_socket_dir(Path("/tmp") / f"airflow-gitops-{os.geteuid()}-{digest}") / name
 
 
-def private_socket_dir(path: Path) -> Path:
-    """``path`` as a directory only we can enter: created 0700, or refused when it is not ours and private."""
+def private_socket_dir(path: Path, owner: int | None = None) -> Path:
+    """``path`` as a directory only ``owner`` (default: we) can enter: created 0700 and given to it, or
+    refused when it is not that user's and private."""
+    uid = os.geteuid() if owner is None else owner
+    whose = "yours" if owner is None else f"uid {uid}"
     try:
         path.mkdir(mode=0o700)
+        if uid != os.geteuid():
+            os.lchown(path, uid, -1)
     except FileExistsError:
         pass
     st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
         raise PlatformError(
             f"{path} (where this platform keeps its sockets, its state path being long) is not a private "
-            f"directory of yours (owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}): another user may "
+            f"directory of {whose} (owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}): another user may "
             "have planted it",
             f"remove it (`rm -rf {path}`) and run the command again, or use a shorter state path",
         )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PlatformError
-from .layout import Layout
+from .layout import Layout, private_socket_dir
 
 DEFAULT_USER = "airflow-gitops-tasks"
 
@@ -312,18 +312,4 @@ def zygote_socket(layout: Layout, user: TaskUser) -> Path:
     if len(os.fsencode(str(path))) < 100:
         return path
     digest = hashlib.sha256(os.fsencode(str(layout.root))).hexdigest()[:12]
-    folder = Path("/tmp") / f"airflow-gitops-{user.uid}-{digest}"
-    try:
-        folder.mkdir(mode=0o700)
-        os.lchown(folder, user.uid, user.gid)
-    except FileExistsError:
-        pass
-    st = os.lstat(folder)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != user.uid or st.st_mode & 0o077:
-        raise PlatformError(
-            f"{folder} (where the task user's zygote listens, the state path being long) is not a private "
-            f"folder of {user.name} (owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}): "
-            "another user may have planted it",
-            f"remove it (`rm -rf {folder}`) and run the command again, or use a shorter state path",
-        )
-    return folder / "zygote.sock"
+    return private_socket_dir(Path("/tmp") / f"airflow-gitops-{user.uid}-{digest}", user.uid) / "zygote.sock"

@@ -8,9 +8,10 @@ import os
 import signal
 import socket
 import stat
-import struct
 import time
 from pathlib import Path
+
+import psutil
 
 from .guard import ORIGINAL, PATCHED, Guard
 
@@ -109,35 +110,23 @@ def _share_bundle_path(path: Path, storage_root: Path, gid: int) -> None:
 
 # --- the supervisor's side ----------------------------------------------------------------------------
 def _connect(path: str, uid: int) -> socket.socket:
-    deadline = time.monotonic() + CONNECT_WAIT_S
-    while True:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            conn.connect(path)
-            break
-        except OSError as err:
-            conn.close()
-            if time.monotonic() >= deadline:
-                raise ZygoteUnavailable(
-                    f"the task user's zygote does not answer on {path} ({err.strerror or err}): see "
-                    "logs/task-zygote.log; `airflow-gitops status` shows it"
-                ) from None
-            time.sleep(0.1)
-    peer, peer_uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    if peer_uid != uid:
-        conn.close()
-        raise ZygoteUnavailable(f"{path} is served by pid {peer} of uid {peer_uid}, not the task user ({uid})")
-    return conn
+    """A connection to the zygote: waits for it to listen, trusts it only as the task user."""
+    from .. import peer_socket
+
+    try:
+        return peer_socket.connect(path, CONNECT_WAIT_S, uid)
+    except peer_socket.Unreachable as why:
+        raise ZygoteUnavailable(
+            f"the task user's zygote is not usable: {why}; see logs/task-zygote.log (`airflow-gitops status`)"
+        ) from None
 
 
 class ZygoteTracker:
     """Airflow's ``ProcessTracker`` for a child of the zygote: signals by pidfd; the exit status comes
     from the zygote (the child's parent) on the request's connection."""
 
-    import psutil as _psutil
-
-    ProcessNotFound = _psutil.NoSuchProcess
-    TimeoutExpired = _psutil.TimeoutExpired
+    ProcessNotFound = psutil.NoSuchProcess
+    TimeoutExpired = psutil.TimeoutExpired
 
     def __init__(self, conn: socket.socket, pid: int):
         self._conn, self._pid, self._code = conn, pid, None
@@ -197,25 +186,19 @@ def _handoff(cls, target_name: str, zygote: dict, logger, new_process_group: boo
     try:
         conn = _connect(zygote["socket"], zygote["uid"])
         conn.settimeout(REPLY_WAIT_S)
-        title = f"airflow {target_name}"
-        request = json.dumps({"target": target_name, "title": title}).encode()
+        request = json.dumps({"target": target_name, "title": f"airflow {target_name}"}).encode()
         socket.send_fds(conn, [request], [s.fileno() for s in children])
         data = conn.recv(MAX_MESSAGE)
         reply = json.loads(data) if data else {}
         if not isinstance(reply.get("pid"), int):
             raise ZygoteUnavailable(f"the task user's zygote refused: {reply.get('refused', 'no answer')}")
-    except (OSError, ValueError) as err:
-        if conn is not None:
-            conn.close()
-        for s in (*children, read_stdout, read_stderr, read_requests, read_logs):
-            s.close()
+    except (OSError, ValueError, ZygoteUnavailable) as err:
+        for s in (conn, *children, read_stdout, read_stderr, read_requests, read_logs):
+            if s is not None:
+                s.close()
+        if isinstance(err, ZygoteUnavailable):
+            raise
         raise ZygoteUnavailable(f"the task user's zygote did not answer: {err}") from None
-    except ZygoteUnavailable:
-        if conn is not None:
-            conn.close()
-        for s in (*children, read_stdout, read_stderr, read_requests, read_logs):
-            s.close()
-        raise
     conn.settimeout(None)
     for s in children:
         s.close()
